@@ -1,0 +1,214 @@
+/**
+ * The plain data that flows between weft's layers: the pattern (what shuffle),
+ * the plan (a pattern bound to a topology) and the layout descriptor (one
+ * batch's routing turned into index arrays).
+ *
+ * Everything here is data, not behaviour: the DSL builders produce a
+ * {@link PatternSpec}, `compile` turns it into a {@link PlanSpec}, and the
+ * layout compiler turns a plan plus each rank's `topkIdx` into one
+ * {@link RankLayout} per rank. The Simulator and the GPU engine both consume
+ * these; the GPU engine's own layout kernels must produce arrays equal to the
+ * CPU layout compiler's.
+ *
+ * @module
+ */
+
+/** Element type of the hidden-state rows. */
+export type DType = "bf16" | "f16" | "f32";
+
+/** Bytes per element of each {@link DType}. */
+export const DTYPE_BYTES: Readonly<Record<DType, number>> = Object.freeze({
+  bf16: 2,
+  f16: 2,
+  f32: 4,
+});
+
+/**
+ * How many copies of a token cross the interconnect.
+ * - `none`: one per (token, expert);
+ * - `device`: one per (token, destination device);
+ * - `node`: one per (token, destination node), fanned out inside the node by
+ *   a forwarder; combine reduces at the same forwarder before crossing back.
+ */
+export type Dedupe = "none" | "device" | "node";
+
+/**
+ * Row order of the dispatch output on each rank.
+ * - `expert-major`: rows of local expert 0, then 1, …; inside one local expert
+ *   by (source rank, source token, k slot) ascending.
+ * - `rank-major`: rows grouped by source rank ascending, then by local expert,
+ *   then (source token, k slot) ascending. Same rows, different order.
+ */
+export type ReceiveOrder = "expert-major" | "rank-major";
+
+/** `weighted`: out[t] = Σ_k w[t,k]·y[row(t,k)]; `sum`: the same without w. */
+export type CombineOp = "weighted" | "sum";
+
+/**
+ * Where experts live, before replicas are added.
+ * - `byDevice`: contiguous blocks, expert e on rank ⌊e / (E/W)⌋ (E divisible by W);
+ * - `roundRobin`: expert e on rank e mod W;
+ * - `table`: an explicit owner rank per expert (`owners.length === E`).
+ * Local expert indices on a rank follow ascending global expert id.
+ */
+export type BasePlacement =
+  | { readonly kind: "byDevice" }
+  | { readonly kind: "roundRobin" }
+  | { readonly kind: "table"; readonly owners: readonly number[] };
+
+/**
+ * Extra copies of hot experts. Each expert in `experts` gets `copies` replicas
+ * in total (its base owner plus `copies - 1` more), the extra ones on ranks
+ * `(owner + i·⌈W/copies⌉) mod W` for i = 1… (skipping ranks that already hold
+ * it, next rank up). A replica is appended after the rank's base local
+ * experts, in ascending (global expert id).
+ *
+ * Which replica a token uses (deterministic, the same on CPU and GPU), for a
+ * token t on source rank s whose expert e has replicas on ranks
+ * R = [r0 < r1 < …]:
+ *   1. the replica on s, if s ∈ R;
+ *   2. else, if some replicas are on s's node, those (in rank order) indexed
+ *      by t mod (their count);
+ *   3. else R[t mod |R|].
+ */
+export interface Replication {
+  readonly experts: readonly number[];
+  readonly copies: number;
+}
+
+/** The shuffle pattern: what goes where. Immutable plain data, YAML/JSON round-trips. */
+export interface PatternSpec {
+  /** Global expert count E; undefined until given or taken from the compile context. */
+  readonly experts?: number;
+  readonly placement: BasePlacement;
+  readonly replicas?: Replication;
+  /** Experts per token K. */
+  readonly topK: number;
+  readonly dedupe: Dedupe;
+  readonly receive: ReceiveOrder;
+  readonly combine: CombineOp;
+  readonly dtype: DType;
+  /** Hidden size H (elements per row); undefined until given or taken from the compile context. */
+  readonly hidden?: number;
+}
+
+/** Topology a pattern is compiled against. */
+export interface CompileContext {
+  /** Number of ranks (one GPU each). */
+  readonly world: number;
+  /** GPUs per node; `world` must be a multiple. Defaults to `world` (one node). */
+  readonly gpusPerNode?: number;
+  /** Expert count, if the pattern does not state it. */
+  readonly experts?: number;
+  /** Hidden size, if the pattern does not state it. */
+  readonly hidden?: number;
+}
+
+/**
+ * A pattern bound to a topology: every field resolved, the placement
+ * compiled to flat tables. A *slot* is one (rank, local expert) pair that
+ * holds a copy of some global expert; replicas make several slots per expert.
+ */
+export interface PlanSpec {
+  readonly pattern: PatternSpec;
+  readonly world: number;
+  readonly gpusPerNode: number;
+  readonly nodes: number;
+  readonly experts: number;
+  readonly topK: number;
+  readonly hidden: number;
+  readonly dtype: DType;
+  readonly dedupe: Dedupe;
+  readonly receive: ReceiveOrder;
+  readonly combine: CombineOp;
+  /** [world] local expert slots on each rank (base experts + replicas). */
+  readonly localExperts: Int32Array;
+  /** [world+1] prefix sum of localExperts: global slot id = slotBase[rank] + local. */
+  readonly slotBase: Int32Array;
+  /** [slots] global expert id held by each slot. */
+  readonly slotExpert: Int32Array;
+  /** [experts+1] CSR offsets into replicaSlots. */
+  readonly replicaStart: Int32Array;
+  /** Global slot ids of each expert's replicas, per expert in ascending rank. */
+  readonly replicaSlots: Int32Array;
+}
+
+/** Rows and bytes one source rank sends to one destination rank. */
+export interface LinkTraffic {
+  readonly src: number;
+  readonly dst: number;
+  /** Rows that cross this link under the plan's dedupe. */
+  readonly rows: number;
+  /** Rows that would cross with dedupe `none` (one per (token, expert)). */
+  readonly rowsNoDedupe: number;
+  readonly bytes: number;
+  readonly bytesNoDedupe: number;
+}
+
+/**
+ * One rank's layout descriptor for one batch. Source-side arrays describe
+ * this rank's own tokens; destination-side arrays describe the rows this rank
+ * receives. All index arrays are Int32Array (uploaded to the GPU as they are).
+ */
+export interface RankLayout {
+  readonly rank: number;
+  /** T_r: tokens on this rank. */
+  readonly tokens: number;
+
+  // ---- source side: where this rank's (token, k) pairs go ----
+  /** [T·K] global slot each (t,k) resolves to, -1 for a `-1` slot. */
+  readonly slotOf: Int32Array;
+  /** [T·K] destination rank of each (t,k), -1 for none. */
+  readonly destRank: Int32Array;
+  /** [T·K] row index in the destination rank's receive buffer, -1 for none. */
+  readonly destRow: Int32Array;
+  /**
+   * Transfers this rank sends, grouped by destination rank ascending, token
+   * ascending inside a group (dedupe `device`: one per distinct (t, d);
+   * `none`: one per (t,k), k ascending; `node`: one per (t, destination
+   * node), sent to the node's forwarder rank — see `forwardRank`).
+   * [W+1] offsets into sendToken by destination rank.
+   */
+  readonly sendOffsets: Int32Array;
+  /** Source token of each transfer. */
+  readonly sendToken: Int32Array;
+
+  /**
+   * Combine mapping on the home side: token t's partial sums come back from
+   * its destination devices (dedupe `node`: forwarders) in ascending rank;
+   * CSR over tokens, [T+1] offsets into combineFrom.
+   */
+  readonly combineStart: Int32Array;
+  /** Rank each partial of a token comes from, ascending per token. */
+  readonly combineFrom: Int32Array;
+
+  // ---- destination side: the rows this rank receives ----
+  /** R_d: rows in the receive buffer (one per (token, expert) pair placed here). */
+  readonly recvRows: number;
+  /** [L_d] rows per local expert. */
+  readonly expertCounts: Int32Array;
+  /** [L_d+1] prefix sum of expertCounts (expert-major start of each local expert). */
+  readonly expertOffsets: Int32Array;
+  /** [R_d] source rank of each received row, in receive order. */
+  readonly srcRank: Int32Array;
+  /** [R_d] source token of each received row. */
+  readonly srcToken: Int32Array;
+  /** [R_d] k slot of each received row in its source token's top-k. */
+  readonly srcK: Int32Array;
+  /** [R_d] local expert of each received row. */
+  readonly localExpert: Int32Array;
+
+  // ---- statistics ----
+  /** [W] rows this rank sends to each destination under the plan's dedupe. */
+  readonly sendRowsTo: Int32Array;
+  /** [W] rows this rank would send to each destination with dedupe `none`. */
+  readonly sendRowsToNoDedupe: Int32Array;
+}
+
+/** The whole batch's layout: one descriptor per rank plus link statistics. */
+export interface BatchLayout {
+  readonly plan: PlanSpec;
+  readonly ranks: readonly RankLayout[];
+  /** One entry per ordered (src, dst) pair with src ≠ dst and any traffic. */
+  readonly links: readonly LinkTraffic[];
+}

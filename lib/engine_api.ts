@@ -1,0 +1,91 @@
+/**
+ * The call shape every weft engine shares, so a script switches between the
+ * CPU Simulator and the GPU engine in one line.
+ *
+ * An engine drives some ranks: the Simulator drives all of them in one
+ * process, the GPU engine drives the one rank of its process. `dispatch` and
+ * `combine` take one input per driven rank (in `engine.ranks` order) and
+ * return one result per driven rank. Both are collective: on GPUs every rank
+ * of the world must call them.
+ *
+ * @module
+ */
+import type { DType } from "../dsl/types.ts";
+
+/**
+ * Rows of hidden states on the host: f32 as Float32Array; bf16 and f16 as
+ * their raw 16-bit patterns in a Uint16Array (see lib/dtype.ts to convert).
+ */
+export type HostRows = Float32Array | Uint16Array;
+
+/** A [rows × cols] matrix that lives on the host or on a GPU. */
+export interface Tensor {
+  readonly dtype: DType;
+  readonly rows: number;
+  readonly cols: number;
+  /** Where the data lives: "host", or "cuda:N". */
+  readonly device: string;
+  /** A host copy of the data (for a host tensor, the data itself). */
+  read(): Promise<HostRows>;
+}
+
+/** One rank's input to dispatch. */
+export interface RankInput {
+  /** [T × H] rows; host rows or a device tensor on this rank's GPU. */
+  readonly x: HostRows | Tensor;
+  /** [T × K] global expert ids, -1 for an empty slot. */
+  readonly topkIdx: Int32Array;
+  /** [T × K] routing weights. */
+  readonly topkWeights: Float32Array;
+}
+
+/** What dispatch returns for one rank (DESIGN.md "Dispatch output on rank d"). */
+export interface DispatchResult {
+  readonly rank: number;
+  /** [R × H] received rows, in the plan's receive order. */
+  readonly recv: Tensor;
+  /** [L] rows per local expert. */
+  readonly expertCounts: Int32Array;
+  /** [R] the weight of each received (token, expert) pair. */
+  readonly recvWeights: Float32Array;
+  /** [R] source rank of each received row. */
+  readonly srcRank: Int32Array;
+  /** [R] source token of each received row. */
+  readonly srcToken: Int32Array;
+  /** [R] k slot of each received row. */
+  readonly srcK: Int32Array;
+}
+
+/**
+ * Keeps one batch's layout alive for combine and cached re-dispatch.
+ * Release with `close()` or `using`.
+ */
+export interface DispatchHandle extends Disposable {
+  readonly ranks: readonly number[];
+  close(): void;
+}
+
+/** The result of one collective dispatch over the engine's ranks. */
+export interface Dispatched {
+  /** One per driven rank, in `engine.ranks` order. */
+  readonly results: readonly DispatchResult[];
+  readonly handle: DispatchHandle;
+}
+
+/** An engine: executes a plan's dispatch and combine on data. */
+export interface ShuffleEngine extends Disposable {
+  /** "simulator" or "gpu". */
+  readonly kind: "simulator" | "gpu";
+  /** The ranks this engine drives (all for the Simulator, one for a GPU process). */
+  readonly ranks: readonly number[];
+  /** Dispatch one batch: one input per driven rank. */
+  dispatch(inputs: readonly RankInput[]): Promise<Dispatched>;
+  /** Re-dispatch new rows through a handle's cached layout (same routing). */
+  redispatch(handle: DispatchHandle, xs: readonly (HostRows | Tensor)[]): Promise<Dispatched>;
+  /**
+   * Combine expert outputs: one [R × H] y per driven rank, in the handle's
+   * receive layout. Returns one [T × H] output per driven rank.
+   */
+  combine(handle: DispatchHandle, ys: readonly (HostRows | Tensor)[]): Promise<Tensor[]>;
+  close(): void;
+}

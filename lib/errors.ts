@@ -1,0 +1,53 @@
+/**
+ * The one error type weft throws for bad input or a failed engine call.
+ *
+ * Every WeftError names the field that was wrong, the rank it was found on
+ * (where ranks are involved) and what to do about it, so a user can fix the
+ * call without reading weft's source.
+ *
+ * @example
+ * ```ts
+ * import { WeftError } from "./errors.ts";
+ * const e = new WeftError({ field: "topK", problem: "must be ≥ 1, got 0", fix: "call .topK(k) with k ≥ 1" });
+ * console.assert(e.message.includes("topK"));
+ * ```
+ */
+export interface WeftErrorInfo {
+  /** The field, argument or setting at fault, as the user wrote it (`topkIdx`, `pattern.topK`, `placement.owners[3]`). */
+  field: string;
+  /** What is wrong with it. */
+  problem: string;
+  /** What the user should do instead. */
+  fix: string;
+  /** The rank whose input was at fault, where ranks are involved. */
+  rank?: number;
+  /** 1-based line in a YAML/JSON source, where the input came from text. */
+  line?: number;
+  /** The underlying error (a native status, a parse error). */
+  cause?: unknown;
+}
+
+export class WeftError extends Error {
+  readonly field: string;
+  readonly problem: string;
+  readonly fix: string;
+  readonly rank?: number;
+  readonly line?: number;
+
+  constructor(info: WeftErrorInfo) {
+    const where = [
+      info.rank !== undefined ? `rank ${info.rank}` : undefined,
+      info.line !== undefined ? `line ${info.line}` : undefined,
+    ].filter((s) => s !== undefined).join(", ");
+    super(
+      `${info.field}${where ? ` (${where})` : ""}: ${info.problem}. Fix: ${info.fix}`,
+      info.cause !== undefined ? { cause: info.cause } : undefined,
+    );
+    this.name = "WeftError";
+    this.field = info.field;
+    this.problem = info.problem;
+    this.fix = info.fix;
+    this.rank = info.rank;
+    this.line = info.line;
+  }
+}

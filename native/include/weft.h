@@ -1,0 +1,184 @@
+/*
+ * weft native engine — the C ABI that lib/ffi.ts binds with Deno.dlopen.
+ *
+ * Rules every entry point follows:
+ *  - returns WEFT_OK (0) or a nonzero status; the message of the last failure
+ *    on the calling thread is available from weft_last_error(). Messages name
+ *    the call, the CUDA/NCCL error and, where known, the field and the fix.
+ *  - sets its own CUDA device first (FFI nonblocking calls run on Deno's
+ *    thread pool, so no thread-local device can be assumed).
+ *  - every CUDA/NCCL return code and every kernel launch is checked.
+ *  - handles are opaque; each has a destroy call that releases everything it
+ *    owns and accepts NULL.
+ *
+ * One process per GPU. Ranks of one node share a "symmetric heap": one
+ * cudaMalloc'd region per rank of identical size and layout, mapped into every
+ * peer through CUDA IPC, so kernels address a peer's buffers directly over
+ * NVLink. Phases are ordered by flags in that heap; every wait is bounded by
+ * the communicator's timeout and reports which peer did not arrive.
+ */
+#ifndef WEFT_H
+#define WEFT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define WEFT_OK 0
+#define WEFT_ERR_CUDA 1        /* a CUDA runtime call or launch failed */
+#define WEFT_ERR_NCCL 2        /* an NCCL call failed, or NCCL could not be loaded */
+#define WEFT_ERR_INVALID 3     /* bad argument (null, size, range) */
+#define WEFT_ERR_BAD_INPUT 4   /* device-side input check failed on this or a peer rank (expert id out of range, duplicate expert) */
+#define WEFT_ERR_TIMEOUT 5     /* a peer did not reach a barrier in time (dead or stuck peer) */
+#define WEFT_ERR_CAPACITY 6    /* tokens > max_tokens, or a buffer too small */
+#define WEFT_ERR_NO_DEVICE 7   /* no CUDA device / driver */
+
+#define WEFT_UNIQUE_ID_BYTES 128
+#define WEFT_IPC_HANDLE_BYTES 64
+
+/* dtype codes */
+#define WEFT_BF16 0
+#define WEFT_F16 1
+#define WEFT_F32 2
+/* dedupe codes */
+#define WEFT_DEDUPE_NONE 0
+#define WEFT_DEDUPE_DEVICE 1
+#define WEFT_DEDUPE_NODE 2
+/* receive order codes */
+#define WEFT_EXPERT_MAJOR 0
+#define WEFT_RANK_MAJOR 1
+/* combine op codes */
+#define WEFT_WEIGHTED 0
+#define WEFT_SUM 1
+
+typedef struct weft_comm* weft_comm_t;
+typedef struct weft_engine* weft_engine_t;
+typedef struct weft_handle* weft_handle_t;
+typedef struct weft_baseline* weft_baseline_t;
+typedef struct weft_timer* weft_timer_t;
+
+/* ---- errors, devices, memory ------------------------------------------ */
+
+/* Copies the calling thread's last error message (NUL-terminated, truncated to len). Returns its full length. */
+int32_t weft_last_error(char* buf, int32_t len);
+/* ABI version, bumped on any change of this header. */
+int32_t weft_abi_version(void);
+/* Number of visible CUDA devices (0 with WEFT_ERR_NO_DEVICE when there is no driver). */
+int32_t weft_device_count(int32_t* out);
+int32_t weft_alloc(int32_t device, uint64_t bytes, void** out);
+int32_t weft_free(int32_t device, void* ptr);
+int32_t weft_copy_h2d(int32_t device, void* dst, const void* src, uint64_t bytes);
+int32_t weft_copy_d2h(int32_t device, void* dst, const void* src, uint64_t bytes);
+/* Fills bytes with a byte value (used to poison outputs in tests). */
+int32_t weft_memset(int32_t device, void* dst, int32_t value, uint64_t bytes);
+
+/* ---- communicator --------------------------------------------------------
+ * Creation is two-phase because the IPC handles travel through the TCP store
+ * (lib/store.ts) between the phases:
+ *   1. weft_comm_create: set device, init NCCL (unique id from rank 0), allocate
+ *      this rank's symmetric heap; weft_comm_ipc_handle gives its handle.
+ *   2. weft_comm_open_peers: map the handles of every rank (world × 64 bytes,
+ *      rank order; a rank's own entry is ignored), run a first barrier.
+ * NCCL is optional: pass nccl_id = NULL to skip it (the NVLink engine does not
+ * need NCCL; the baseline does). Ranks must all be on one node for the NVLink
+ * path (local_world == world); otherwise only NCCL-based calls are available.
+ */
+int32_t weft_nccl_available(int32_t* out);                 /* 1 if libnccl could be loaded */
+int32_t weft_nccl_unique_id(uint8_t* out /* 128 bytes */);
+int32_t weft_comm_create(int32_t device, int32_t rank, int32_t world,
+                         const uint8_t* nccl_id /* 128 bytes or NULL */,
+                         uint64_t heap_bytes, int32_t timeout_ms, weft_comm_t* out);
+int32_t weft_comm_ipc_handle(weft_comm_t comm, uint8_t* out /* 64 bytes */);
+int32_t weft_comm_open_peers(weft_comm_t comm, const uint8_t* handles /* world × 64 */);
+/* Bounded barrier over the symmetric heap flags. */
+int32_t weft_comm_barrier(weft_comm_t comm);
+int32_t weft_comm_destroy(weft_comm_t comm);
+
+/* ---- engine --------------------------------------------------------------
+ * A compiled plan (dsl PlanSpec) for this rank. Arrays are host pointers, copied.
+ */
+typedef struct weft_plan_desc {
+  int32_t world, rank, gpus_per_node;
+  int32_t experts, top_k, hidden;
+  int32_t dtype, dedupe, receive, combine;  /* codes above */
+  int32_t max_tokens;                       /* capacity per rank per batch */
+  int32_t combine_wire_f32;                 /* 1: partial sums cross in f32; 0: in dtype */
+  const int32_t* local_experts;             /* [world] */
+  const int32_t* slot_base;                 /* [world+1] */
+  const int32_t* slot_expert;               /* [slots] */
+  const int32_t* replica_start;             /* [experts+1] */
+  const int32_t* replica_slots;             /* [replica_start[experts]] */
+} weft_plan_desc;
+
+int32_t weft_engine_create(weft_comm_t comm, const weft_plan_desc* plan, weft_engine_t* out);
+int32_t weft_engine_destroy(weft_engine_t engine);
+
+/*
+ * Dispatch one batch. x [tokens × hidden] in the plan's dtype, topk_idx
+ * [tokens × top_k] int32 (-1 = empty slot), topk_weights [tokens × top_k] f32.
+ * inputs_on_device: 1 if the three pointers are device memory on this GPU,
+ * 0 if host memory. Collective: every rank calls it (tokens may be 0).
+ * On a bad expert id on any rank, every rank returns WEFT_ERR_BAD_INPUT and
+ * nothing is written to any output.
+ */
+int32_t weft_dispatch(weft_engine_t engine, const void* x, const int32_t* topk_idx,
+                      const float* topk_weights, int32_t tokens, int32_t inputs_on_device,
+                      weft_handle_t* out);
+/* Re-dispatch new rows through a handle's cached layout (same routing, no layout work). */
+int32_t weft_redispatch(weft_handle_t handle, const void* x, int32_t inputs_on_device);
+
+typedef struct weft_dispatch_info {
+  int32_t tokens;          /* T of this rank */
+  int32_t recv_rows;       /* R of this rank */
+  int32_t local_experts;   /* L of this rank */
+  int32_t pad_;
+  void* recv;              /* device [recv_rows × hidden], dtype; owned by the handle */
+  float* recv_weights;     /* device [recv_rows] */
+  int32_t* expert_counts;  /* device [local_experts] */
+  int32_t* src_rank;       /* device [recv_rows] */
+  int32_t* src_token;      /* device [recv_rows] */
+  int32_t* src_k;          /* device [recv_rows] */
+  int32_t* dest_row;       /* device [tokens × top_k]: receive row of each of this rank's (t,k) on its destination, -1 none */
+} weft_dispatch_info;
+int32_t weft_handle_info(weft_handle_t handle, weft_dispatch_info* out);
+
+/*
+ * Combine: y [recv_rows × hidden] (device, dtype) in the handle's receive
+ * layout → out [tokens × hidden] (device, dtype), allocated by the caller.
+ * Collective. Deterministic: partials per destination in ascending k,
+ * then destinations in ascending rank, f32 accumulation.
+ */
+int32_t weft_combine(weft_handle_t handle, const void* y, void* out);
+int32_t weft_handle_destroy(weft_handle_t handle);
+
+/* ---- NCCL baseline (bench) -----------------------------------------------
+ * The way PyTorch/Megatron users shuffle today, in the same process and run:
+ * permute rows by destination expert (stable sort), exchange counts, NCCL
+ * send/recv all-to-all, regroup by local expert; then the reverse and the
+ * f32 weighted sum. Needs a communicator created with an NCCL id.
+ * out [tokens × hidden] device; recv_rows_out gets R of this rank.
+ */
+int32_t weft_baseline_create(weft_comm_t comm, const weft_plan_desc* plan, weft_baseline_t* out);
+int32_t weft_baseline_run(weft_baseline_t b, const void* x, const int32_t* topk_idx,
+                          const float* topk_weights, int32_t tokens, void* out,
+                          int32_t* recv_rows_out);
+int32_t weft_baseline_destroy(weft_baseline_t b);
+
+/* ---- timing (bench) ------------------------------------------------------
+ * CUDA events on the stream the engine and baseline use for this comm.
+ */
+int32_t weft_timer_create(weft_comm_t comm, weft_timer_t* out);
+int32_t weft_timer_start(weft_timer_t t);
+int32_t weft_timer_stop(weft_timer_t t, float* ms_out); /* synchronizes */
+int32_t weft_timer_destroy(weft_timer_t t);
+/* GPU→GPU copy ceiling: copy `bytes` from this rank's heap to peer's heap with
+ * the copy engine `iters` times, return median ms. */
+int32_t weft_copy_ceiling(weft_comm_t comm, int32_t peer, uint64_t bytes, int32_t iters, float* ms_out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* WEFT_H */
