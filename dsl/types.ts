@@ -29,6 +29,9 @@ export const DTYPE_BYTES: Readonly<Record<DType, number>> = Object.freeze({
  * - `device`: one per (token, destination device);
  * - `node`: one per (token, destination node), fanned out inside the node by
  *   a forwarder; combine reduces at the same forwarder before crossing back.
+ *   The combine order follows: a token's device partials (ascending k) of one
+ *   remote node are summed at its forwarder in ascending rank, and that sum
+ *   takes the node's turn in the home's ascending-rank sum.
  */
 export type Dedupe = "none" | "device" | "node";
 
@@ -143,6 +146,13 @@ export interface LinkTraffic {
   readonly rowsNoDedupe: number;
   readonly bytes: number;
   readonly bytesNoDedupe: number;
+  /**
+   * Dedupe `node` only (0 otherwise): rows `src` forwards to `dst` on behalf of
+   * ranks on other nodes (the NVLink fan-out inside `src`'s node), counted apart
+   * from `rows` so the inter-node link is counted once.
+   */
+  readonly forwardedRows: number;
+  readonly forwardedBytes: number;
 }
 
 /**
@@ -172,11 +182,19 @@ export interface RankLayout {
   readonly sendOffsets: Int32Array;
   /** Source token of each transfer. */
   readonly sendToken: Int32Array;
+  /**
+   * [W] the rank a transfer meant for destination d is sent to: d itself,
+   * except with dedupe `node` for d on another node, where it is that node's
+   * forwarder: the rank there with this rank's local index (rank mod
+   * gpusPerNode), so every cross-node row travels on the same rail.
+   */
+  readonly forwardRank: Int32Array;
 
   /**
    * Combine mapping on the home side: token t's partial sums come back from
-   * its destination devices (dedupe `node`: forwarders) in ascending rank;
-   * CSR over tokens, [T+1] offsets into combineFrom.
+   * its destination devices (dedupe `node`: the forwarders of other nodes and
+   * the devices of its own node) in ascending rank; CSR over tokens, [T+1]
+   * offsets into combineFrom.
    */
   readonly combineStart: Int32Array;
   /** Rank each partial of a token comes from, ascending per token. */
@@ -198,11 +216,39 @@ export interface RankLayout {
   /** [R_d] local expert of each received row. */
   readonly localExpert: Int32Array;
 
+  // ---- forwarder side (dedupe `node` only; empty arrays otherwise) ----
+  /**
+   * [W+1] offsets into forwardToken by source rank: the transfers this rank
+   * receives as forwarder for its node (from ranks on other nodes with the
+   * same local index), in each source's send order (token ascending). This is
+   * the order of the forwarder's staging buffer.
+   */
+  readonly forwardOffsets: Int32Array;
+  /** [F] source token of each staged (forwarded) row. */
+  readonly forwardToken: Int32Array;
+  /**
+   * [F+1] CSR into forwardDestRank/forwardDestRow/forwardK: the (t,k) pairs of
+   * each staged row that land on this node, by destination rank ascending,
+   * then k ascending — the order combine reduces them in at the forwarder.
+   */
+  readonly forwardStart: Int32Array;
+  /** Destination rank (on this node, possibly this rank) of each fan-out pair. */
+  readonly forwardDestRank: Int32Array;
+  /** Row in that destination's receive buffer. */
+  readonly forwardDestRow: Int32Array;
+  /** k slot of the pair in its source token's top-k (for the routing weight). */
+  readonly forwardK: Int32Array;
+
   // ---- statistics ----
   /** [W] rows this rank sends to each destination under the plan's dedupe. */
   readonly sendRowsTo: Int32Array;
   /** [W] rows this rank would send to each destination with dedupe `none`. */
   readonly sendRowsToNoDedupe: Int32Array;
+  /**
+   * [W] dedupe `node`: rows this rank forwards to each rank of its node (one
+   * per staged row and distinct destination other than itself); zeros otherwise.
+   */
+  readonly forwardRowsTo: Int32Array;
 }
 
 /** The whole batch's layout: one descriptor per rank plus link statistics. */

@@ -1,0 +1,443 @@
+/**
+ * The one set of rules a pattern must obey, shared by the builder steps, the
+ * YAML/JSON readers and `compile`, so a value rejected in one place is
+ * rejected with the same field name and fix everywhere.
+ *
+ * Rules that need the topology (owners < world, experts divisible by world,
+ * copies ≤ world) live in `plan.ts`; everything knowable from the pattern
+ * alone lives here.
+ *
+ * @module
+ */
+import { WeftError } from "../lib/errors.ts";
+import type {
+  BasePlacement,
+  CombineOp,
+  Dedupe,
+  DType,
+  PatternSpec,
+  ReceiveOrder,
+  Replication,
+} from "./types.ts";
+
+/**
+ * A pattern still being built: a {@link PatternSpec} whose `topK` may not be
+ * set yet. The builder's `spec` has this type until `.topK(k)` is called.
+ *
+ * @example
+ * ```ts
+ * import type { PatternDraft } from "./validate_pattern.ts";
+ * const draft: PatternDraft = {
+ *   placement: { kind: "byDevice" },
+ *   dedupe: "device",
+ *   receive: "expert-major",
+ *   combine: "weighted",
+ *   dtype: "bf16",
+ * };
+ * console.assert(draft.topK === undefined);
+ * ```
+ */
+export type PatternDraft = Omit<PatternSpec, "topK"> & { readonly topK?: number };
+
+/**
+ * Values a pattern gets for the steps it does not call.
+ *
+ * @example
+ * ```ts
+ * import { PATTERN_DEFAULTS } from "./validate_pattern.ts";
+ * console.assert(PATTERN_DEFAULTS.dedupe === "device");
+ * ```
+ */
+export const PATTERN_DEFAULTS: Readonly<{
+  dedupe: Dedupe;
+  receive: ReceiveOrder;
+  combine: CombineOp;
+  dtype: DType;
+}> = Object.freeze({
+  dedupe: "device",
+  receive: "expert-major",
+  combine: "weighted",
+  dtype: "bf16",
+});
+
+/**
+ * Hidden sizes must be a multiple of this many elements: a bf16/f16 row is
+ * then a whole number of 16-byte vectors (f32: 32 bytes), which is what the
+ * copy kernels move per load; no row ever needs a ragged tail.
+ *
+ * @example
+ * ```ts
+ * import { HIDDEN_MULTIPLE } from "./validate_pattern.ts";
+ * console.assert(7168 % HIDDEN_MULTIPLE === 0);
+ * ```
+ */
+export const HIDDEN_MULTIPLE = 8;
+
+const DEDUPES: readonly Dedupe[] = ["none", "device", "node"];
+const RECEIVE_ORDERS: readonly ReceiveOrder[] = ["expert-major", "rank-major"];
+const COMBINE_OPS: readonly CombineOp[] = ["weighted", "sum"];
+const DTYPES: readonly DType[] = ["bf16", "f16", "f32"];
+const PLACEMENT_KINDS: readonly BasePlacement["kind"][] = ["byDevice", "roundRobin", "table"];
+
+const PATTERN_FIELDS = [
+  "experts",
+  "placement",
+  "replicas",
+  "topK",
+  "dedupe",
+  "receive",
+  "combine",
+  "dtype",
+  "hidden",
+] as const;
+
+/** Renders a user's value inside an error message, whatever its type. */
+function show(value: unknown): string {
+  if (typeof value === "string") return JSON.stringify(value);
+  if (value === undefined) return "nothing";
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}
+
+function isInteger(value: unknown): value is number {
+  return typeof value === "number" && Number.isInteger(value);
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/**
+ * Checks an expert count (the pattern's or the compile context's).
+ *
+ * @example
+ * ```ts
+ * import { checkExpertCount } from "./validate_pattern.ts";
+ * checkExpertCount("experts", 256);
+ * ```
+ */
+export function checkExpertCount(field: string, value: unknown): asserts value is number {
+  if (!isInteger(value) || value < 1) {
+    throw new WeftError({
+      field,
+      problem: `must be an integer ≥ 1, got ${show(value)}`,
+      fix: "give the number of experts of the MoE layer, e.g. experts(256) or .count(256)",
+    });
+  }
+}
+
+/**
+ * Checks a hidden size (the pattern's or the compile context's): a positive
+ * integer that is a multiple of {@link HIDDEN_MULTIPLE} elements.
+ *
+ * @example
+ * ```ts
+ * import { checkHidden } from "./validate_pattern.ts";
+ * checkHidden("hidden", 7168);
+ * ```
+ */
+export function checkHidden(field: string, value: unknown): asserts value is number {
+  if (!isInteger(value) || value < 1) {
+    throw new WeftError({
+      field,
+      problem: `must be an integer ≥ 1 (elements per row), got ${show(value)}`,
+      fix: "give the model's hidden size, e.g. .hidden(7168)",
+    });
+  }
+  if (value % HIDDEN_MULTIPLE !== 0) {
+    throw new WeftError({
+      field,
+      problem: `must be a multiple of ${HIDDEN_MULTIPLE} elements (16-byte rows in bf16/f16), ` +
+        `got ${value}`,
+      fix: `pad the hidden size up to ${Math.ceil(value / HIDDEN_MULTIPLE) * HIDDEN_MULTIPLE}`,
+    });
+  }
+}
+
+function checkEnum<T extends string>(
+  field: string,
+  value: unknown,
+  allowed: readonly T[],
+): asserts value is T {
+  if (!allowed.includes(value as T)) {
+    throw new WeftError({
+      field,
+      problem: `must be one of ${allowed.map((a) => `"${a}"`).join(", ")}, got ${show(value)}`,
+      fix: `use one of ${allowed.map((a) => `"${a}"`).join(", ")}`,
+    });
+  }
+}
+
+/** The expert count a draft implies: stated, or the length of its owner table. */
+function impliedExperts(draft: PatternDraft): number | undefined {
+  if (draft.experts !== undefined) return draft.experts;
+  return draft.placement.kind === "table" ? draft.placement.owners.length : undefined;
+}
+
+function checkPlacement(placement: BasePlacement, experts: number | undefined): void {
+  checkEnum("placement.kind", placement.kind, PLACEMENT_KINDS);
+  if (placement.kind !== "table") return;
+  const owners: unknown = placement.owners;
+  if (!Array.isArray(owners) || owners.length === 0) {
+    throw new WeftError({
+      field: "placement.owners",
+      problem: `must be a non-empty list of owner ranks, got ${show(owners)}`,
+      fix: "give one owner rank per expert, e.g. table([0, 0, 1, 1])",
+    });
+  }
+  owners.forEach((owner: unknown, i: number) => {
+    if (!isInteger(owner) || owner < 0) {
+      throw new WeftError({
+        field: `placement.owners[${i}]`,
+        problem: `must be a rank (an integer ≥ 0), got ${show(owner)}`,
+        fix: "give each expert's owner as a rank number between 0 and world - 1",
+      });
+    }
+  });
+  if (experts !== undefined && owners.length !== experts) {
+    throw new WeftError({
+      field: "placement.owners",
+      problem: `has ${owners.length} entries but the pattern has ${experts} experts`,
+      fix: `give exactly one owner rank per expert (${experts} entries), or drop the expert count`,
+    });
+  }
+}
+
+function checkReplicas(replicas: Replication, experts: number | undefined): void {
+  const ids: unknown = replicas.experts;
+  if (!Array.isArray(ids) || ids.length === 0) {
+    throw new WeftError({
+      field: "replicas.experts",
+      problem: `must be a non-empty list of expert ids, got ${show(ids)}`,
+      fix: "list the hot experts to replicate, e.g. .replicate([3, 17], 2)",
+    });
+  }
+  const seen = new Map<number, number>();
+  ids.forEach((id: unknown, i: number) => {
+    const field = `replicas.experts[${i}]`;
+    if (!isInteger(id) || id < 0 || (experts !== undefined && id >= experts)) {
+      throw new WeftError({
+        field,
+        problem: `must be an expert id between 0 and ${
+          experts === undefined ? "experts" : experts
+        } - 1, got ${show(id)}`,
+        fix: "list only ids of existing experts",
+      });
+    }
+    const first = seen.get(id);
+    if (first !== undefined) {
+      throw new WeftError({
+        field,
+        problem: `expert ${id} is listed twice (also at index ${first})`,
+        fix: "list each hot expert once; `copies` sets how many replicas each gets",
+      });
+    }
+    seen.set(id, i);
+  });
+  if (!isInteger(replicas.copies) || replicas.copies < 2) {
+    throw new WeftError({
+      field: "replicas.copies",
+      problem: `must be an integer ≥ 2 (total copies, the owner's included), got ${
+        show(replicas.copies)
+      }`,
+      fix: "give 2 or more copies, or drop the replication",
+    });
+  }
+}
+
+/**
+ * Checks every rule a pattern can be checked against without a topology:
+ * each present field's type and range, and the combinations (topK ≤ experts,
+ * one owner per expert, replica ids among the experts). Throws a
+ * {@link WeftError} naming the first field at fault.
+ *
+ * @example
+ * ```ts
+ * import { checkPatternDraft } from "./validate_pattern.ts";
+ * checkPatternDraft({
+ *   experts: 256, placement: { kind: "byDevice" }, topK: 8,
+ *   dedupe: "device", receive: "expert-major", combine: "weighted", dtype: "bf16",
+ * });
+ * ```
+ */
+export function checkPatternDraft(draft: PatternDraft): void {
+  if (draft.experts !== undefined) checkExpertCount("experts", draft.experts);
+  checkPlacement(draft.placement, draft.experts);
+  const experts = impliedExperts(draft);
+  if (draft.replicas !== undefined) checkReplicas(draft.replicas, experts);
+  if (draft.topK !== undefined) {
+    if (!isInteger(draft.topK) || draft.topK < 1) {
+      throw new WeftError({
+        field: "topK",
+        problem: `must be an integer ≥ 1 (experts per token), got ${show(draft.topK)}`,
+        fix: "give the router's k, e.g. .topK(8)",
+      });
+    }
+    if (experts !== undefined && draft.topK > experts) {
+      throw new WeftError({
+        field: "topK",
+        problem: `is ${draft.topK}, more than the ${experts} experts there are`,
+        fix: `use a k between 1 and ${experts}`,
+      });
+    }
+  }
+  checkEnum("dedupe", draft.dedupe, DEDUPES);
+  checkEnum("receive", draft.receive, RECEIVE_ORDERS);
+  checkEnum("combine", draft.combine, COMBINE_OPS);
+  checkEnum("dtype", draft.dtype, DTYPES);
+  if (draft.hidden !== undefined) checkHidden("hidden", draft.hidden);
+}
+
+/**
+ * A deeply frozen copy of a draft with its keys in the canonical order (the
+ * order YAML is written in) and unset optional fields left out, so that two
+ * equal patterns have equal specs and equal text.
+ *
+ * @example
+ * ```ts
+ * import { canonicalPattern } from "./validate_pattern.ts";
+ * const spec = canonicalPattern({
+ *   topK: 8, placement: { kind: "roundRobin" },
+ *   dedupe: "none", receive: "rank-major", combine: "sum", dtype: "f32",
+ * });
+ * console.assert(Object.isFrozen(spec.placement) && Object.keys(spec)[0] === "placement");
+ * ```
+ */
+export function canonicalPattern<D extends PatternDraft>(draft: D): D {
+  const placement: BasePlacement = draft.placement.kind === "table"
+    ? Object.freeze({
+      kind: "table",
+      owners: Object.freeze(Array.from(draft.placement.owners)),
+    })
+    : Object.freeze({ kind: draft.placement.kind });
+  const out: Record<string, unknown> = {};
+  if (draft.experts !== undefined) out.experts = draft.experts;
+  out.placement = placement;
+  if (draft.replicas !== undefined) {
+    out.replicas = Object.freeze({
+      experts: Object.freeze(Array.from(draft.replicas.experts)),
+      copies: draft.replicas.copies,
+    });
+  }
+  if (draft.topK !== undefined) out.topK = draft.topK;
+  out.dedupe = draft.dedupe;
+  out.receive = draft.receive;
+  out.combine = draft.combine;
+  out.dtype = draft.dtype;
+  if (draft.hidden !== undefined) out.hidden = draft.hidden;
+  return Object.freeze(out) as D;
+}
+
+function rejectUnknownFields(
+  where: string,
+  value: Record<string, unknown>,
+  known: readonly string[],
+): void {
+  for (const key of Object.keys(value)) {
+    if (!known.includes(key)) {
+      throw new WeftError({
+        field: where === "" ? key : `${where}.${key}`,
+        problem: "is not a field weft knows",
+        fix: `remove it; the fields here are ${known.join(", ")}`,
+      });
+    }
+  }
+}
+
+function readPlacement(value: unknown): BasePlacement {
+  if (!isRecord(value)) {
+    throw new WeftError({
+      field: "placement",
+      problem: `must be a mapping with a \`kind\`, got ${show(value)}`,
+      fix: 'write e.g. placement: { kind: "byDevice" }',
+    });
+  }
+  checkEnum("placement.kind", value.kind, PLACEMENT_KINDS);
+  if (value.kind === "table") {
+    rejectUnknownFields("placement", value, ["kind", "owners"]);
+    if (!("owners" in value)) {
+      throw new WeftError({
+        field: "placement.owners",
+        problem: "is missing; a table placement lists one owner rank per expert",
+        fix: "add owners: [rank of expert 0, rank of expert 1, …]",
+      });
+    }
+    return { kind: "table", owners: value.owners as number[] };
+  }
+  rejectUnknownFields("placement", value, ["kind"]);
+  return { kind: value.kind };
+}
+
+function readReplicas(value: unknown): Replication {
+  if (!isRecord(value)) {
+    throw new WeftError({
+      field: "replicas",
+      problem: `must be a mapping with \`experts\` and \`copies\`, got ${show(value)}`,
+      fix: "write e.g. replicas: { experts: [3, 17], copies: 2 }",
+    });
+  }
+  rejectUnknownFields("replicas", value, ["experts", "copies"]);
+  return { experts: value.experts as number[], copies: value.copies as number };
+}
+
+/**
+ * Reads a pattern from untrusted plain data (parsed YAML or JSON): rejects
+ * unknown fields, wrong types and impossible combinations with a
+ * {@link WeftError} naming the field (a path such as `placement.owners[3]`),
+ * fills the documented defaults for `dedupe`, `receive`, `combine` and
+ * `dtype`, and returns a canonical, deeply frozen {@link PatternSpec}.
+ * `placement` and `topK` are required.
+ *
+ * @example
+ * ```ts
+ * import { readPatternSpec } from "./validate_pattern.ts";
+ * const spec = readPatternSpec({ placement: { kind: "byDevice" }, topK: 8 });
+ * console.assert(spec.dedupe === "device" && Object.isFrozen(spec));
+ * ```
+ */
+export function readPatternSpec(input: unknown): PatternSpec {
+  if (!isRecord(input)) {
+    throw new WeftError({
+      field: "pattern",
+      problem: `must be a mapping of pattern fields, got ${show(input)}`,
+      fix: "write the pattern as fields such as placement, topK, dedupe",
+    });
+  }
+  rejectUnknownFields("", input, PATTERN_FIELDS);
+  if (!("placement" in input)) {
+    throw new WeftError({
+      field: "placement",
+      problem: "is missing",
+      fix: 'add placement: { kind: "byDevice" } (or roundRobin, or table with owners)',
+    });
+  }
+  if (!("topK" in input)) {
+    throw new WeftError({
+      field: "topK",
+      problem: "is missing",
+      fix: "add topK: k, the number of experts each token is routed to",
+    });
+  }
+  // Only an absent field takes the default: `dedupe: ~` is a mistake to report.
+  const orDefault = (key: keyof typeof PATTERN_DEFAULTS): unknown =>
+    key in input ? input[key] : PATTERN_DEFAULTS[key];
+  const draft = {
+    experts: input.experts,
+    placement: readPlacement(input.placement),
+    replicas: "replicas" in input ? readReplicas(input.replicas) : undefined,
+    topK: input.topK,
+    dedupe: orDefault("dedupe"),
+    receive: orDefault("receive"),
+    combine: orDefault("combine"),
+    dtype: orDefault("dtype"),
+    hidden: input.hidden,
+  } as PatternSpec;
+  // `experts: ~` must not read as "unset" (checkPatternDraft skips undefined).
+  if ("experts" in input) checkExpertCount("experts", input.experts);
+  if ("hidden" in input) checkHidden("hidden", input.hidden);
+  checkPatternDraft(draft);
+  return canonicalPattern(draft);
+}

@@ -1,0 +1,331 @@
+/**
+ * Host-side validation of one batch's inputs against a plan, shared by the
+ * Simulator, the layout compiler and the GPU engine. Every check throws a
+ * {@link WeftError} naming the field (`x`, `topkIdx`, `topkWeights`, `inputs`,
+ * `ys`), the rank and the fix. Engines run the checks for every rank before
+ * they write anything, so a bad rank leaves all outputs untouched.
+ *
+ * @module
+ */
+import type { DType, PlanSpec } from "../dsl/types.ts";
+import type { HostRows, Tensor } from "./engine_api.ts";
+import { WeftError } from "./errors.ts";
+
+/** Anything with a row count, a column count and a dtype: a {@link Tensor} or a shape descriptor. */
+export type RowsShape = Pick<Tensor, "rows" | "cols" | "dtype">;
+
+/** The parts of a rank's input that can be checked on the host; `x` may be left out (e.g. a device tensor checked elsewhere). */
+export interface RankInputLike {
+  readonly x?: HostRows | RowsShape;
+  readonly topkIdx: Int32Array;
+  readonly topkWeights: Float32Array;
+}
+
+/** The parts of a {@link PlanSpec} the input checks read. */
+export type PlanShape = Pick<PlanSpec, "experts" | "topK" | "hidden" | "dtype">;
+
+function bad(field: string, rank: number, problem: string, fix: string): never {
+  throw new WeftError({ field, rank, problem, fix });
+}
+
+function describe(v: unknown): string {
+  if (v === null) return "null";
+  if (typeof v !== "object") return typeof v;
+  return (v as object).constructor?.name ?? "object";
+}
+
+function hostArrayType(dtype: DType): string {
+  return dtype === "f32" ? "Float32Array" : "Uint16Array";
+}
+
+function isHostRows(x: unknown): x is HostRows {
+  return x instanceof Float32Array || x instanceof Uint16Array;
+}
+
+/**
+ * Check one rows argument (`x`, or one `y` of combine) against the plan's
+ * dtype and hidden size, and return its row count. With `rows` given, the
+ * row count must equal it.
+ *
+ * @throws {WeftError} `field` for a wrong array type, dtype, width or row count.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { checkRows } from "./input_check.ts";
+ * const plan = { experts: 4, topK: 2, hidden: 3, dtype: "f32" as const };
+ * assert.ok(checkRows(plan, 0, "x", new Float32Array(6)) === 2);
+ * ```
+ */
+export function checkRows(
+  plan: Pick<PlanSpec, "hidden" | "dtype">,
+  rank: number,
+  field: string,
+  x: unknown,
+  rows?: number,
+): number {
+  const H = plan.hidden;
+  const want = hostArrayType(plan.dtype);
+  let n: number;
+  if (isHostRows(x)) {
+    if ((x instanceof Float32Array) !== (plan.dtype === "f32")) {
+      bad(
+        field,
+        rank,
+        `is a ${describe(x)} but the plan's dtype is ${plan.dtype} (host rows are a ${want})`,
+        plan.dtype === "f32"
+          ? "convert the 16-bit rows with toF32(rows, dtype) from lib/dtype.ts, or compile the plan with that dtype"
+          : `convert with fromF32(rows, "${plan.dtype}") from lib/dtype.ts, or compile the plan with dtype f32`,
+      );
+    }
+    if (x.length % H !== 0) {
+      bad(
+        field,
+        rank,
+        `has ${x.length} elements, not a multiple of hidden ${H}`,
+        `pass rows × ${H} elements`,
+      );
+    }
+    n = x.length / H;
+  } else if (
+    x !== null && typeof x === "object" && "rows" in x && "cols" in x && "dtype" in x
+  ) {
+    const t = x as RowsShape;
+    if (t.dtype !== plan.dtype) {
+      bad(
+        field,
+        rank,
+        `tensor dtype is ${t.dtype} but the plan's dtype is ${plan.dtype}`,
+        `convert the tensor to ${plan.dtype} or compile the plan with dtype ${t.dtype}`,
+      );
+    }
+    if (t.cols !== H) {
+      bad(
+        field,
+        rank,
+        `tensor has ${t.cols} columns but the plan's hidden size is ${H}`,
+        `pass a [rows × ${H}] tensor`,
+      );
+    }
+    n = t.rows;
+  } else {
+    bad(field, rank, `must be a ${want} or a Tensor, got ${describe(x)}`, `pass a ${want}`);
+  }
+  if (rows !== undefined && n !== rows) {
+    bad(
+      field,
+      rank,
+      `has ${n} rows, expected ${rows} (${rows} × ${H} elements)`,
+      `pass exactly ${rows} rows`,
+    );
+  }
+  return n;
+}
+
+/**
+ * Check one rank's `topkIdx`: an Int32Array of T×K ids, each -1 or in
+ * [0, experts), no expert twice in one token. Returns T.
+ *
+ * @throws {WeftError} `topkIdx` for a wrong type, a length that is not T×K
+ *   (reported as a K mismatch when it is a whole number of other-K rows), an
+ *   id out of range or a duplicated expert.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { checkTopkIdx } from "./input_check.ts";
+ * const plan = { experts: 4, topK: 2, hidden: 3, dtype: "f32" as const };
+ * assert.ok(checkTopkIdx(plan, 0, Int32Array.of(0, 1, 3, -1)) === 2);
+ * ```
+ */
+export function checkTopkIdx(
+  plan: Pick<PlanSpec, "experts" | "topK">,
+  rank: number,
+  topkIdx: unknown,
+  tokens?: number,
+): number {
+  const K = plan.topK;
+  const E = plan.experts;
+  if (!(topkIdx instanceof Int32Array)) {
+    bad(
+      "topkIdx",
+      rank,
+      `must be an Int32Array, got ${describe(topkIdx)}`,
+      "wrap the ids with Int32Array.from(ids)",
+    );
+  }
+  const L = topkIdx.length;
+  if (tokens === undefined) {
+    if (L % K !== 0) {
+      bad(
+        "topkIdx",
+        rank,
+        `has ${L} entries, not a multiple of the plan's topK ${K} (K mismatch?)`,
+        `pass T × ${K} ids, padding unused slots with -1, or compile with the K your router uses`,
+      );
+    }
+    tokens = L / K;
+  } else if (L !== tokens * K) {
+    if (tokens > 0 && L % tokens === 0) {
+      bad(
+        "topkIdx",
+        rank,
+        `has ${L} = ${tokens} × ${
+          L / tokens
+        } entries for ${tokens} tokens: K mismatch, the plan's topK is ${K}`,
+        `pass ${K} ids per token (pad with -1), or compile the plan with topK(${L / tokens})`,
+      );
+    }
+    bad(
+      "topkIdx",
+      rank,
+      `has ${L} entries, expected tokens × topK = ${tokens} × ${K} = ${tokens * K}`,
+      `pass ${K} ids for each of the ${tokens} tokens of x`,
+    );
+  }
+  // seen[e] = t + 1 when token t already listed e: one pass, no clearing.
+  const seen = new Int32Array(E);
+  for (let t = 0; t < tokens; t++) {
+    const row = t * K;
+    for (let k = 0; k < K; k++) {
+      const e = topkIdx[row + k];
+      if (e === -1) continue;
+      if (e < -1 || e >= E) {
+        bad(
+          "topkIdx",
+          rank,
+          `token ${t} slot ${k} holds expert ${e}, outside [0, ${E}) (and not -1 for an empty slot)`,
+          `route to experts 0…${E - 1}, or use -1 for an unused slot`,
+        );
+      }
+      if (seen[e] === t + 1) {
+        let first = 0;
+        while (topkIdx[row + first] !== e) first++;
+        bad(
+          "topkIdx",
+          rank,
+          `token ${t} lists expert ${e} twice (slots ${first} and ${k})`,
+          "give each token distinct experts in its top-k; use -1 for unused slots",
+        );
+      }
+      seen[e] = t + 1;
+    }
+  }
+  return tokens;
+}
+
+/**
+ * Check `topkWeights`: a Float32Array of T×K, finite wherever the slot holds
+ * an expert. Weights of `-1` slots are never read, so they are not checked.
+ *
+ * @throws {WeftError} `topkWeights` for a wrong type or length, or a NaN/±Inf weight.
+ * @example
+ * ```ts
+ * import { checkTopkWeights } from "./input_check.ts";
+ * const plan = { experts: 4, topK: 2, hidden: 3, dtype: "f32" as const };
+ * checkTopkWeights(plan, 0, Int32Array.of(0, -1), Float32Array.of(1, NaN));
+ * ```
+ */
+export function checkTopkWeights(
+  plan: Pick<PlanSpec, "topK">,
+  rank: number,
+  topkIdx: Int32Array,
+  topkWeights: unknown,
+): void {
+  const K = plan.topK;
+  if (!(topkWeights instanceof Float32Array)) {
+    bad(
+      "topkWeights",
+      rank,
+      `must be a Float32Array, got ${describe(topkWeights)}`,
+      "wrap the weights with Float32Array.from(weights)",
+    );
+  }
+  if (topkWeights.length !== topkIdx.length) {
+    bad(
+      "topkWeights",
+      rank,
+      `has ${topkWeights.length} entries, expected tokens × topK = ${topkIdx.length} (one per topkIdx entry)`,
+      `pass ${K} weights per token, in the same order as topkIdx`,
+    );
+  }
+  for (let i = 0; i < topkWeights.length; i++) {
+    const w = topkWeights[i];
+    if (topkIdx[i] !== -1 && !Number.isFinite(w)) {
+      bad(
+        "topkWeights",
+        rank,
+        `token ${Math.floor(i / K)} slot ${i % K} has weight ${w}`,
+        "fix the router output: weights of routed slots must be finite",
+      );
+    }
+  }
+}
+
+/**
+ * Check one rank's whole input: `x` (when given), `topkIdx`, `topkWeights`.
+ * The token count comes from `tokens`, else from `x`, else from
+ * `topkIdx.length / topK`. Returns it.
+ *
+ * @throws {WeftError} naming the field and the rank, with the fix.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { checkRankInput } from "./input_check.ts";
+ * const plan = { experts: 4, topK: 2, hidden: 3, dtype: "f32" as const };
+ * const T = checkRankInput(plan, 0, {
+ *   x: new Float32Array(6), topkIdx: Int32Array.of(0, 1, 2, 3), topkWeights: Float32Array.of(0.5, 0.5, 0.7, 0.3),
+ * });
+ * assert.ok(T === 2);
+ * ```
+ */
+export function checkRankInput(
+  plan: PlanShape,
+  rank: number,
+  input: RankInputLike,
+  tokens?: number,
+): number {
+  if (input === null || typeof input !== "object") {
+    bad(
+      "inputs",
+      rank,
+      `must be an object {x, topkIdx, topkWeights}, got ${describe(input)}`,
+      "pass one RankInput per rank",
+    );
+  }
+  if (input.x !== undefined) tokens = checkRows(plan, rank, "x", input.x, tokens);
+  tokens = checkTopkIdx(plan, rank, input.topkIdx, tokens);
+  checkTopkWeights(plan, rank, input.topkIdx, input.topkWeights);
+  return tokens;
+}
+
+/**
+ * Check a collective call's inputs: exactly one per rank (in `ranks` order,
+ * default every rank of the plan), each valid. Returns the token count of
+ * each. Run before any output is allocated or written.
+ *
+ * @throws {WeftError} `inputs` for a wrong count, or the first bad rank's field.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { checkRankInputs } from "./input_check.ts";
+ * const plan = { world: 1, experts: 2, topK: 1, hidden: 1, dtype: "f32" as const };
+ * const T = checkRankInputs(plan, [{ x: Float32Array.of(1), topkIdx: Int32Array.of(1), topkWeights: Float32Array.of(1) }]);
+ * assert.ok(T[0] === 1);
+ * ```
+ */
+export function checkRankInputs(
+  plan: PlanShape & Pick<PlanSpec, "world">,
+  inputs: readonly RankInputLike[],
+  ranks?: readonly number[],
+): number[] {
+  const order = ranks ?? Array.from({ length: plan.world }, (_, r) => r);
+  if (!Array.isArray(inputs) || inputs.length !== order.length) {
+    throw new WeftError({
+      field: "inputs",
+      problem: `expected one input per driven rank (${order.length}), got ${
+        Array.isArray(inputs) ? inputs.length : describe(inputs)
+      }`,
+      fix: `pass an array of ${order.length} RankInput objects in rank order`,
+    });
+  }
+  return order.map((r, i) => checkRankInput(plan, r, inputs[i]));
+}

@@ -1,0 +1,402 @@
+/**
+ * The Simulator: every rank of a plan in one process, on the CPU. It is the
+ * oracle the GPU engine is tested against, so it implements DESIGN.md's
+ * Semantics literally: dispatch copies raw row bits into the layout's receive
+ * order; combine reduces in true f32 arithmetic (every product and every sum
+ * rounded to f32) in the normative order, and rounds to the dtype once.
+ *
+ * @module
+ */
+import type { BatchLayout, PlanSpec } from "../dsl/types.ts";
+import { computeLayout } from "../dsl/layout.ts";
+import type {
+  Dispatched,
+  DispatchHandle,
+  DispatchResult,
+  HostRows,
+  RankInput,
+  ShuffleEngine,
+  Tensor,
+} from "./engine_api.ts";
+import { fromF32 } from "./dtype.ts";
+import { HostTensor } from "./host_tensor.ts";
+import { checkRankInputs, checkRows } from "./input_check.ts";
+import { WeftError } from "./errors.ts";
+
+/** A Simulator dispatch result: `recv` is a {@link HostTensor}. */
+export interface SimDispatchResult extends DispatchResult {
+  readonly recv: HostTensor;
+}
+
+/** What {@link Simulator.dispatch} returns: the results, the handle, and the layout for inspection. */
+export interface SimDispatched extends Dispatched {
+  readonly results: readonly SimDispatchResult[];
+  readonly handle: SimulatorHandle;
+  readonly layout: BatchLayout;
+}
+
+/**
+ * One batch's cached layout and routing weights, for combine and
+ * re-dispatch. Using it after `close()` throws a WeftError.
+ */
+export class SimulatorHandle implements DispatchHandle {
+  readonly ranks: readonly number[];
+  #layout: BatchLayout | undefined;
+  #weights: Float32Array[] | undefined;
+  readonly #owner: Simulator;
+
+  /** @internal Built by {@link Simulator.dispatch}. */
+  constructor(owner: Simulator, layout: BatchLayout, weights: Float32Array[]) {
+    this.#owner = owner;
+    this.ranks = owner.ranks;
+    this.#layout = layout;
+    this.#weights = weights;
+  }
+
+  /** The batch's layout descriptor. */
+  get layout(): BatchLayout {
+    return this.#open().layout;
+  }
+
+  /** @internal The layout and a copy of each rank's routing weights; throws once closed. */
+  open(owner: Simulator): { layout: BatchLayout; weights: Float32Array[] } {
+    if (owner !== this.#owner) {
+      throw new WeftError({
+        field: "handle",
+        problem: "belongs to another engine",
+        fix: "pass the handle returned by this Simulator's dispatch",
+      });
+    }
+    return this.#open();
+  }
+
+  #open(): { layout: BatchLayout; weights: Float32Array[] } {
+    if (this.#layout === undefined || this.#weights === undefined) {
+      throw new WeftError({
+        field: "handle",
+        problem: "is closed",
+        fix: "combine or re-dispatch before closing the handle, or dispatch again",
+      });
+    }
+    return { layout: this.#layout, weights: this.#weights };
+  }
+
+  /** Release the layout; later use throws. Idempotent. */
+  close(): void {
+    this.#layout = undefined;
+    this.#weights = undefined;
+  }
+
+  /** Same as {@link SimulatorHandle.close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/**
+ * The CPU engine: drives all ranks of `plan`.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { Simulator } from "./simulator.ts";
+ * import { compilePlacement } from "../dsl/placement.ts";
+ * import type { PlanSpec } from "../dsl/types.ts";
+ * const pattern = { placement: { kind: "byDevice" }, topK: 2, dedupe: "device", receive: "expert-major", combine: "weighted", dtype: "f32" } as const;
+ * const plan: PlanSpec = {
+ *   pattern, world: 2, gpusPerNode: 2, nodes: 1, experts: 4, topK: 2, hidden: 2, dtype: "f32",
+ *   dedupe: "device", receive: "expert-major", combine: "weighted",
+ *   ...compilePlacement({ placement: pattern.placement, experts: 4, world: 2, gpusPerNode: 2 }),
+ * };
+ * using sim = new Simulator(plan);
+ * const d = await sim.dispatch([
+ *   { x: Float32Array.of(1, 2), topkIdx: Int32Array.of(0, 3), topkWeights: Float32Array.of(0.25, 0.75) },
+ *   { x: new Float32Array(0), topkIdx: new Int32Array(0), topkWeights: new Float32Array(0) },
+ * ]);
+ * const [out] = await sim.combine(d.handle, d.results.map((r) => r.recv));
+ * assert.ok((await out.read())[1] === 2); // identity experts: x · Σw
+ * d.handle.close();
+ * ```
+ */
+export class Simulator implements ShuffleEngine {
+  /** Always "simulator". */
+  readonly kind = "simulator" as const;
+  /** The plan every batch is shuffled by. */
+  readonly plan: PlanSpec;
+  /** Every rank of the plan, 0 … world−1. */
+  readonly ranks: readonly number[];
+  #closed = false;
+  #lastLayout: BatchLayout | undefined;
+
+  /** An engine for `plan`; holds no resources beyond the last layout. */
+  constructor(plan: PlanSpec) {
+    this.plan = plan;
+    this.ranks = Object.freeze(Array.from({ length: plan.world }, (_, r) => r));
+  }
+
+  /** The layout of the most recent dispatch, for inspection. */
+  get lastLayout(): BatchLayout | undefined {
+    return this.#lastLayout;
+  }
+
+  /**
+   * Dispatch one batch: one input per rank. All ranks' inputs are checked
+   * before anything is computed; a bad one throws a WeftError naming the
+   * field and the rank.
+   */
+  async dispatch(inputs: readonly RankInput[]): Promise<SimDispatched> {
+    this.#checkOpen();
+    checkRankInputs(this.plan, inputs);
+    const xs = await this.#readRows("x", inputs.map((i) => i.x), null);
+    const layout = computeLayout(this.plan, inputs.map((i) => i.topkIdx));
+    const weights = inputs.map((i) => i.topkWeights.slice());
+    this.#lastLayout = layout;
+    const handle = new SimulatorHandle(this, layout, weights);
+    return { results: this.#scatter(layout, weights, xs), handle, layout };
+  }
+
+  /** Dispatch new rows (same shapes) through a handle's cached layout; returns the same handle. */
+  async redispatch(
+    handle: DispatchHandle,
+    xs: readonly (HostRows | Tensor)[],
+  ): Promise<SimDispatched> {
+    this.#checkOpen();
+    const { layout, weights } = this.#handle(handle).open(this);
+    const rows = await this.#readRows("xs", xs, layout.ranks.map((r) => r.tokens));
+    return {
+      results: this.#scatter(layout, weights, rows),
+      handle: handle as SimulatorHandle,
+      layout,
+    };
+  }
+
+  /**
+   * Combine expert outputs y (one [R_d × H] per rank, in the handle's receive
+   * order) into one [T_r × H] tensor per rank. For each token: a partial per
+   * destination device (its pairs in ascending k), then the partials in
+   * ascending device rank — with dedupe `node`, the devices of one remote
+   * node are first summed into the forwarder's partial, which is then added
+   * in the forwarder's turn. Every product and sum is rounded to f32; the
+   * result is rounded to the dtype once. Tokens with no expert get zeros.
+   */
+  async combine(handle: DispatchHandle, ys: readonly (HostRows | Tensor)[]): Promise<HostTensor[]> {
+    this.#checkOpen();
+    const { layout, weights } = this.#handle(handle).open(this);
+    const y = await this.#readRows("ys", ys, layout.ranks.map((r) => r.recvRows));
+    return layout.ranks.map((rl) => this.#combineRank(layout, rl.rank, y, weights[rl.rank]));
+  }
+
+  /** Release the engine; later calls throw. */
+  close(): void {
+    this.#closed = true;
+    this.#lastLayout = undefined;
+  }
+
+  /** Same as {@link Simulator.close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) {
+      throw new WeftError({
+        field: "simulator",
+        problem: "is closed",
+        fix: "create a new Simulator",
+      });
+    }
+  }
+
+  #handle(handle: DispatchHandle): SimulatorHandle {
+    if (!(handle instanceof SimulatorHandle)) {
+      throw new WeftError({
+        field: "handle",
+        problem: "is not a Simulator handle",
+        fix: "pass the handle returned by this Simulator's dispatch",
+      });
+    }
+    return handle;
+  }
+
+  /**
+   * Check every rank's rows first (count, dtype, width, row count), then read
+   * them; `rows` null means the counts were already checked by the caller.
+   */
+  async #readRows(
+    field: string,
+    xs: readonly (HostRows | Tensor)[],
+    rows: readonly number[] | null,
+  ): Promise<HostRows[]> {
+    const W = this.plan.world;
+    if (!Array.isArray(xs) || xs.length !== W) {
+      throw new WeftError({
+        field,
+        problem: `expected one entry per rank (${W}), got ${
+          Array.isArray(xs) ? xs.length : typeof xs
+        }`,
+        fix: `pass ${W} row arrays or tensors in rank order`,
+      });
+    }
+    const counts = xs.map((x, r) => checkRows(this.plan, r, field, x, rows?.[r]));
+    const data = await Promise.all(
+      xs.map((x) => (x instanceof HostTensor ? x.data : ArrayBuffer.isView(x) ? x : x.read())),
+    );
+    // A device tensor's host copy must agree with the shape it advertised.
+    data.forEach((d, r) => checkRows(this.plan, r, field, d, counts[r]));
+    return data;
+  }
+
+  #scatter(layout: BatchLayout, weights: Float32Array[], xs: HostRows[]): SimDispatchResult[] {
+    const { hidden: H, topK: K, dtype } = this.plan;
+    return layout.ranks.map((rl) => {
+      const R = rl.recvRows;
+      const recv = new HostTensor(dtype, R, H);
+      const out = recv.data;
+      const recvWeights = new Float32Array(R);
+      for (let i = 0; i < R; i++) {
+        const s = rl.srcRank[i];
+        const t = rl.srcToken[i];
+        out.set(xs[s].subarray(t * H, (t + 1) * H), i * H);
+        recvWeights[i] = weights[s][t * K + rl.srcK[i]];
+      }
+      return {
+        rank: rl.rank,
+        recv,
+        expertCounts: rl.expertCounts.slice(),
+        recvWeights,
+        srcRank: rl.srcRank.slice(),
+        srcToken: rl.srcToken.slice(),
+        srcK: rl.srcK.slice(),
+      };
+    });
+  }
+
+  #combineRank(layout: BatchLayout, r: number, ys: HostRows[], w: Float32Array): HostTensor {
+    const { hidden: H, topK: K, dtype } = this.plan;
+    const weighted = this.plan.combine === "weighted";
+    const rl = layout.ranks[r];
+    const out = new HostTensor(dtype, rl.tokens, H);
+    const acc = new Float32Array(H);
+    const group = new Float32Array(H);
+    const part = new Float32Array(H);
+    const kernel = dtype === "bf16" ? fmaBf16 : dtype === "f16" ? fmaF16 : fmaF32;
+    const yv = ys.map((y) =>
+      dtype === "f16" ? new Float16Array(y.buffer, y.byteOffset, y.length) : y
+    ) as (Uint16Array & Float16Array & Float32Array)[];
+    const devices = new Int32Array(K);
+    const { forwardRank: fwd, destRank, destRow } = rl;
+
+    /**
+     * target ⊕= Σ over devices[a..b) ascending of (Σ_k ascending w·y) with
+     * every step rounded to f32; `init` means target starts at 0. A device
+     * with one pair is added straight into target (p = fround(w·y) + 0, and
+     * target + p equals target + fround(w·y)); with several pairs its partial
+     * is formed first, since (target + p1) + p2 ≠ target + (p1 + p2) in f32.
+     */
+    const reduce = (target: Float32Array, t: number, a: number, b: number, init: boolean): void => {
+      for (let g = a; g < b; g++) {
+        const d = devices[g];
+        let pairs = 0;
+        for (let k = 0; k < K; k++) if (destRank[t * K + k] === d) pairs++;
+        const into = init || pairs === 1 ? target : part;
+        let first = init || pairs > 1;
+        for (let k = 0; k < K; k++) {
+          const i = t * K + k;
+          if (destRank[i] !== d) continue;
+          kernel(into, yv[d], destRow[i] * H, weighted ? w[i] : 1, H, first);
+          first = false;
+        }
+        if (into === part) { for (let j = 0; j < H; j++) target[j] += part[j]; }
+        init = false;
+      }
+    };
+
+    const outRows = out.data;
+    for (let t = 0; t < rl.tokens; t++) {
+      let n = 0;
+      for (let k = 0; k < K; k++) {
+        const d = destRank[t * K + k];
+        if (d < 0) continue;
+        let j = 0;
+        while (j < n && devices[j] !== d) j++;
+        if (j < n) continue;
+        n++;
+        while (j > 0 && devices[j - 1] > d) {
+          devices[j] = devices[j - 1];
+          j--;
+        }
+        devices[j] = d;
+      }
+      if (n === 0) continue; // no expert: the row stays zero
+      for (let a = 0; a < n;) {
+        // Devices sharing a forwarder (dedupe node) are reduced there first.
+        let b = a + 1;
+        while (b < n && fwd[devices[b]] === fwd[devices[a]]) b++;
+        if (b - a === 1) reduce(acc, t, a, b, a === 0);
+        else {
+          reduce(group, t, a, b, true);
+          if (a === 0) acc.set(group);
+          else for (let j = 0; j < H; j++) acc[j] += group[j];
+        }
+        a = b;
+      }
+      const o = outRows.subarray(t * H, (t + 1) * H);
+      if (dtype === "f32") o.set(acc);
+      else fromF32(acc, dtype, o);
+    }
+    return out;
+  }
+}
+
+// One kernel per dtype keeps each loop monomorphic. `init`: dst = fround(w·y) + 0
+// (the + 0 makes a -0 product +0, as an accumulator starting at 0 would);
+// otherwise dst += fround(w·y), the sum rounded to f32 by the store. For
+// "sum" w is 1 and fround(1·y) = y.
+
+const bf16Bits = new Uint32Array(1);
+const bf16Value = new Float32Array(bf16Bits.buffer);
+
+function fmaBf16(
+  dst: Float32Array,
+  y: Uint16Array,
+  off: number,
+  w: number,
+  H: number,
+  init: boolean,
+): void {
+  if (init) {
+    for (let j = 0; j < H; j++) {
+      bf16Bits[0] = y[off + j] << 16;
+      dst[j] = Math.fround(w * bf16Value[0]) + 0;
+    }
+  } else {
+    for (let j = 0; j < H; j++) {
+      bf16Bits[0] = y[off + j] << 16;
+      dst[j] += Math.fround(w * bf16Value[0]);
+    }
+  }
+}
+
+function fmaF16(
+  dst: Float32Array,
+  y: Float16Array,
+  off: number,
+  w: number,
+  H: number,
+  init: boolean,
+): void {
+  if (init) { for (let j = 0; j < H; j++) dst[j] = Math.fround(w * y[off + j]) + 0; }
+  else for (let j = 0; j < H; j++) dst[j] += Math.fround(w * y[off + j]);
+}
+
+function fmaF32(
+  dst: Float32Array,
+  y: Float32Array,
+  off: number,
+  w: number,
+  H: number,
+  init: boolean,
+): void {
+  if (init) { for (let j = 0; j < H; j++) dst[j] = Math.fround(w * y[off + j]) + 0; }
+  else for (let j = 0; j < H; j++) dst[j] += Math.fround(w * y[off + j]);
+}
