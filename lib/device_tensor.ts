@@ -1,0 +1,259 @@
+/**
+ * A [rows × cols] matrix in GPU memory. Either it owns its allocation (made
+ * by {@link DeviceTensor.alloc} or {@link DeviceTensor.upload}, freed by
+ * `close()`), or it is a view into memory that something else owns (a
+ * dispatch handle's receive buffer), which becomes unusable when its owner
+ * closes.
+ *
+ * @module
+ */
+import type { HostRows, Tensor } from "./engine_api.ts";
+import { type DType, DTYPE_BYTES } from "../dsl/types.ts";
+import { WeftError } from "./errors.ts";
+import { hostPointer, pointerValue, readPointer } from "./ffi.ts";
+import { native, unwrap } from "./native.ts";
+
+/** Something that owns device memory a view points into. */
+export interface ViewOwner {
+  /** True once the memory is gone. */
+  readonly closed: boolean;
+  /** What the owner is, for error messages ("dispatch handle"). */
+  readonly description: string;
+}
+
+interface Allocation {
+  readonly device: number;
+  readonly address: bigint;
+}
+
+// The backstop for tensors nobody closed: free their memory when collected.
+const leaks = new FinalizationRegistry<Allocation>((a) => {
+  try {
+    native().weft_free(a.device, Deno.UnsafePointer.create(a.address));
+  } catch { /* the library is gone at exit; the driver frees it then */ }
+});
+
+/**
+ * A matrix on one GPU; implements {@link Tensor} so engines accept it as
+ * input and return it as output.
+ *
+ * @example
+ * ```ts ignore
+ * import { DeviceTensor } from "./device_tensor.ts";
+ * using t = DeviceTensor.upload(0, "f32", 2, 3, new Float32Array([1, 2, 3, 4, 5, 6]));
+ * console.log(await t.read()); // Float32Array [1, 2, 3, 4, 5, 6]
+ * ```
+ */
+export class DeviceTensor implements Tensor, Disposable {
+  /** Element type. */
+  readonly dtype: DType;
+  /** Row count. */
+  readonly rows: number;
+  /** Elements per row. */
+  readonly cols: number;
+  /** The CUDA device index. */
+  readonly deviceIndex: number;
+  #pointer: Deno.PointerValue;
+  readonly #owner: ViewOwner | undefined;
+  #closed = false;
+
+  private constructor(
+    deviceIndex: number,
+    dtype: DType,
+    rows: number,
+    cols: number,
+    pointer: Deno.PointerValue,
+    owner: ViewOwner | undefined,
+  ) {
+    this.deviceIndex = deviceIndex;
+    this.dtype = dtype;
+    this.rows = rows;
+    this.cols = cols;
+    this.#pointer = pointer;
+    this.#owner = owner;
+    if (owner === undefined && pointer !== null) {
+      leaks.register(this, { device: deviceIndex, address: pointerValue(pointer) }, this);
+    }
+  }
+
+  /** Allocates uninitialized memory for `rows × cols` elements of `dtype` on `device`. */
+  static alloc(device: number, dtype: DType, rows: number, cols: number): DeviceTensor {
+    checkShape(dtype, rows, cols);
+    const bytes = rows * cols * DTYPE_BYTES[dtype];
+    // Zero bytes (a rank with no tokens) needs no allocation; NULL stands for it.
+    if (bytes === 0) return new DeviceTensor(device, dtype, rows, cols, null, undefined);
+    const out = new BigUint64Array(1);
+    unwrap(native().weft_alloc(device, BigInt(bytes), out), "weft_alloc", {
+      field: "device memory",
+    });
+    return new DeviceTensor(device, dtype, rows, cols, readPointer(out), undefined);
+  }
+
+  /** Allocates and copies host rows in (bf16/f16 as raw Uint16Array patterns). */
+  static upload(
+    device: number,
+    dtype: DType,
+    rows: number,
+    cols: number,
+    data: HostRows,
+  ): DeviceTensor {
+    const t = DeviceTensor.alloc(device, dtype, rows, cols);
+    try {
+      t.write(data);
+    } catch (error) {
+      t.close();
+      throw error;
+    }
+    return t;
+  }
+
+  /**
+   * A non-owning view of device memory that `owner` frees (for weft's own
+   * engine: a dispatch handle's receive buffer).
+   */
+  static view(
+    device: number,
+    dtype: DType,
+    rows: number,
+    cols: number,
+    pointer: Deno.PointerValue,
+    owner: ViewOwner,
+  ): DeviceTensor {
+    checkShape(dtype, rows, cols);
+    return new DeviceTensor(device, dtype, rows, cols, pointer, owner);
+  }
+
+  /** "cuda:N". */
+  get device(): string {
+    return `cuda:${this.deviceIndex}`;
+  }
+
+  /** Bytes of data. */
+  get byteLength(): number {
+    return this.rows * this.cols * DTYPE_BYTES[this.dtype];
+  }
+
+  /** True when this tensor owns its memory (not a view). */
+  get owning(): boolean {
+    return this.#owner === undefined;
+  }
+
+  /** The device address, for native calls; throws once the memory is gone. */
+  get pointer(): Deno.PointerValue {
+    this.#checkAlive();
+    return this.#pointer;
+  }
+
+  /** Copies the data to the host. */
+  read(): Promise<HostRows> {
+    this.#checkAlive();
+    const host = this.dtype === "f32"
+      ? new Float32Array(this.rows * this.cols)
+      : new Uint16Array(this.rows * this.cols);
+    if (host.length > 0) {
+      unwrap(
+        native().weft_copy_d2h(this.deviceIndex, host, this.#pointer, BigInt(host.byteLength)),
+        "weft_copy_d2h",
+      );
+    }
+    return Promise.resolve(host);
+  }
+
+  /** Overwrites the data with host rows of the same shape. */
+  write(data: HostRows): void {
+    this.#checkAlive();
+    const expected = this.dtype === "f32" ? Float32Array : Uint16Array;
+    if (!(data instanceof expected) || data.length !== this.rows * this.cols) {
+      throw new WeftError({
+        field: "data",
+        problem: `expected a ${expected.name} of ${this.rows}×${this.cols} = ${
+          this.rows * this.cols
+        } ${this.dtype} values, got a ${data.constructor.name} of ${data.length}`,
+        fix: `pass ${
+          this.dtype === "f32"
+            ? "a Float32Array"
+            : "raw 16-bit patterns in a Uint16Array (lib/dtype.ts converts)"
+        } of rows × cols elements`,
+      });
+    }
+    if (data.length === 0) return;
+    unwrap(
+      native().weft_copy_h2d(this.deviceIndex, this.#pointer, data, BigInt(data.byteLength)),
+      "weft_copy_h2d",
+    );
+  }
+
+  /**
+   * Fills every byte with `byte` (0…255). Tests poison outputs first so that
+   * an element a kernel forgot to write shows up (0xFF gives NaN in every
+   * dtype).
+   */
+  poison(byte = 0xff): void {
+    this.#checkAlive();
+    if (!Number.isInteger(byte) || byte < 0 || byte > 255) {
+      throw new WeftError({
+        field: "byte",
+        problem: `is ${byte}`,
+        fix: "pass an integer in 0…255",
+      });
+    }
+    if (this.byteLength === 0) return;
+    unwrap(
+      native().weft_memset(this.deviceIndex, this.#pointer, byte, BigInt(this.byteLength)),
+      "weft_memset",
+    );
+  }
+
+  /** Frees owned memory (a view just detaches). Safe to call twice. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#owner !== undefined || this.#pointer === null) return;
+    leaks.unregister(this);
+    const pointer = this.#pointer;
+    this.#pointer = null;
+    unwrap(native().weft_free(this.deviceIndex, pointer), "weft_free");
+  }
+
+  /** Same as {@link DeviceTensor.close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  #checkAlive(): void {
+    if (this.#closed) {
+      throw new WeftError({
+        field: "tensor",
+        problem: "this DeviceTensor was closed",
+        fix: "read or use a tensor before closing it",
+      });
+    }
+    if (this.#owner?.closed) {
+      throw new WeftError({
+        field: "tensor",
+        problem: `this tensor is a view into a ${this.#owner.description} that was closed`,
+        fix: `read the data (or copy it) before closing the ${this.#owner.description}`,
+      });
+    }
+  }
+}
+
+/** Pointer of host rows for a native "pointer" parameter (exported for the engine). */
+export function hostRowsPointer(data: HostRows): Deno.PointerValue {
+  return hostPointer(data);
+}
+
+function checkShape(dtype: DType, rows: number, cols: number): void {
+  if (!(dtype in DTYPE_BYTES)) {
+    throw new WeftError({
+      field: "dtype",
+      problem: `is "${dtype}"`,
+      fix: 'use "bf16", "f16" or "f32"',
+    });
+  }
+  for (const [name, v] of [["rows", rows], ["cols", cols]] as const) {
+    if (!Number.isInteger(v) || v < 0) {
+      throw new WeftError({ field: name, problem: `is ${v}`, fix: "pass a non-negative integer" });
+    }
+  }
+}

@@ -1,0 +1,781 @@
+/**
+ * The GPU engine: one rank of a plan, driving libweft through the
+ * communicator's device. Same call shape as the Simulator
+ * (lib/engine_api.ts), with one input and one output per call because a
+ * process drives one rank.
+ *
+ * Dispatch, re-dispatch and combine are collective: every rank calls them in
+ * the same order. That is why a host-side input error does not simply throw:
+ * this rank would leave its peers waiting in the collective until their
+ * timeout. Instead it still enters `weft_dispatch` with a one-token batch
+ * whose expert id is out of range, which the device-side check rejects on
+ * every rank at once; this rank then throws its precise host error and the
+ * peers throw the native "bad input" error naming this rank. Nothing is
+ * written anywhere.
+ *
+ * @module
+ */
+import type { PlanSpec } from "../dsl/types.ts";
+import type {
+  Dispatched,
+  DispatchHandle,
+  DispatchResult,
+  HostRows,
+  RankInput,
+  ShuffleEngine,
+  Tensor,
+} from "./engine_api.ts";
+import { WeftError } from "./errors.ts";
+import { checkRankInput, checkRows } from "./input_check.ts";
+import {
+  Codes,
+  decodeDispatchInfo,
+  DISPATCH_INFO,
+  type DispatchInfo,
+  holding,
+  hostPointer,
+  packPlanDesc,
+  type PlanDescFields,
+  readPointer,
+  stableCopy,
+  Status,
+} from "./ffi.ts";
+import { native, nativeError, unwrap } from "./native.ts";
+import { DeviceTensor, type ViewOwner } from "./device_tensor.ts";
+import type { Communicator } from "./communicator.ts";
+
+/** Tokens per rank per batch when {@link EngineOptions.maxTokens} is not given. */
+export const DEFAULT_MAX_TOKENS = 4096;
+
+/** Options of {@link Engine.create}. */
+export interface EngineOptions {
+  /** Most tokens any rank passes in one batch (sizes the buffers; default 4096). */
+  readonly maxTokens?: number;
+  /**
+   * How combine's partial sums cross between GPUs: `f32` (default) keeps the
+   * one rounding DESIGN.md specifies; `dtype` halves that traffic for 16-bit
+   * dtypes at the cost of one more rounding per partial.
+   */
+  readonly combineWire?: "dtype" | "f32";
+}
+
+/**
+ * The fields of `weft_plan_desc` for `plan` on `rank` (exported for tests).
+ *
+ * @example
+ * ```ts ignore
+ * import { planDescFields } from "./engine.ts";
+ * const fields = planDescFields(plan, 0, { maxTokens: 128 });
+ * console.assert(fields.ints.max_tokens === 128);
+ * ```
+ */
+export function planDescFields(
+  plan: PlanSpec,
+  rank: number,
+  options: EngineOptions = {},
+): PlanDescFields {
+  const maxTokens = options.maxTokens ?? DEFAULT_MAX_TOKENS;
+  return {
+    ints: {
+      world: plan.world,
+      rank,
+      gpus_per_node: plan.gpusPerNode,
+      experts: plan.experts,
+      top_k: plan.topK,
+      hidden: plan.hidden,
+      dtype: Codes.dtype[plan.dtype],
+      dedupe: Codes.dedupe[plan.dedupe],
+      receive: Codes.receive[plan.receive],
+      combine: Codes.combine[plan.combine],
+      max_tokens: maxTokens,
+      combine_wire_f32: (options.combineWire ?? "f32") === "f32" ? 1 : 0,
+    },
+    arrays: {
+      local_experts: plan.localExperts,
+      slot_base: plan.slotBase,
+      slot_expert: plan.slotExpert,
+      replica_start: plan.replicaStart,
+      replica_slots: plan.replicaSlots,
+    },
+  };
+}
+
+const pointerAt = (address: bigint): Deno.PointerValue => Deno.UnsafePointer.create(address);
+
+/**
+ * An engine's native state: its open dispatch handles, and whether a call
+ * is running on Deno's thread pool. Frees requested during such a call (by
+ * `close()` or by the garbage collector) wait for it to end, so native never
+ * sees a handle destroyed under a running dispatch or combine.
+ */
+class NativeState {
+  /** Open handles by address; weak, so the finalizer backstop still works. */
+  readonly live = new Map<bigint, WeakRef<GpuDispatchHandle>>();
+  busy = false;
+  readonly #deferred: bigint[] = [];
+
+  constructor(readonly engine: bigint) {}
+
+  /** Frees handle `address` now, or after the running call. */
+  destroyHandle(address: bigint): void {
+    if (!this.live.delete(address)) return; // already freed
+    if (this.busy) {
+      this.#deferred.push(address);
+      return;
+    }
+    unwrap(native().weft_handle_destroy(pointerAt(address)), "weft_handle_destroy");
+  }
+
+  /** Frees what waited for the call that just ended. */
+  flush(): void {
+    for (const address of this.#deferred.splice(0)) {
+      unwrap(native().weft_handle_destroy(pointerAt(address)), "weft_handle_destroy");
+    }
+  }
+
+  /** Frees every handle, then the engine (nothing may be running). */
+  destroyAll(): void {
+    const failures: unknown[] = [];
+    const addresses = [...this.#deferred.splice(0), ...this.live.keys()];
+    this.live.clear();
+    for (const address of addresses) {
+      try {
+        unwrap(native().weft_handle_destroy(pointerAt(address)), "weft_handle_destroy");
+      } catch (error) {
+        failures.push(error);
+      }
+    }
+    unwrap(native().weft_engine_destroy(pointerAt(this.engine)), "weft_engine_destroy");
+    if (failures.length > 0) throw failures[0];
+  }
+}
+
+const handleLeaks = new FinalizationRegistry<{ address: bigint; state: NativeState }>((h) => {
+  try {
+    h.state.destroyHandle(h.address);
+  } catch { /* process exit */ }
+});
+
+const engineLeaks = new FinalizationRegistry<NativeState>((state) => {
+  try {
+    state.destroyAll();
+  } catch { /* process exit */ }
+});
+
+/**
+ * One dispatched batch on this rank: the layout native computed, for
+ * combine and re-dispatch. Its `recv` tensor is a view that dies with it.
+ */
+export class GpuDispatchHandle implements DispatchHandle, ViewOwner {
+  /** The one rank this handle's process drives. */
+  readonly ranks: readonly number[];
+  /** What this is, for messages about views into it. */
+  readonly description: string = "dispatch handle";
+  /** Tokens this rank dispatched. */
+  readonly tokens: number;
+  /** Rows this rank received. */
+  readonly recvRows: number;
+  /** @internal The result dispatch returned (re-dispatch returns it again). */
+  readonly result: DispatchResult;
+  readonly #engine: Engine;
+  readonly #address: bigint;
+  readonly #state: NativeState;
+  #closed = false;
+
+  /** @internal Built by {@link Engine}. */
+  constructor(
+    engine: Engine,
+    address: bigint,
+    state: NativeState,
+    info: DispatchInfo,
+    read: (h: GpuDispatchHandle) => DispatchResult,
+  ) {
+    this.#engine = engine;
+    this.#address = address;
+    this.#state = state;
+    this.ranks = engine.ranks;
+    this.tokens = info.tokens;
+    this.recvRows = info.recvRows;
+    state.live.set(address, new WeakRef(this));
+    handleLeaks.register(this, { address, state }, this);
+    this.result = read(this);
+  }
+
+  /** True once closed (directly or by closing its engine). */
+  get closed(): boolean {
+    return this.#closed || !this.#state.live.has(this.#address);
+  }
+
+  /** @internal The native handle, if `engine` owns this handle and it is open. */
+  pointerFor(engine: Engine): Deno.PointerValue {
+    if (engine !== this.#engine) {
+      throw new WeftError({
+        field: "handle",
+        rank: engine.rank,
+        problem: "belongs to another engine",
+        fix: "pass the handle returned by this engine's dispatch",
+      });
+    }
+    if (this.closed) {
+      throw new WeftError({
+        field: "handle",
+        rank: engine.rank,
+        problem: "is closed",
+        fix: "combine or re-dispatch before closing the handle (or its engine)",
+      });
+    }
+    return Deno.UnsafePointer.create(this.#address);
+  }
+
+  /** Frees the layout and the receive buffer (its `recv` view dies). */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    handleLeaks.unregister(this);
+    this.#state.destroyHandle(this.#address);
+  }
+
+  /** Same as {@link GpuDispatchHandle.close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** Where rows are for a native call; `host` when they are a host copy. */
+interface RowsAt {
+  readonly pointer: Deno.PointerValue;
+  readonly onDevice: 0 | 1;
+  readonly keepAlive: unknown;
+  readonly host?: HostRows;
+}
+
+/** Pointers for one native call, and what must stay alive (or be freed) around it. */
+interface Prepared {
+  readonly x: Deno.PointerValue;
+  readonly idx: Deno.PointerValue;
+  readonly weights: Deno.PointerValue;
+  readonly tokens: number;
+  readonly onDevice: 0 | 1;
+  readonly keepAlive: readonly unknown[];
+  readonly temporaries: readonly DeviceTensor[];
+}
+
+/**
+ * The GPU engine for one rank.
+ *
+ * @example
+ * ```ts ignore
+ * import { Communicator } from "./communicator.ts";
+ * import { Engine } from "./engine.ts";
+ * import { experts } from "../dsl/mod.ts";
+ * await using comm = await Communicator.fromEnv();
+ * const plan = experts(256).byDevice().topK(8).dtype("bf16").hidden(7168).compile({ world: comm.world });
+ * using engine = await Engine.create(plan, comm, { maxTokens: 8192 });
+ * const { results: [mine], handle } = await engine.dispatch([{ x, topkIdx, topkWeights }]);
+ * const [out] = await engine.combine(handle, [expertOutputs(mine.recv)]);
+ * handle.close();
+ * ```
+ */
+export class Engine implements ShuffleEngine {
+  /** Always "gpu". */
+  readonly kind = "gpu" as const;
+  /** `[rank]`: a GPU process drives one rank. */
+  readonly ranks: readonly number[];
+  /** The plan this engine executes. */
+  readonly plan: PlanSpec;
+  /** This process's rank. */
+  readonly rank: number;
+  /** The CUDA device index. */
+  readonly device: number;
+  /** Most tokens one dispatch accepts. */
+  readonly maxTokens: number;
+  readonly #comm: Communicator;
+  readonly #state: NativeState;
+  readonly #release: () => void;
+  #handle: Deno.PointerValue;
+  #closeWhenIdle = false;
+
+  private constructor(
+    plan: PlanSpec,
+    comm: Communicator,
+    handle: Deno.PointerValue,
+    maxTokens: number,
+  ) {
+    this.plan = plan;
+    this.#comm = comm;
+    this.rank = comm.rank;
+    this.device = comm.localRank;
+    this.ranks = Object.freeze([comm.rank]);
+    this.maxTokens = maxTokens;
+    this.#handle = handle;
+    this.#state = new NativeState(Deno.UnsafePointer.value(handle!));
+    engineLeaks.register(this, this.#state, this);
+    this.#release = comm.adopt(this);
+  }
+
+  /**
+   * The symmetric heap `plan` needs per rank (`weft_engine_heap_bytes`).
+   * Create the Communicator with at least the largest value over the plans
+   * it serves.
+   */
+  static heapBytes(
+    plan: PlanSpec,
+    options: EngineOptions & { readonly rank?: number } = {},
+  ): number {
+    const { bytes, keepAlive } = packPlanDesc(planDescFields(plan, options.rank ?? 0, options));
+    const out = new BigUint64Array(1);
+    unwrap(native().weft_engine_heap_bytes(bytes, out), "weft_engine_heap_bytes", {
+      field: "plan",
+    });
+    void keepAlive;
+    return Number(out[0]);
+  }
+
+  /** Builds this rank's engine for `plan` on `communicator` (not collective). */
+  static create(
+    plan: PlanSpec,
+    communicator: Communicator,
+    options: EngineOptions = {},
+  ): Promise<Engine> {
+    const rank = communicator.rank;
+    const maxTokens = options.maxTokens ?? DEFAULT_MAX_TOKENS;
+    if (!Number.isInteger(maxTokens) || maxTokens < 1 || maxTokens > 2 ** 31 - 1) {
+      throw new WeftError({
+        field: "maxTokens",
+        rank,
+        problem: `is ${maxTokens}`,
+        fix: "pass an integer ≥ 1",
+      });
+    }
+    if (
+      options.combineWire !== undefined && options.combineWire !== "dtype" &&
+      options.combineWire !== "f32"
+    ) {
+      throw new WeftError({
+        field: "combineWire",
+        rank,
+        problem: `is "${options.combineWire}"`,
+        fix: 'pass "dtype" or "f32"',
+      });
+    }
+    if (plan.world !== communicator.world) {
+      throw new WeftError({
+        field: "plan.world",
+        rank,
+        problem: `is ${plan.world}, but the communicator has ${communicator.world} ranks`,
+        fix: "compile the plan with { world: communicator.world }",
+      });
+    }
+    const needed = Engine.heapBytes(plan, { ...options, rank });
+    if (needed > communicator.heapBytes) {
+      throw new WeftError({
+        field: "heapBytes",
+        rank,
+        problem:
+          `the communicator's heap has ${communicator.heapBytes} bytes; this plan with maxTokens ${maxTokens} needs ${needed}`,
+        fix:
+          "create the Communicator with heapBytes ≥ Engine.heapBytes(plan, { maxTokens }), or lower maxTokens",
+      });
+    }
+    const { bytes, keepAlive } = packPlanDesc(planDescFields(plan, rank, options));
+    const out = new BigUint64Array(1);
+    unwrap(
+      native().weft_engine_create(communicator.nativeHandle, bytes, out),
+      "weft_engine_create",
+      { rank, field: "plan" },
+    );
+    void keepAlive;
+    return Promise.resolve(new Engine(plan, communicator, readPointer(out), maxTokens));
+  }
+
+  /**
+   * Dispatches this rank's batch. `x` may be host rows or a DeviceTensor on
+   * this GPU. Returns this rank's rows: `recv` is a view owned by the handle
+   * (valid until the handle closes); the index arrays are host copies.
+   */
+  async dispatch(inputs: readonly RankInput[]): Promise<Dispatched> {
+    const engine = this.#enter();
+    let prepared: Prepared | undefined;
+    try {
+      try {
+        prepared = await this.#prepareDispatch(inputs);
+      } catch (hostError) {
+        await this.#rejectOnEveryRank(engine);
+        throw hostError;
+      }
+      const out = new BigUint64Array(1);
+      const p = prepared;
+      const status = await holding(
+        [p, out],
+        () => native().weft_dispatch(engine, p.x, p.idx, p.weights, p.tokens, p.onDevice, out),
+      );
+      unwrap(status, "weft_dispatch", { rank: this.rank });
+      const handle = this.#wrap(readPointer(out), prepared.tokens);
+      return { results: [handle.result], handle };
+    } finally {
+      for (const t of prepared?.temporaries ?? []) t.close();
+      this.#leave();
+    }
+  }
+
+  /**
+   * Sends new rows through a dispatched batch's layout (same routing, no
+   * layout work). The rows land in the handle's receive buffer, so the
+   * `recv` view of the original dispatch shows them too.
+   */
+  async redispatch(
+    handle: DispatchHandle,
+    xs: readonly (HostRows | Tensor)[],
+  ): Promise<Dispatched> {
+    this.#enter();
+    try {
+      const h = this.#own(handle);
+      const nativeHandle = h.pointerFor(this);
+      let rows: RowsAt;
+      try {
+        const x = this.#one("xs", xs);
+        checkRows(this.plan, this.rank, "xs", shapeOf(x), h.tokens);
+        rows = await this.#rowsPointer("xs", x);
+      } catch (hostError) {
+        // NULL rows for a handle with tokens fail the call on every rank.
+        await holding([], () => native().weft_redispatch(nativeHandle, null, 0));
+        throw hostError;
+      }
+      const { pointer, onDevice, keepAlive } = rows;
+      const status = await holding(
+        [keepAlive],
+        () => native().weft_redispatch(nativeHandle, pointer, onDevice),
+      );
+      unwrap(status, "weft_redispatch", { rank: this.rank });
+      return { results: [h.result], handle: h };
+    } finally {
+      this.#leave();
+    }
+  }
+
+  /**
+   * Combines expert outputs `[y]` (R × H in the handle's receive layout) into
+   * this rank's [T × H] output. The output is a new DeviceTensor the caller
+   * owns, or `options.out` (e.g. a poisoned tensor in tests).
+   *
+   * A host-side error (shape, dtype) still enters the collective with NULL
+   * buffers, which native rejects on every rank, so the peers fail at once
+   * instead of waiting for this rank.
+   */
+  async combine(
+    handle: DispatchHandle,
+    ys: readonly (HostRows | Tensor)[],
+    options: { readonly out?: readonly DeviceTensor[] } = {},
+  ): Promise<DeviceTensor[]> {
+    this.#enter();
+    const temporaries: DeviceTensor[] = [];
+    let allocated: DeviceTensor | undefined;
+    try {
+      const h = this.#own(handle);
+      const nativeHandle = h.pointerFor(this);
+      let y: HostRows | Tensor;
+      let yPointer: Deno.PointerValue;
+      let out: DeviceTensor;
+      try {
+        y = this.#one("ys", ys);
+        checkRows(this.plan, this.rank, "ys", shapeOf(y), h.recvRows);
+        const { pointer, host } = await this.#rowsPointer("ys", y);
+        yPointer = pointer;
+        if (host !== undefined) {
+          // weft_combine takes device y only.
+          const t = DeviceTensor.upload(
+            this.device,
+            this.plan.dtype,
+            h.recvRows,
+            this.plan.hidden,
+            host,
+          );
+          temporaries.push(t);
+          yPointer = t.pointer;
+        }
+        out = options.out === undefined
+          ? (allocated = DeviceTensor.alloc(
+            this.device,
+            this.plan.dtype,
+            h.tokens,
+            this.plan.hidden,
+          ))
+          : this.#checkOut(options.out, h.tokens);
+      } catch (hostError) {
+        await holding([], () => native().weft_combine(nativeHandle, null, null));
+        throw hostError;
+      }
+      const status = await holding(
+        [y, out, temporaries],
+        () => native().weft_combine(nativeHandle, yPointer, out.pointer),
+      );
+      unwrap(status, "weft_combine", { rank: this.rank });
+      return [out];
+    } catch (error) {
+      allocated?.close();
+      throw error;
+    } finally {
+      for (const t of temporaries) t.close();
+      this.#leave();
+    }
+  }
+
+  /** Frees every open handle of this engine, then the engine. Deferred while a call runs. */
+  close(): void {
+    if (this.#handle === null) return;
+    if (this.#state.busy) {
+      this.#closeWhenIdle = true;
+      return;
+    }
+    this.#handle = null;
+    engineLeaks.unregister(this);
+    this.#release();
+    this.#state.destroyAll();
+  }
+
+  /** Same as {@link Engine.close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  #enter(): Deno.PointerValue {
+    if (this.#handle === null || this.#closeWhenIdle) {
+      throw new WeftError({
+        field: "engine",
+        rank: this.rank,
+        problem: "is closed",
+        fix: "create a new Engine",
+      });
+    }
+    if (this.#state.busy) {
+      throw new WeftError({
+        field: "engine",
+        rank: this.rank,
+        problem: "another dispatch, re-dispatch or combine is still running",
+        fix:
+          "await each call before starting the next: they are collective and run in the same order on every rank",
+      });
+    }
+    this.#state.busy = true;
+    return this.#handle;
+  }
+
+  #leave(): void {
+    this.#state.busy = false;
+    this.#state.flush();
+    if (this.#closeWhenIdle) {
+      this.#closeWhenIdle = false;
+      this.close();
+    }
+  }
+
+  #one<T>(field: string, list: readonly T[]): T {
+    if (!Array.isArray(list) || list.length !== 1) {
+      throw new WeftError({
+        field,
+        rank: this.rank,
+        problem: `expected one entry (this process drives rank ${this.rank} only), got ${
+          Array.isArray(list) ? list.length : typeof list
+        }`,
+        fix: "pass a one-element array with this rank's data",
+      });
+    }
+    return list[0];
+  }
+
+  #own(handle: DispatchHandle): GpuDispatchHandle {
+    if (!(handle instanceof GpuDispatchHandle)) {
+      throw new WeftError({
+        field: "handle",
+        rank: this.rank,
+        problem: "is not a GPU dispatch handle",
+        fix: "pass the handle returned by this engine's dispatch",
+      });
+    }
+    return handle;
+  }
+
+  async #prepareDispatch(inputs: readonly RankInput[]): Promise<Prepared> {
+    const input = this.#one("inputs", inputs);
+    const tokens = checkRankInput(this.plan, this.rank, {
+      x: shapeOf(input.x),
+      topkIdx: input.topkIdx,
+      topkWeights: input.topkWeights,
+    });
+    if (tokens > this.maxTokens) {
+      throw new WeftError({
+        field: "tokens",
+        rank: this.rank,
+        problem: `${tokens} tokens exceed the engine's maxTokens ${this.maxTokens}`,
+        fix: `create the Engine with { maxTokens: ${tokens} } or more, or split the batch`,
+      });
+    }
+    const temporaries: DeviceTensor[] = [];
+    try {
+      const { pointer, onDevice, keepAlive } = await this.#rowsPointer("x", input.x);
+      if (onDevice === 1) {
+        // weft_dispatch takes all three inputs on one side: carry the routing
+        // to the device too (raw bytes; the f32 label is only a byte carrier).
+        const K = this.plan.topK;
+        const idx = DeviceTensor.upload(this.device, "f32", tokens, K, asF32Bits(input.topkIdx));
+        temporaries.push(idx);
+        const w = DeviceTensor.upload(this.device, "f32", tokens, K, input.topkWeights);
+        temporaries.push(w);
+        return {
+          x: pointer,
+          idx: idx.pointer,
+          weights: w.pointer,
+          tokens,
+          onDevice,
+          keepAlive: [keepAlive],
+          temporaries,
+        };
+      }
+      const idx = stableCopy(input.topkIdx);
+      const weights = stableCopy(input.topkWeights);
+      return {
+        x: pointer,
+        idx: hostPointer(idx),
+        weights: hostPointer(weights),
+        tokens,
+        onDevice,
+        keepAlive: [keepAlive, idx, weights],
+        temporaries,
+      };
+    } catch (error) {
+      for (const t of temporaries) t.close();
+      throw error;
+    }
+  }
+
+  /** Where rows live for a native call: this GPU as they are, else the host. */
+  async #rowsPointer(
+    field: string,
+    x: HostRows | Tensor,
+  ): Promise<RowsAt> {
+    if (x instanceof DeviceTensor && x.deviceIndex === this.device) {
+      return { pointer: x.pointer, onDevice: 1, keepAlive: x };
+    }
+    const host = ArrayBuffer.isView(x) ? x : await x.read();
+    // A tensor's host copy must match the shape it advertised.
+    checkRows(this.plan, this.rank, field, host, ArrayBuffer.isView(x) ? undefined : x.rows);
+    const stable = stableCopy(host);
+    return { pointer: hostPointer(stable), onDevice: 0, keepAlive: stable, host: stable };
+  }
+
+  /**
+   * Enters the collective with a batch the device check rejects, so every
+   * peer fails together with this rank instead of waiting for it.
+   */
+  async #rejectOnEveryRank(engine: Deno.PointerValue): Promise<void> {
+    const { topK: K, hidden: H, dtype, experts } = this.plan;
+    const x = dtype === "f32"
+      ? new Float32Array(new ArrayBuffer(H * 4))
+      : new Uint16Array(new ArrayBuffer(H * 2));
+    const idx = new Int32Array(new ArrayBuffer(K * 4)).fill(-1);
+    idx[0] = experts; // one past the last expert: out of range by construction
+    const weights = new Float32Array(new ArrayBuffer(K * 4));
+    const out = new BigUint64Array(1);
+    const status = await holding(
+      [x, idx, weights, out],
+      () =>
+        native().weft_dispatch(
+          engine,
+          hostPointer(x),
+          hostPointer(idx),
+          hostPointer(weights),
+          1,
+          0,
+          out,
+        ),
+    );
+    if (status === Status.OK) {
+      // The device check did not fire (it should): do not leak the handle.
+      native().weft_handle_destroy(readPointer(out));
+    }
+  }
+
+  #wrap(pointer: Deno.PointerValue, tokens: number): GpuDispatchHandle {
+    const raw = new Uint8Array(DISPATCH_INFO.bytes);
+    const infoStatus = native().weft_handle_info(pointer, raw);
+    if (infoStatus !== Status.OK) {
+      const error = nativeError(infoStatus, "weft_handle_info", "", { rank: this.rank });
+      native().weft_handle_destroy(pointer);
+      throw error;
+    }
+    const info = decodeDispatchInfo(raw);
+    const local = this.plan.localExperts[this.rank];
+    if (info.tokens !== tokens || info.localExperts !== local || info.recvRows < 0) {
+      native().weft_handle_destroy(pointer);
+      throw new WeftError({
+        field: "weft_handle_info",
+        rank: this.rank,
+        problem:
+          `native reports tokens ${info.tokens}, local experts ${info.localExperts}, rows ${info.recvRows}; expected tokens ${tokens}, local experts ${local}`,
+        fix: "the native library and lib/ffi.ts disagree: rebuild with `deno task build`",
+      });
+    }
+    return new GpuDispatchHandle(
+      this,
+      Deno.UnsafePointer.value(pointer!),
+      this.#state,
+      info,
+      (h) => ({
+        rank: this.rank,
+        recv: DeviceTensor.view(
+          this.device,
+          this.plan.dtype,
+          info.recvRows,
+          this.plan.hidden,
+          info.recv,
+          h,
+        ),
+        expertCounts: this.#readInt32(info.expertCounts, info.localExperts),
+        recvWeights: new Float32Array(this.#readInt32(info.recvWeights, info.recvRows).buffer),
+        srcRank: this.#readInt32(info.srcRank, info.recvRows),
+        srcToken: this.#readInt32(info.srcToken, info.recvRows),
+        srcK: this.#readInt32(info.srcK, info.recvRows),
+      }),
+    );
+  }
+
+  /** Copies `n` 4-byte values from device memory (weights travel as their bits). */
+  #readInt32(pointer: Deno.PointerValue, n: number): Int32Array {
+    const out = new Int32Array(new ArrayBuffer(n * 4));
+    if (n > 0) {
+      unwrap(native().weft_copy_d2h(this.device, out, pointer, BigInt(n * 4)), "weft_copy_d2h", {
+        rank: this.rank,
+      });
+    }
+    return out;
+  }
+
+  #checkOut(outs: readonly DeviceTensor[], tokens: number): DeviceTensor {
+    const out = this.#one("out", outs);
+    const { dtype, hidden } = this.plan;
+    if (
+      !(out instanceof DeviceTensor) || out.deviceIndex !== this.device || out.dtype !== dtype ||
+      out.rows !== tokens || out.cols !== hidden
+    ) {
+      throw new WeftError({
+        field: "out",
+        rank: this.rank,
+        problem: `expected a ${dtype} DeviceTensor of ${tokens}×${hidden} on cuda:${this.device}`,
+        fix:
+          "pass DeviceTensor.alloc(device, plan.dtype, tokens, plan.hidden), or leave out to let combine allocate",
+      });
+    }
+    return out;
+  }
+}
+
+/** The shape checks need; a Tensor is checked by its advertised shape. */
+function shapeOf(x: HostRows | Tensor): HostRows | Pick<Tensor, "rows" | "cols" | "dtype"> {
+  return ArrayBuffer.isView(x) ? x : { rows: x.rows, cols: x.cols, dtype: x.dtype };
+}
+
+function asF32Bits(a: Int32Array): Float32Array {
+  return new Float32Array(a.buffer, a.byteOffset, a.length);
+}

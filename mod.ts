@@ -1,0 +1,93 @@
+/**
+ * weft: expert-parallel dispatch and combine for Mixture-of-Experts models,
+ * with the permutations fused into the data movement.
+ *
+ * @example
+ * ```ts
+ * import { experts, Simulator, uniform } from "./mod.ts";
+ * const plan = experts(16).byDevice().topK(2).dtype("f32").hidden(8).compile({ world: 2 });
+ * const routing = uniform(plan, { tokens: 4, seed: 1 });
+ * using sim = new Simulator(plan);
+ * const { results, handle } = await sim.dispatch(
+ *   routing.map((r) => ({ ...r, x: new Float32Array(4 * 8).fill(1) })),
+ * );
+ * const outs = await sim.combine(handle, results.map((r) => r.recv));
+ * console.assert(outs.length === 2);
+ * handle.close();
+ * ```
+ *
+ * @module
+ */
+
+// The DSL: patterns, plans, YAML/JSON.
+export {
+  type CompletePattern,
+  type Experts,
+  experts,
+  fromJSON,
+  fromSpec,
+  fromYAML,
+  type Pattern,
+  Plan,
+  type PlanJSON,
+} from "./dsl/mod.ts";
+export type {
+  BasePlacement,
+  BatchLayout,
+  CombineOp,
+  CompileContext,
+  Dedupe,
+  DType,
+  LinkTraffic,
+  PatternSpec,
+  PlanSpec,
+  RankLayout,
+  ReceiveOrder,
+  Replication,
+} from "./dsl/types.ts";
+export { DTYPE_BYTES } from "./dsl/types.ts";
+export { compilePlacement, resolveSlot } from "./dsl/placement.ts";
+export {
+  computeLayout,
+  layoutFromJSON,
+  layoutFromYAML,
+  layoutToJSON,
+  layoutToYAML,
+} from "./dsl/layout.ts";
+
+// Engines and their shared call shape.
+export type {
+  Dispatched,
+  DispatchHandle,
+  DispatchResult,
+  HostRows,
+  RankInput,
+  ShuffleEngine,
+  Tensor,
+} from "./lib/engine_api.ts";
+export { Simulator } from "./lib/simulator.ts";
+export { Engine, type EngineOptions } from "./lib/engine.ts";
+export { Communicator, type CommunicatorOptions } from "./lib/communicator.ts";
+export { HostTensor } from "./lib/host_tensor.ts";
+export { DeviceTensor } from "./lib/device_tensor.ts";
+export { availableGpus, type GpuProbe, probeGpus } from "./lib/gpus.ts";
+export { launch, type LaunchOptions, type LaunchResult } from "./lib/launch.ts";
+export { StoreClient, StoreServer } from "./lib/store.ts";
+
+// Routing generators and trace loaders.
+export {
+  deviceLocal,
+  hotMix,
+  loadRoutingJSON,
+  loadRoutingNpy,
+  nodeLocal,
+  type RankRouting,
+  type RoutingOptions,
+  uniform,
+  zipf,
+} from "./lib/routing.ts";
+
+// Data types, errors, reports.
+export { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, fromF32, toF32 } from "./lib/dtype.ts";
+export { WeftError, type WeftErrorInfo } from "./lib/errors.ts";
+export { formatLinks, formatLoad, type TrafficTotals, trafficTotals } from "./lib/traffic.ts";

@@ -1,0 +1,508 @@
+/**
+ * The FFI binding without a GPU: the loader's errors, the struct layouts
+ * (by hand and as the C compiler sees weft.h), status → WeftError mapping,
+ * and — against tests/fixtures/mock_weft.c, a host-memory stand-in for
+ * libweft.so built here with cc — every call the TypeScript side makes,
+ * up to the GPU test worker running all its world-1 cases.
+ */
+import assert from "node:assert/strict";
+import {
+  decodeDispatchInfo,
+  DISPATCH_INFO,
+  packPlanDesc,
+  PLAN_DESC,
+  pointerValue,
+  stableCopy,
+  Status,
+  symbols,
+} from "../lib/ffi.ts";
+import { deviceCount, libraryPath, load, nativeError, requireNccl } from "../lib/native.ts";
+import { WeftError } from "../lib/errors.ts";
+import { DeviceTensor } from "../lib/device_tensor.ts";
+import { Communicator } from "../lib/communicator.ts";
+import { Engine, planDescFields } from "../lib/engine.ts";
+import { StoreServer } from "../lib/store.ts";
+import { experts } from "../dsl/mod.ts";
+import { Simulator } from "../lib/simulator.ts";
+import { fromF32 } from "../lib/dtype.ts";
+
+const here = (p: string): string => new URL(p, import.meta.url).pathname;
+const header = here("../native/include/weft.h");
+
+// ---------------------------------------------------------------- no compiler needed
+
+Deno.test("loader: a missing library is a WeftError that says to run `deno task build`", () => {
+  assert.throws(() => load("/nonexistent/libweft.so"), (e: unknown) => {
+    assert(e instanceof WeftError);
+    assert.equal(e.field, "native library");
+    assert.match(e.message, /\/nonexistent\/libweft\.so/);
+    assert.match(e.message, /deno task build/);
+    return true;
+  });
+});
+
+Deno.test("loader: WEFT_LIB overrides the path, else the build next to the module", () => {
+  assert.equal(libraryPath({ WEFT_LIB: "/opt/weft/libweft.so" }), "/opt/weft/libweft.so");
+  assert.equal(libraryPath({}), here("../native/build/libweft.so"));
+});
+
+Deno.test("loader: a file that is not a shared library is a WeftError naming it", () => {
+  const path = Deno.makeTempFileSync({ suffix: ".so" });
+  Deno.writeTextFileSync(path, "not an ELF file");
+  try {
+    assert.throws(
+      () => load(path),
+      (e: unknown) =>
+        e instanceof WeftError && e.message.includes(path) && /cannot load/.test(e.message),
+    );
+  } finally {
+    Deno.removeSync(path);
+  }
+});
+
+Deno.test("ffi: every function of weft.h is in the symbol table, and nothing else", () => {
+  const declared = [...Deno.readTextFileSync(header).matchAll(/^int32_t (weft_\w+)\(/gm)].map((m) =>
+    m[1]
+  ).sort();
+  assert.deepEqual(
+    Object.keys(symbols).sort(),
+    declared,
+  );
+  const long = Object.entries(symbols).filter(([, s]) => "nonblocking" in s && s.nonblocking).map((
+    [n],
+  ) => n).sort();
+  assert.deepEqual(long, [
+    "weft_baseline_run",
+    "weft_combine",
+    "weft_comm_barrier",
+    "weft_comm_create",
+    "weft_comm_open_peers",
+    "weft_copy_ceiling",
+    "weft_dispatch",
+    "weft_redispatch",
+    "weft_timer_stop",
+  ]);
+});
+
+Deno.test("ffi: weft_plan_desc offsets match the x86-64 layout computed by hand", () => {
+  // 12 int32 fields, 4 bytes each, from 0; 12·4 = 48 is 8-aligned, so the
+  // 5 pointers (8 bytes, 8-aligned) follow without padding; 48 + 5·8 = 88.
+  const ints = [
+    "world",
+    "rank",
+    "gpus_per_node",
+    "experts",
+    "top_k",
+    "hidden",
+    "dtype",
+    "dedupe",
+    "receive",
+    "combine",
+    "max_tokens",
+    "combine_wire_f32",
+  ];
+  ints.forEach((name, i) =>
+    assert.equal(PLAN_DESC.ints[name as keyof typeof PLAN_DESC.ints], 4 * i, name)
+  );
+  const ptrs = ["local_experts", "slot_base", "slot_expert", "replica_start", "replica_slots"];
+  ptrs.forEach((name, i) =>
+    assert.equal(PLAN_DESC.pointers[name as keyof typeof PLAN_DESC.pointers], 48 + 8 * i, name)
+  );
+  assert.equal(PLAN_DESC.bytes, 88);
+  // weft_dispatch_info: 4 int32 (pad_ included) = 16, then 7 pointers: 16 + 56 = 72.
+  assert.deepEqual(Object.values(DISPATCH_INFO.pointers), [16, 24, 32, 40, 48, 56, 64]);
+  assert.equal(DISPATCH_INFO.bytes, 72);
+});
+
+Deno.test("ffi: a packed plan desc holds the plan's values and points at its arrays", () => {
+  const plan = experts(8).byDevice().topK(2).dtype("f16").hidden(64).dedupe("none").receive(
+    "rank-major",
+  ).combine("sum")
+    .replicate([1], 2).compile({ world: 2 });
+  const { bytes, keepAlive } = packPlanDesc(
+    planDescFields(plan, 1, { maxTokens: 77, combineWire: "dtype" }),
+  );
+  const view = new DataView(bytes.buffer);
+  const int = (name: keyof typeof PLAN_DESC.ints): number =>
+    view.getInt32(PLAN_DESC.ints[name], true);
+  assert.deepEqual(
+    [int("world"), int("rank"), int("gpus_per_node"), int("experts"), int("top_k"), int("hidden")],
+    [2, 1, 2, 8, 2, 64],
+  );
+  assert.deepEqual([int("dtype"), int("dedupe"), int("receive"), int("combine")], [1, 0, 1, 1]);
+  assert.deepEqual([int("max_tokens"), int("combine_wire_f32")], [77, 0]);
+  const arrays = [
+    plan.localExperts,
+    plan.slotBase,
+    plan.slotExpert,
+    plan.replicaStart,
+    plan.replicaSlots,
+  ];
+  Object.values(PLAN_DESC.pointers).forEach((offset, i) => {
+    const ptr = Deno.UnsafePointer.create(view.getBigUint64(offset, true));
+    assert.notEqual(ptr, null);
+    const seen = new Int32Array(
+      new Deno.UnsafePointerView(ptr!).getArrayBuffer(arrays[i].byteLength),
+    );
+    assert.deepEqual([...seen], [...arrays[i]]);
+  });
+  assert.equal(keepAlive.length, 5);
+});
+
+Deno.test("ffi: small typed arrays are copied into their own buffer, large ones are not", () => {
+  const small = new Int32Array([1, 2, 3]);
+  const copy = stableCopy(small);
+  assert.notEqual(copy, small);
+  assert.deepEqual([...copy], [1, 2, 3]);
+  const large = new Float32Array(1000);
+  assert.equal(stableCopy(large), large);
+});
+
+Deno.test("ffi: a dispatch info decodes counts and pointers from their offsets", () => {
+  const raw = new Uint8Array(DISPATCH_INFO.bytes);
+  const view = new DataView(raw.buffer);
+  view.setInt32(0, 5, true);
+  view.setInt32(4, 9, true);
+  view.setInt32(8, 3, true);
+  Object.values(DISPATCH_INFO.pointers).forEach((offset, i) =>
+    view.setBigUint64(offset, BigInt(0x1000 * (i + 1)), true)
+  );
+  const info = decodeDispatchInfo(raw);
+  assert.deepEqual([info.tokens, info.recvRows, info.localExperts], [5, 9, 3]);
+  const ptrs = [
+    info.recv,
+    info.recvWeights,
+    info.expertCounts,
+    info.srcRank,
+    info.srcToken,
+    info.srcK,
+    info.destRow,
+  ];
+  assert.deepEqual(ptrs.map(pointerValue), [1, 2, 3, 4, 5, 6, 7].map((i) => BigInt(0x1000 * i)));
+});
+
+Deno.test("native: statuses map to WeftErrors naming the right field", () => {
+  const bad = nativeError(
+    Status.BAD_INPUT,
+    "weft_dispatch",
+    "rank 3: topk_idx[5] = 300 out of range",
+    { rank: 0 },
+  );
+  assert.equal(bad.field, "topkIdx");
+  assert.equal(bad.rank, 3);
+  assert.match(bad.message, /topk_idx\[5\] = 300/);
+  assert.deepEqual(bad.cause, {
+    call: "weft_dispatch",
+    status: 4,
+    message: "rank 3: topk_idx[5] = 300 out of range",
+  });
+  assert.equal(
+    nativeError(Status.TIMEOUT, "weft_combine", "peer 2 did not arrive", { rank: 1 }).field,
+    "peer",
+  );
+  assert.equal(nativeError(Status.CAPACITY, "weft_dispatch", "", {}).field, "maxTokens");
+  assert.equal(nativeError(Status.NO_DEVICE, "weft_device_count", "").field, "device");
+  assert.equal(nativeError(Status.NCCL, "weft_comm_create", "").field, "nccl");
+  assert.match(nativeError(Status.CUDA, "weft_alloc", "").message, /no message/);
+});
+
+// ---------------------------------------------------------------- against the mock library
+
+const cc = (() => {
+  try {
+    return new Deno.Command("cc", { args: ["--version"], stdout: "null", stderr: "null" })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+})();
+
+function compile(source: string, output: string, extra: string[]): void {
+  const out = new Deno.Command("cc", {
+    args: [
+      "-std=gnu11",
+      "-Wall",
+      "-Werror",
+      "-O1",
+      "-ffp-contract=off",
+      ...extra,
+      source,
+      "-o",
+      output,
+      "-lpthread",
+    ],
+    stderr: "piped",
+  }).outputSync();
+  assert(out.success, new TextDecoder().decode(out.stderr));
+}
+
+const tmp = cc ? Deno.makeTempDirSync({ prefix: "weft-ffi-test-" }) : "";
+const mock = `${tmp}/libweft-mock.so`;
+if (cc) {
+  compile(here("./fixtures/mock_weft.c"), mock, ["-shared", "-fPIC"]);
+  // The mock stands in for the real library in this process.
+  Deno.env.set("WEFT_LIB", mock);
+}
+const withCc = { ignore: !cc, sanitizeResources: false };
+
+Deno.test({
+  name: "ffi: weft.h's structs have exactly these offsets for the C compiler",
+  ...withCc,
+  fn() {
+    const exe = `${tmp}/struct_offsets`;
+    compile(here("./fixtures/struct_offsets.c"), exe, []);
+    const c = JSON.parse(new TextDecoder().decode(new Deno.Command(exe).outputSync().stdout));
+    assert.deepEqual(c.plan_desc, {
+      ...PLAN_DESC.ints,
+      ...PLAN_DESC.pointers,
+      sizeof: PLAN_DESC.bytes,
+    });
+    assert.deepEqual(c.dispatch_info, {
+      ...DISPATCH_INFO.ints,
+      ...DISPATCH_INFO.pointers,
+      sizeof: DISPATCH_INFO.bytes,
+    });
+  },
+});
+
+Deno.test({
+  name: "loader: a library of another ABI version is refused with a rebuild hint",
+  ...withCc,
+  fn() {
+    Deno.env.set("MOCK_ABI", "99");
+    try {
+      assert.throws(
+        () => load(mock),
+        (e: unknown) =>
+          e instanceof WeftError && /ABI version 99/.test(e.message) &&
+          /deno task build/.test(e.message),
+      );
+    } finally {
+      Deno.env.delete("MOCK_ABI");
+    }
+  },
+});
+
+Deno.test({
+  name: "native: no driver is a WeftError on `device` carrying the native message",
+  ...withCc,
+  fn() {
+    Deno.env.set("MOCK_NO_DEVICE", "1");
+    try {
+      assert.throws(
+        deviceCount,
+        (e: unknown) =>
+          e instanceof WeftError && e.field === "device" &&
+          /cudaErrorNoDevice \(mock\)/.test(e.message),
+      );
+    } finally {
+      Deno.env.delete("MOCK_NO_DEVICE");
+    }
+    assert.equal(deviceCount(), 1);
+  },
+});
+
+Deno.test({
+  name: "device tensor: upload, read, poison and close; a view dies with its owner",
+  ...withCc,
+  async fn() {
+    using t = DeviceTensor.upload(0, "f32", 2, 3, Float32Array.of(1, 2, 3, 4, 5, 6));
+    assert.equal(t.device, "cuda:0");
+    assert.deepEqual([...(await t.read())], [1, 2, 3, 4, 5, 6]);
+    t.poison(0xff);
+    assert((await t.read()).every(Number.isNaN));
+    using h = DeviceTensor.upload(0, "bf16", 1, 2, Uint16Array.of(0x3f80, 0x4000));
+    assert.deepEqual([...(await h.read())], [0x3f80, 0x4000]);
+    assert.throws(() => h.write(new Float32Array(2)), WeftError);
+    const owner = { closed: false, description: "dispatch handle" };
+    const view = DeviceTensor.view(0, "f32", 1, 3, t.pointer, owner);
+    assert.equal((await view.read()).length, 3);
+    owner.closed = true;
+    assert.throws(
+      () => view.read(),
+      (e: unknown) => e instanceof WeftError && /dispatch handle that was closed/.test(e.message),
+    );
+    const empty = DeviceTensor.alloc(0, "f16", 0, 8);
+    assert.equal((await empty.read()).length, 0);
+    empty.close();
+    t.close();
+    assert.throws(() => t.read(), WeftError);
+  },
+});
+
+Deno.test({
+  name:
+    "communicator: NCCL id and IPC handles travel through the store; missing NCCL is a clear error",
+  ...withCc,
+  async fn() {
+    await using server = StoreServer.listen();
+    await assert.rejects(
+      Communicator.create({ rank: 0, world: 1, localRank: 0, store: server.address, nccl: true }),
+      (e: unknown) => e instanceof WeftError && e.field === "nccl",
+    );
+    assert.throws(requireNccl, WeftError);
+    Deno.env.set("MOCK_NCCL", "1");
+    try {
+      await using comm = await Communicator.create({
+        rank: 0,
+        world: 1,
+        localRank: 0,
+        store: server.address,
+        nccl: true,
+      });
+      assert.equal(comm.nccl, true);
+      await comm.barrier();
+      await comm.hostBarrier();
+    } finally {
+      Deno.env.delete("MOCK_NCCL");
+    }
+    await assert.rejects(
+      Communicator.create({ rank: 0, world: 1, localRank: 1, store: server.address }),
+      (e: unknown) => e instanceof WeftError && e.field === "localRank",
+    );
+  },
+});
+
+Deno.test({
+  name: "engine: world-1 dispatch and combine agree with the Simulator; errors leave it usable",
+  ...withCc,
+  async fn() {
+    await using server = StoreServer.listen();
+    const plan = experts(16).roundRobin().topK(4).dtype("bf16").hidden(16).receive("rank-major")
+      .compile({ world: 1 });
+    await using comm = await Communicator.create({
+      rank: 0,
+      world: 1,
+      localRank: 0,
+      store: server.address,
+      heapBytes: 1 << 20,
+    });
+    assert.throws(
+      () => Engine.create(plan, comm, { maxTokens: 1 << 20 }),
+      (e: unknown) => e instanceof WeftError && e.field === "heapBytes",
+    );
+    using engine = await Engine.create(plan, comm, { maxTokens: 8 });
+    assert.equal(engine.kind, "gpu");
+    assert.deepEqual(engine.ranks, [0]);
+    const T = 5;
+    const x = fromF32(Float32Array.from({ length: T * 16 }, (_, i) => 1 + i / 8), "bf16");
+    const topkIdx = Int32Array.from({ length: T * 4 }, (_, i) => (i % 4 === 3 ? -1 : (i * 5) % 16));
+    const topkWeights = Float32Array.from({ length: T * 4 }, (_, i) => 0.1 + i / 40);
+    using sim = new Simulator(plan);
+    const want = await sim.dispatch([{ x, topkIdx, topkWeights }]);
+    const got = await engine.dispatch([{ x, topkIdx, topkWeights }]);
+    const [g, w] = [got.results[0], want.results[0]];
+    assert.deepEqual(await g.recv.read(), await w.recv.read());
+    for (const f of ["expertCounts", "recvWeights", "srcRank", "srcToken", "srcK"] as const) {
+      assert.deepEqual(g[f], w[f], f);
+    }
+
+    // Re-dispatch: new rows through the same layout land in the same buffer.
+    const x2 = fromF32(Float32Array.from({ length: T * 16 }, (_, i) => -i / 4), "bf16");
+    await engine.redispatch(got.handle, [x2]);
+    const want2 = await sim.redispatch(want.handle, [x2]);
+    assert.deepEqual(await g.recv.read(), await want2.results[0].recv.read());
+    await assert.rejects(
+      engine.redispatch(got.handle, [new Uint16Array(3)]),
+      (e: unknown) => e instanceof WeftError && e.field === "xs",
+    );
+    await engine.redispatch(got.handle, [x]);
+
+    const y = await w.recv.read();
+    const [out] = await engine.combine(got.handle, [y]);
+    const [wantOut] = await sim.combine(want.handle, [y]);
+    assert.deepEqual(await out.read(), await wantOut.read());
+    out.close();
+
+    // Two calls at once: the second is refused, the first completes.
+    const first = engine.dispatch([{ x, topkIdx, topkWeights }]);
+    await assert.rejects(engine.dispatch([{ x, topkIdx, topkWeights }]), /still running/);
+    (await first).handle.close();
+
+    const bad = topkIdx.slice();
+    bad[2] = 16;
+    await assert.rejects(
+      engine.dispatch([{ x, topkIdx: bad, topkWeights }]),
+      (e: unknown) => e instanceof WeftError && e.field === "topkIdx" && e.rank === 0,
+    );
+    const tooMany = {
+      x: new Uint16Array(9 * 16).fill(0x3f80),
+      topkIdx: new Int32Array(9 * 4).fill(-1),
+      topkWeights: new Float32Array(9 * 4),
+    };
+    await assert.rejects(
+      engine.dispatch([tooMany]),
+      (e: unknown) => e instanceof WeftError && e.field === "tokens",
+    );
+    await assert.rejects(
+      engine.combine(got.handle, [new Uint16Array(3)]),
+      (e: unknown) => e instanceof WeftError && e.field === "ys",
+    );
+
+    const again = await engine.dispatch([{ x, topkIdx, topkWeights }]);
+    assert.deepEqual(await again.results[0].recv.read(), await w.recv.read());
+    const recv = again.results[0].recv;
+    again.handle.close();
+    assert.throws(() => recv.read(), /closed/);
+    await assert.rejects(
+      engine.combine(again.handle, [y]),
+      (e: unknown) => e instanceof WeftError && e.field === "handle",
+    );
+    got.handle.close();
+    want.handle.close();
+  },
+});
+
+async function runGpuTests(env: Record<string, string>): Promise<{ code: number; stdout: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", here("./gpu/run.ts"), "--worlds", "1"],
+    env: { WEFT_LIB: mock, ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return { code: out.code, stdout: new TextDecoder().decode(out.stdout) };
+}
+
+Deno.test({
+  name: "gpu tests: every world-1 case passes against the mock library through the launcher",
+  ...withCc,
+  async fn() {
+    const { code, stdout } = await runGpuTests({});
+    assert.equal(code, 0, stdout);
+    assert.match(stdout, /^11 passed, 0 failed$/m);
+  },
+});
+
+Deno.test({
+  name: "gpu tests: a wrong received row and an unwritten output element are caught",
+  ...withCc,
+  async fn() {
+    const recv = await runGpuTests({ MOCK_BREAK: "recv" });
+    assert.equal(recv.code, 1);
+    assert.match(recv.stdout, /FAIL world=1 deepseek-bf16-h7168-uneven-tokens .*recv differs/);
+    const combine = await runGpuTests({ MOCK_BREAK: "combine" });
+    assert.equal(combine.code, 1);
+    assert.match(combine.stdout, /FAIL world=1 deepseek-bf16-h7168-uneven-tokens .*combine beyond/);
+  },
+});
+
+Deno.test("gpu tests: without a GPU or a library, test:gpu prints SKIPPED and exits 0", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", here("./gpu/run.ts")],
+    env: { WEFT_LIB: "/nonexistent/libweft.so" },
+    stdout: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  if (exists("/dev/nvidia0")) return; // a GPU machine: run.ts fails there instead, by design
+  assert.equal(out.code, 0);
+  assert.match(text, /^SKIPPED: no GPU present \(.+\)$/m);
+});
+
+function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,590 @@
+/**
+ * The GPU engine's test cases, run by every rank of tests/gpu/worker.ts.
+ *
+ * Each rank regenerates every rank's inputs from the case's seed, so it can
+ * run the CPU Simulator over the whole world locally and check its own GPU
+ * results against that oracle: dispatch bit for bit, combine within the
+ * dtype's rounding, and two GPU runs bit for bit against each other. Data is
+ * random and never zero; outputs are poisoned (0xFF bytes, NaN in every
+ * dtype) before the GPU writes them, so an element it skips shows up.
+ *
+ * @module
+ */
+import type { DType, PatternSpec, PlanSpec } from "../../dsl/types.ts";
+import { Plan } from "../../dsl/mod.ts";
+import type { DispatchResult, HostRows, RankInput } from "../../lib/engine_api.ts";
+import { fromF32, toF32 } from "../../lib/dtype.ts";
+import { mulberry32 } from "../../lib/routing.ts";
+import { Simulator } from "../../lib/simulator.ts";
+import { WeftError } from "../../lib/errors.ts";
+import type { Communicator } from "../../lib/communicator.ts";
+import { DeviceTensor } from "../../lib/device_tensor.ts";
+import { Engine } from "../../lib/engine.ts";
+
+/** How a case routes tokens to experts. */
+export type Routing =
+  /** K distinct experts per token, uniformly. */
+  | "uniform"
+  /** Uniform, then ~30% of slots -1 and every 5th token with no expert at all. */
+  | "empty-slots"
+  /** Every token to the same expert in slot 0, the other slots -1. */
+  | "one-expert";
+
+/** One test case. */
+export interface GpuCase {
+  readonly name: string;
+  /** A complete pattern: expert count and hidden size included. */
+  readonly pattern: PatternSpec & { readonly experts: number; readonly hidden: number };
+  /** Tokens of rank r: tokens[r mod length]. */
+  readonly tokens: readonly number[];
+  readonly routing: Routing;
+  readonly seed: number;
+  readonly maxTokens?: number;
+  readonly combineWire?: "dtype" | "f32";
+  /** Pass x and y as DeviceTensors instead of host arrays. */
+  readonly onDevice?: boolean;
+  /**
+   * A batch that must fail on every rank, leaving earlier outputs untouched
+   * and the engine usable: an out-of-range expert id on the last rank, or
+   * more tokens than maxTokens on rank 0.
+   */
+  readonly failure?: "bad-expert" | "over-capacity";
+}
+
+/** What one rank saw for one case. */
+export interface CaseOutcome {
+  readonly name: string;
+  readonly pass: boolean;
+  /** Largest combine error relative to Σ|w·y| of the element (0 when exact). */
+  readonly maxErr: number;
+  readonly detail: string;
+}
+
+const base = {
+  dedupe: "device",
+  receive: "expert-major",
+  combine: "weighted",
+} as const;
+
+/**
+ * The cases for a world of `world` ranks in nodes of `gpusPerNode`.
+ *
+ * @example
+ * ```ts
+ * import { gpuCases } from "./cases.ts";
+ * console.assert(gpuCases(4, 4).some((c) => c.pattern.hidden === 7168));
+ * ```
+ */
+export function gpuCases(world: number, gpusPerNode: number): GpuCase[] {
+  // A table where, from 3 ranks on, the last rank owns no expert at all.
+  const owners = Array.from(
+    { length: 32 },
+    (_, e) => (e * 5 + 1) % (world > 2 ? world - 1 : world),
+  );
+  const list: GpuCase[] = [
+    {
+      name: "deepseek-bf16-h7168-uneven-tokens",
+      pattern: {
+        ...base,
+        experts: 256,
+        placement: { kind: "byDevice" },
+        topK: 8,
+        dtype: "bf16",
+        hidden: 7168,
+      },
+      tokens: [300, 1, 0, 129],
+      routing: "uniform",
+      seed: 1,
+    },
+    {
+      name: "f16-h4096-roundRobin-rank-major-sum-dedupe-none",
+      pattern: {
+        experts: 64,
+        placement: { kind: "roundRobin" },
+        topK: 6,
+        dtype: "f16",
+        hidden: 4096,
+        dedupe: "none",
+        receive: "rank-major",
+        combine: "sum",
+      },
+      tokens: [97, 250, 3, 0],
+      routing: "uniform",
+      seed: 2,
+    },
+    {
+      name: "f32-h2048-table-rank-without-experts",
+      pattern: {
+        ...base,
+        experts: 32,
+        placement: { kind: "table", owners },
+        topK: 4,
+        dtype: "f32",
+        hidden: 2048,
+      },
+      tokens: [65, 33, 129, 17],
+      routing: "uniform",
+      seed: 3,
+    },
+    {
+      name: "one-token-per-rank-f32-h4096",
+      pattern: {
+        ...base,
+        experts: 16,
+        placement: { kind: "byDevice" },
+        topK: 2,
+        dtype: "f32",
+        hidden: 4096,
+      },
+      tokens: [1],
+      routing: "uniform",
+      seed: 4,
+    },
+    {
+      name: "every-token-to-one-expert-bf16-dedupe-none",
+      pattern: {
+        ...base,
+        dedupe: "none",
+        experts: 256,
+        placement: { kind: "byDevice" },
+        topK: 8,
+        dtype: "bf16",
+        hidden: 2048,
+      },
+      tokens: [77, 130, 0, 5],
+      routing: "one-expert",
+      seed: 5,
+    },
+    {
+      name: "empty-slots-bf16-h1000-sum",
+      pattern: {
+        ...base,
+        combine: "sum",
+        experts: 128,
+        placement: { kind: "byDevice" },
+        topK: 8,
+        dtype: "bf16",
+        hidden: 1000,
+      },
+      tokens: [64, 65, 0, 31],
+      routing: "empty-slots",
+      seed: 6,
+    },
+    {
+      name: "some-ranks-zero-tokens-f16-h2048",
+      pattern: {
+        ...base,
+        experts: 64,
+        placement: { kind: "byDevice" },
+        topK: 8,
+        dtype: "f16",
+        hidden: 2048,
+      },
+      tokens: [0, 45],
+      routing: "uniform",
+      seed: 7,
+    },
+    {
+      name: "device-tensor-inputs-bf16-h2048",
+      pattern: {
+        ...base,
+        experts: 64,
+        placement: { kind: "byDevice" },
+        topK: 8,
+        dtype: "bf16",
+        hidden: 2048,
+      },
+      tokens: [100, 37, 64, 3],
+      routing: "uniform",
+      seed: 8,
+      onDevice: true,
+    },
+    {
+      name: "combine-wire-dtype-bf16-h4096",
+      pattern: {
+        ...base,
+        experts: 64,
+        placement: { kind: "byDevice" },
+        topK: 8,
+        dtype: "bf16",
+        hidden: 4096,
+      },
+      tokens: [90, 91, 92, 93],
+      routing: "uniform",
+      seed: 9,
+      combineWire: "dtype",
+    },
+    {
+      name: "bad-expert-id-fails-every-rank",
+      pattern: {
+        ...base,
+        experts: 64,
+        placement: { kind: "byDevice" },
+        topK: 8,
+        dtype: "bf16",
+        hidden: 1000,
+      },
+      tokens: [20, 7, 13, 1],
+      routing: "uniform",
+      seed: 10,
+      failure: "bad-expert",
+    },
+    {
+      name: "over-capacity-fails-every-rank",
+      pattern: {
+        ...base,
+        experts: 64,
+        placement: { kind: "byDevice" },
+        topK: 8,
+        dtype: "f32",
+        hidden: 1000,
+      },
+      tokens: [16, 3, 9, 16],
+      routing: "uniform",
+      seed: 11,
+      maxTokens: 16,
+      failure: "over-capacity",
+    },
+  ];
+  if (world >= 2) {
+    list.push({
+      name: "replicas-bf16-h1000-rank-major",
+      pattern: {
+        ...base,
+        receive: "rank-major",
+        experts: 64,
+        placement: { kind: "byDevice" },
+        replicas: { experts: [0, 1, 2, 3, 40], copies: 2 },
+        topK: 8,
+        dtype: "bf16",
+        hidden: 1000,
+      },
+      tokens: [120, 44, 0, 61],
+      routing: "uniform",
+      seed: 12,
+    });
+  }
+  if (world / gpusPerNode > 1) {
+    list.push({
+      name: "dedupe-node-bf16-h2048",
+      pattern: {
+        ...base,
+        dedupe: "node",
+        experts: 64,
+        placement: { kind: "byDevice" },
+        topK: 8,
+        dtype: "bf16",
+        hidden: 2048,
+      },
+      tokens: [80, 33, 0, 57],
+      routing: "uniform",
+      seed: 13,
+    });
+  }
+  return list;
+}
+
+/**
+ * The plan of a case: the one adapter between these tests and the DSL, so a
+ * change in the builder touches only this function.
+ */
+export function planFor(c: GpuCase, world: number, gpusPerNode: number): PlanSpec {
+  return Plan.compile(c.pattern, { world, gpusPerNode });
+}
+
+/** Largest token count any rank passes in a case (the engine's maxTokens by default). */
+export function caseMaxTokens(c: GpuCase, world: number): number {
+  if (c.maxTokens !== undefined) return c.maxTokens;
+  return Math.max(1, ...Array.from({ length: world }, (_, r) => tokensOf(c, r)));
+}
+
+function tokensOf(c: GpuCase, rank: number): number {
+  return c.tokens[rank % c.tokens.length];
+}
+
+/** Random nonzero values in ±[0.5, 2), rounded to `dtype`. */
+export function randomRows(rng: () => number, n: number, dtype: DType): HostRows {
+  const f = new Float32Array(n);
+  for (let i = 0; i < n; i++) f[i] = (rng() < 0.5 ? -1 : 1) * (0.5 + 1.5 * rng());
+  return fromF32(f, dtype);
+}
+
+/** One rank's input for `tokens` tokens, from the case's seed. */
+export function rankInput(plan: PlanSpec, c: GpuCase, rank: number, tokens: number): RankInput {
+  const rng = mulberry32(c.seed * 7919 + rank * 104_729 + tokens);
+  const { topK: K, experts: E, hidden: H } = plan;
+  const topkIdx = new Int32Array(tokens * K).fill(-1);
+  const topkWeights = new Float32Array(tokens * K);
+  const pool = Array.from({ length: E }, (_, e) => e);
+  for (let t = 0; t < tokens; t++) {
+    if (c.routing === "one-expert") {
+      topkIdx[t * K] = Math.floor(E * 0.78);
+    } else {
+      // Partial Fisher-Yates: K distinct experts.
+      for (let k = 0; k < Math.min(K, E); k++) {
+        const j = k + Math.floor(rng() * (E - k));
+        [pool[k], pool[j]] = [pool[j], pool[k]];
+        topkIdx[t * K + k] = pool[k];
+      }
+      if (c.routing === "empty-slots") {
+        for (let k = 0; k < K; k++) if (t % 5 === 4 || rng() < 0.3) topkIdx[t * K + k] = -1;
+      }
+    }
+    for (let k = 0; k < K; k++) topkWeights[t * K + k] = 0.05 + 0.95 * rng();
+  }
+  return { x: randomRows(rng, tokens * H, plan.dtype), topkIdx, topkWeights };
+}
+
+/** Every rank's input of a case's (good) batch. */
+export function caseInputs(plan: PlanSpec, c: GpuCase): RankInput[] {
+  return Array.from({ length: plan.world }, (_, r) => rankInput(plan, c, r, tokensOf(c, r)));
+}
+
+/** The bad batch of a failure case: the good one with one rank's input spoiled. */
+export function failingInputs(plan: PlanSpec, c: GpuCase, good: readonly RankInput[]): RankInput[] {
+  const bad = [...good];
+  if (c.failure === "bad-expert") {
+    const r = plan.world - 1;
+    const topkIdx = good[r].topkIdx.slice();
+    const tokens = topkIdx.length / plan.topK;
+    if (tokens === 0) return failingInputs(plan, { ...c, failure: "over-capacity" }, good);
+    topkIdx[0] = plan.experts + 7;
+    bad[r] = { ...good[r], topkIdx };
+  } else {
+    bad[0] = rankInput(plan, c, 0, caseMaxTokens(c, plan.world) + 1);
+  }
+  return bad;
+}
+
+/** Every rank's expert outputs y for a dispatch with these receive counts. */
+export function caseYs(plan: PlanSpec, c: GpuCase, recvRows: readonly number[]): HostRows[] {
+  return recvRows.map((rows, r) =>
+    randomRows(mulberry32(c.seed * 31 + r * 7 + 5), rows * plan.hidden, plan.dtype)
+  );
+}
+
+/** Unit roundoff of a dtype. */
+function unitRoundoff(dtype: DType): number {
+  return dtype === "bf16" ? 2 ** -8 : dtype === "f16" ? 2 ** -11 : 2 ** -24;
+}
+
+// ---------------------------------------------------------------- checks
+
+function bits(rows: HostRows): Uint16Array | Uint32Array {
+  return rows instanceof Float32Array
+    ? new Uint32Array(rows.buffer, rows.byteOffset, rows.length)
+    : rows;
+}
+
+/** Index of the first difference, or -1. */
+function firstDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) return Math.min(a.length, b.length);
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return i;
+  return -1;
+}
+
+/** Empty when `got` equals the oracle's dispatch result bit for bit; else what differs. */
+export async function compareDispatch(got: DispatchResult, want: DispatchResult): Promise<string> {
+  const problems: string[] = [];
+  for (const field of ["expertCounts", "srcRank", "srcToken", "srcK"] as const) {
+    const i = firstDiff(got[field], want[field]);
+    if (i >= 0) {
+      problems.push(
+        `${field}[${i}] = ${got[field][i]}, want ${want[field][i]} (lengths ${got[field].length}/${
+          want[field].length
+        })`,
+      );
+    }
+  }
+  const w = firstDiff(bits(got.recvWeights), bits(want.recvWeights));
+  if (w >= 0) {
+    problems.push(`recvWeights[${w}] = ${got.recvWeights[w]}, want ${want.recvWeights[w]}`);
+  }
+  if (got.recv.rows !== want.recv.rows || got.recv.cols !== want.recv.cols) {
+    problems.push(
+      `recv is ${got.recv.rows}×${got.recv.cols}, want ${want.recv.rows}×${want.recv.cols}`,
+    );
+  } else {
+    const r = firstDiff(bits(await got.recv.read()), bits(await want.recv.read()));
+    if (r >= 0) {
+      problems.push(
+        `recv differs at row ${Math.floor(r / got.recv.cols)}, column ${r % got.recv.cols}`,
+      );
+    }
+  }
+  return problems.join("; ");
+}
+
+/**
+ * Σ_k |w|·|y| of every output element of rank `rank`, from the oracle's
+ * receive metadata over all ranks: the scale the combine error is measured
+ * against.
+ */
+function combineScale(
+  plan: PlanSpec,
+  rank: number,
+  tokens: number,
+  oracle: readonly DispatchResult[],
+  ys: readonly HostRows[],
+): Float64Array {
+  const H = plan.hidden;
+  const scale = new Float64Array(tokens * H);
+  oracle.forEach((res, d) => {
+    const y = toF32(ys[d], plan.dtype);
+    for (let i = 0; i < res.srcRank.length; i++) {
+      if (res.srcRank[i] !== rank) continue;
+      const w = plan.combine === "weighted" ? Math.abs(res.recvWeights[i]) : 1;
+      const t = res.srcToken[i];
+      for (let h = 0; h < H; h++) scale[t * H + h] += w * Math.abs(y[i * H + h]);
+    }
+  });
+  return scale;
+}
+
+/** Max relative error of `got` against `want`, and the first element over `bound`. */
+function combineError(
+  got: Float32Array,
+  want: Float32Array,
+  scale: Float64Array,
+  bound: number,
+): { maxErr: number; problem: string } {
+  let maxErr = 0;
+  let problem = "";
+  for (let i = 0; i < want.length; i++) {
+    const err = scale[i] === 0
+      ? (got[i] === 0 && want[i] === 0 ? 0 : Infinity)
+      : Math.abs(got[i] - want[i]) / scale[i];
+    if (!(err <= bound) && problem === "") {
+      problem = `element ${i}: got ${got[i]}, want ${want[i]} (scale ${scale[i]})`;
+    }
+    if (!(err <= maxErr)) maxErr = Number.isNaN(err) ? Infinity : err;
+  }
+  return { maxErr, problem };
+}
+
+// ---------------------------------------------------------------- running
+
+/** Runs one case on this rank (collective: every rank runs the same case). */
+export async function runCase(
+  comm: Communicator,
+  c: GpuCase,
+  gpusPerNode: number,
+): Promise<CaseOutcome> {
+  const outcome = (pass: boolean, maxErr: number, detail: string): CaseOutcome => ({
+    name: c.name,
+    pass,
+    maxErr,
+    detail,
+  });
+  const rank = comm.rank;
+  const plan = planFor(c, comm.world, gpusPerNode);
+  const inputs = caseInputs(plan, c);
+  using sim = new Simulator(plan);
+  const oracle = await sim.dispatch(inputs);
+  using engine = await Engine.create(plan, comm, {
+    maxTokens: caseMaxTokens(c, comm.world),
+    ...(c.combineWire !== undefined ? { combineWire: c.combineWire } : {}),
+  });
+  const temporaries: DeviceTensor[] = [];
+  const onSide = (rows: HostRows, n: number): HostRows | DeviceTensor => {
+    if (!c.onDevice) return rows;
+    const t = DeviceTensor.upload(engine.device, plan.dtype, n, plan.hidden, rows);
+    temporaries.push(t);
+    return t;
+  };
+  try {
+    const mine = inputs[rank];
+    const tokens = mine.topkIdx.length / plan.topK;
+    const x = onSide(mine.x as HostRows, tokens);
+    const first = await engine.dispatch([{ ...mine, x }]);
+    const want = oracle.results[rank];
+    const problems: string[] = [];
+    const d1 = await compareDispatch(first.results[0], want);
+    if (d1) problems.push(`dispatch: ${d1}`);
+
+    if (c.failure !== undefined) {
+      return outcome(...await checkFailure(engine, plan, c, inputs, first, want, problems));
+    }
+
+    const second = await engine.dispatch([{ ...mine, x }]);
+    const again = await compareDispatch(second.results[0], first.results[0]);
+    if (again) problems.push(`second dispatch differs from the first: ${again}`);
+    second.handle.close();
+
+    // Every row of the receive buffer must be rewritten by a re-dispatch.
+    const recv = first.results[0].recv;
+    if (recv instanceof DeviceTensor) recv.poison();
+    await engine.redispatch(first.handle, [x]);
+    const re = await compareDispatch(first.results[0], want);
+    if (re) problems.push(`redispatch into a poisoned buffer: ${re}`);
+
+    const recvRows = oracle.results.map((r) => r.recv.rows);
+    const ys = caseYs(plan, c, recvRows);
+    const wantOut = toF32(await (await sim.combine(oracle.handle, ys))[rank].read(), plan.dtype);
+    using out = DeviceTensor.alloc(engine.device, plan.dtype, tokens, plan.hidden);
+    out.poison();
+    const y = onSide(ys[rank], recvRows[rank]);
+    await engine.combine(first.handle, [y], { out: [out] });
+    const got = toF32(await out.read(), plan.dtype);
+    const u = unitRoundoff(plan.dtype);
+    const uWire = c.combineWire === "dtype" ? u : 2 ** -24;
+    const bound = 2 * u + (plan.topK + 2) * Math.max(uWire, 2 ** -24);
+    const { maxErr, problem } = combineError(
+      got,
+      wantOut,
+      combineScale(plan, rank, tokens, oracle.results, ys),
+      bound,
+    );
+    if (problem) problems.push(`combine beyond ${bound.toExponential(2)}: ${problem}`);
+    const [out2] = await engine.combine(first.handle, [y]);
+    const twice = firstDiff(bits(await out2.read()), bits(await out.read()));
+    out2.close();
+    if (twice >= 0) problems.push(`combine is not deterministic: runs differ at element ${twice}`);
+    first.handle.close();
+    oracle.handle.close();
+    return outcome(problems.length === 0, maxErr, problems.join("; "));
+  } finally {
+    for (const t of temporaries) t.close();
+  }
+}
+
+/**
+ * The failure cases: a bad batch must throw a WeftError on this rank (every
+ * rank checks itself), leave the previous batch's buffer as it was, and the
+ * next good batch must still be right.
+ */
+async function checkFailure(
+  engine: Engine,
+  plan: PlanSpec,
+  c: GpuCase,
+  inputs: readonly RankInput[],
+  first: Awaited<ReturnType<Engine["dispatch"]>>,
+  want: DispatchResult,
+  problems: string[],
+): Promise<[boolean, number, string]> {
+  const rank = engine.rank;
+  const recv = first.results[0].recv as DeviceTensor;
+  recv.poison();
+  const bad = failingInputs(plan, c, inputs);
+  try {
+    const d = await engine.dispatch([bad[rank]]);
+    d.handle.close();
+    problems.push("the bad batch did not throw on this rank");
+  } catch (error) {
+    if (!(error instanceof WeftError)) {
+      problems.push(`threw ${String(error)} instead of a WeftError`);
+    } else if (!["topkIdx", "tokens"].includes(error.field)) {
+      problems.push(`WeftError names "${error.field}": ${error.message}`);
+    }
+  }
+  const after = bits(await recv.read());
+  if (after.some((v) => v !== (after instanceof Uint32Array ? 0xffffffff : 0xffff))) {
+    problems.push("the bad batch wrote into an earlier batch's receive buffer");
+  }
+  first.handle.close();
+  const next = await engine.dispatch([inputs[rank]]);
+  const ok = await compareDispatch(next.results[0], want);
+  if (ok) problems.push(`the engine is broken after the failure: ${ok}`);
+  next.handle.close();
+  return [problems.length === 0, 0, problems.join("; ")];
+}
