@@ -1,0 +1,414 @@
+/**
+ * One rank of `deno task bench` (started by bench/bench.ts through
+ * lib/launch.ts, or by hand: `deno task launch --gpus 4 bench/worker.ts
+ * --result out.json`).
+ *
+ * For every (tokens per GPU, scenario) cell, in the same process and run:
+ * weft's dispatch + combine with identity experts (y = recv), a cached
+ * re-dispatch through the handle, and the NCCL baseline's dispatch + combine.
+ * Each is timed with CUDA events on the communicator's stream after warm-up,
+ * each rank takes its median, and rank 0 keeps the maximum over ranks, as
+ * anchors/moe_baseline.py does. Rank 0 also measures the GPU→GPU copy
+ * ceiling and writes the {@link BenchResult}.
+ *
+ * @module
+ */
+import { experts } from "../dsl/mod.ts";
+import type { PlanSpec } from "../dsl/types.ts";
+import { DTYPE_BYTES } from "../dsl/types.ts";
+import { Communicator } from "../lib/communicator.ts";
+import { DeviceTensor } from "../lib/device_tensor.ts";
+import { bf16ToF32 } from "../lib/dtype.ts";
+import { Engine } from "../lib/engine.ts";
+import { readLaunchEnv } from "../lib/env.ts";
+import { native, unwrap } from "../lib/native.ts";
+import type { RankRouting } from "../lib/routing.ts";
+import { copyCeilingMs, NcclBaseline, StreamTimer } from "./baseline.ts";
+import { type BenchOptions, parseBenchArgs } from "./bench.ts";
+import type { BenchResult, BenchRow, CopyCeiling, CopyCeilingPair } from "./report.ts";
+import { median } from "./report.ts";
+import { batchTraffic, type Scenario, scenariosByName } from "./scenarios.ts";
+
+/** DeepSeek-V3's MoE layer: the shape DESIGN.md's anchors were measured at. */
+const SHAPE = Object.freeze({ experts: 256, topK: 8, hidden: 7168, dtype: "bf16" as const });
+/** Bytes per copy of the copy-ceiling measurement (DESIGN.md's ceiling table uses 1 GiB). */
+const COPY_CEILING_BYTES = 2 ** 30;
+/** Headroom above the copy size: the communicator keeps the front of its heap for itself. */
+const HEAP_HEADROOM_BYTES = 2 ** 20;
+/** Rows per rank compared against the expected output after timing. */
+const CHECK_ROWS = 64;
+/** bf16 output of Σ_k w·x with Σ_k w = 1: a few bf16 ulps at most. */
+const CHECK_TOLERANCE = 1e-2;
+
+/** What a rank reports for one cell. */
+interface RankCell {
+  readonly weftMs: number;
+  readonly weftDispatchMs: number;
+  readonly baselineMs: number;
+  readonly redispatchMs: number;
+  readonly weftError: number;
+  readonly baselineError: number;
+}
+
+function log(rank: number, text: string): void {
+  if (rank === 0) console.error(`bench: ${text}`);
+}
+
+/**
+ * Random bf16 rows, never zero, never NaN: sign and 7 mantissa bits random,
+ * exponent in [2⁻⁷, 2¹), so every value is a normal number of modest size
+ * (zeros would hide unwritten output and can run faster than real data).
+ */
+function randomBf16(count: number, seed: number): Uint16Array {
+  const out = new Uint16Array(count);
+  let s = (seed * 0x9e3779b1 + 0x7f4a7c15) >>> 0 || 1;
+  for (let i = 0; i < count; i += 2) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    const r = s >>> 0;
+    out[i] = (r & 0x807f) | ((0x78 + ((r >>> 8) & 7)) << 7);
+    if (i + 1 < count) {
+      const q = r >>> 16;
+      out[i + 1] = (q & 0x807f) | ((0x78 + ((q >>> 8) & 7)) << 7);
+    }
+  }
+  return out;
+}
+
+/** Rows `rows` of a device bf16 tensor, copied one by one (a sample, not the whole tensor). */
+function readRows(t: DeviceTensor, rows: readonly number[]): Float32Array[] {
+  const rowBytes = t.cols * DTYPE_BYTES[t.dtype];
+  return rows.map((r) => {
+    const host = new Uint16Array(new ArrayBuffer(rowBytes));
+    const src = Deno.UnsafePointer.offset(t.pointer!, r * rowBytes);
+    unwrap(native().weft_copy_d2h(t.deviceIndex, host, src, BigInt(rowBytes)), "weft_copy_d2h");
+    return bf16ToF32(host);
+  });
+}
+
+/**
+ * Relative L2 error of sampled output rows against out[t] = x[t]·Σ_k w[t,k]
+ * (identity experts, weighted combine). Both engines must produce it.
+ */
+function outputError(
+  out: DeviceTensor,
+  x: Uint16Array,
+  routing: RankRouting,
+  hidden: number,
+  topK: number,
+): number {
+  const T = out.rows;
+  if (T === 0) return 0;
+  const rows = Array.from(
+    { length: Math.min(CHECK_ROWS, T) },
+    (_, i) => Math.floor((i * T) / Math.min(CHECK_ROWS, T)),
+  );
+  const got = readRows(out, rows);
+  let num = 0;
+  let den = 0;
+  rows.forEach((t, i) => {
+    let w = 0;
+    for (let k = 0; k < topK; k++) {
+      if (routing.topkIdx[t * topK + k] >= 0) w += routing.topkWeights[t * topK + k];
+    }
+    const xs = bf16ToF32(x.subarray(t * hidden, (t + 1) * hidden));
+    for (let h = 0; h < hidden; h++) {
+      const want = xs[h] * w;
+      const d = got[i][h] - want;
+      num += d * d;
+      den += want * want;
+    }
+  });
+  // NaN (an unwritten or poisoned element) must fail the check, not pass it.
+  const err = Math.sqrt(num / Math.max(den, Number.MIN_VALUE));
+  return Number.isFinite(err) ? err : Infinity;
+}
+
+/** Times `iters` runs of `body` after `warmup` untimed ones; each run starts after a barrier. */
+async function timeRuns(
+  comm: Communicator,
+  timer: StreamTimer,
+  warmup: number,
+  iters: number,
+  body: (last: boolean) => Promise<() => void>,
+): Promise<number[]> {
+  const times: number[] = [];
+  for (let i = 0; i < warmup + iters; i++) {
+    // Start together, with an idle stream, as the anchor harness does (barrier + synchronize).
+    await comm.barrier();
+    timer.start();
+    const release = await body(i === warmup + iters - 1);
+    const ms = await timer.stop();
+    // Freeing per-run resources stays outside the timed window.
+    release();
+    if (i >= warmup) times.push(ms);
+  }
+  return times;
+}
+
+/** Gathers every rank's JSON-able value in rank order through the store. */
+async function gather<T>(comm: Communicator, key: string, value: T): Promise<T[]> {
+  const all = await comm.store.allGather(
+    `weft/bench/${key}`,
+    comm.rank,
+    comm.world,
+    new TextEncoder().encode(JSON.stringify(value)),
+    comm.timeoutMs,
+  );
+  return all.map((b) => JSON.parse(new TextDecoder().decode(b)) as T);
+}
+
+/**
+ * The copy ceiling, one source rank at a time so that no two copies share a
+ * link: each rank copies to each peer while the others wait in a host barrier.
+ */
+async function measureCopyCeiling(comm: Communicator, iters: number): Promise<CopyCeiling | null> {
+  if (comm.world < 2) return null;
+  // A heap smaller than asked for (WEFT_HEAP_BYTES, or no heap query in the library) gets a smaller copy.
+  const bytes = Math.min(
+    COPY_CEILING_BYTES,
+    Math.floor((comm.heapBytes - HEAP_HEADROOM_BYTES) / HEAP_HEADROOM_BYTES) * HEAP_HEADROOM_BYTES,
+  );
+  if (bytes <= 0) return null;
+  const mine: CopyCeilingPair[] = [];
+  for (let src = 0; src < comm.world; src++) {
+    await comm.hostBarrier();
+    if (src !== comm.rank) continue;
+    for (let dst = 0; dst < comm.world; dst++) {
+      if (dst === src) continue;
+      const ms = await copyCeilingMs(comm, dst, bytes, iters);
+      mine.push({ src, dst, gbps: bytes / (ms * 1e-3) / 1e9 });
+    }
+  }
+  await comm.hostBarrier();
+  const pairs = (await gather(comm, "copy-ceiling", mine)).flat();
+  return { bytes, pairs, gbps: Math.max(...pairs.map((p) => p.gbps)) };
+}
+
+/** A short device description for the report ("4× NVIDIA H200"), from nvidia-smi when present. */
+async function describeDevice(device: number, world: number): Promise<string> {
+  try {
+    const { success, stdout } = await new Deno.Command("nvidia-smi", {
+      args: ["--query-gpu=name", "--format=csv,noheader", "-i", String(device)],
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    const name = new TextDecoder().decode(stdout).trim();
+    if (success && name !== "") return `${world}× ${name}`;
+  } catch { /* no nvidia-smi: fall back below */ }
+  return `${world}× CUDA GPU`;
+}
+
+/** Runs one batch size: every scenario, both engines; returns rank 0's rows (others: empty). */
+async function runSize(
+  comm: Communicator,
+  plan: PlanSpec,
+  tokens: number,
+  scenarios: readonly Scenario[],
+  options: BenchOptions,
+  timer: StreamTimer,
+  splitTimer: StreamTimer,
+): Promise<BenchRow[]> {
+  const { rank, localRank: device } = comm;
+  const { hidden, topK, dtype } = plan;
+  const wireRowBytes = hidden * (options.combineWire === "f32" ? 4 : DTYPE_BYTES[dtype]);
+  const rows: BenchRow[] = [];
+  // One engine and baseline per size, sized for it, so memory goes back between sizes.
+  using engine = await Engine.create(plan, comm, {
+    maxTokens: tokens,
+    combineWire: options.combineWire,
+  });
+  using baseline = NcclBaseline.create(comm, plan, { maxTokens: tokens });
+  const xHost = randomBf16(tokens * hidden, options.seed * 65_537 + rank);
+  using x = DeviceTensor.upload(device, dtype, tokens, hidden, xHost);
+  using weftOut = DeviceTensor.alloc(device, dtype, tokens, hidden);
+  using baselineOut = DeviceTensor.alloc(device, dtype, tokens, hidden);
+
+  for (const scenario of scenarios) {
+    const routing = scenario.route(plan, tokens, options.seed);
+    const mine = routing[rank];
+    // The baseline reads its routing from device memory; f32 is only a 4-byte carrier for the ids.
+    using idxDevice = DeviceTensor.upload(
+      device,
+      "f32",
+      tokens,
+      topK,
+      new Float32Array(mine.topkIdx.buffer, mine.topkIdx.byteOffset, mine.topkIdx.length),
+    );
+    using weightsDevice = DeviceTensor.upload(device, "f32", tokens, topK, mine.topkWeights);
+    const input = { x, topkIdx: mine.topkIdx, topkWeights: mine.topkWeights };
+
+    weftOut.poison();
+    // The last run's handle stays open for the re-dispatch runs.
+    let kept: Awaited<ReturnType<Engine["dispatch"]>>["handle"] | undefined;
+    // Dispatch's share of each run, bracketed inside the same run (warm-up runs included, dropped
+    // below). Dispatch already waits for its device work (it copies index arrays back), so the
+    // split timer's synchronize adds nothing measurable to the total.
+    const dispatchTimes: number[] = [];
+    const weftTimes = await timeRuns(comm, timer, options.warmup, options.iters, async (last) => {
+      splitTimer.start();
+      const { results: [result], handle } = await engine.dispatch([input]);
+      dispatchTimes.push(await splitTimer.stop());
+      // Identity experts: the received rows go straight back.
+      await engine.combine(handle, [result.recv], { out: [weftOut] });
+      return () => {
+        if (last) kept = handle;
+        else handle.close();
+      };
+    });
+    const weftError = outputError(weftOut, xHost, mine, hidden, topK);
+
+    const handle = kept!;
+    const redispatchTimes = await timeRuns(comm, timer, options.warmup, options.iters, async () => {
+      await engine.redispatch(handle, [x]);
+      return () => {};
+    });
+    handle.close();
+
+    baselineOut.poison();
+    const baselineTimes = await timeRuns(comm, timer, options.warmup, options.iters, async () => {
+      await baseline.run(x, idxDevice.pointer, weightsDevice.pointer, baselineOut);
+      return () => {};
+    });
+    const baselineError = outputError(baselineOut, xHost, mine, hidden, topK);
+
+    const cell: RankCell = {
+      weftMs: median(weftTimes),
+      weftDispatchMs: median(dispatchTimes.slice(options.warmup)),
+      baselineMs: median(baselineTimes),
+      redispatchMs: median(redispatchTimes),
+      weftError,
+      baselineError,
+    };
+    const cells = await gather(comm, `${tokens}/${scenario.name}`, cell);
+    if (rank !== 0) continue;
+
+    const traffic = batchTraffic(plan, routing.map((r) => r.topkIdx), wireRowBytes);
+    const max = (xs: readonly number[]): number => Math.max(...xs);
+    const row: BenchRow = {
+      tokens,
+      scenario: scenario.name,
+      weftMs: max(cells.map((c) => c.weftMs)),
+      weftDispatchMs: max(cells.map((c) => c.weftDispatchMs)),
+      baselineMs: max(cells.map((c) => c.baselineMs)),
+      redispatchMs: max(cells.map((c) => c.redispatchMs)),
+      layoutMs: null,
+      weftDispatchRemoteBytes: max(traffic.weftDispatchOut),
+      weftOutgoingRemoteBytes: max(
+        traffic.weftDispatchOut.map((b, r) => b + traffic.weftCombineOut[r]),
+      ),
+      baselineDispatchRemoteBytes: max(traffic.baselineDispatchOut),
+      weftMsPerRank: cells.map((c) => c.weftMs),
+      baselineMsPerRank: cells.map((c) => c.baselineMs),
+      links: traffic.links,
+      weftError: max(cells.map((c) => c.weftError)),
+      baselineError: max(cells.map((c) => c.baselineError)),
+    };
+    rows.push(row);
+    log(
+      rank,
+      `${tokens} ${scenario.name}: weft ${row.weftMs.toFixed(3)} ms (dispatch ` +
+        `${row.weftDispatchMs!.toFixed(3)}), baseline ${row.baselineMs.toFixed(3)} ms, ` +
+        `redispatch ${row.redispatchMs!.toFixed(3)} ms, check ${
+          row.weftError!.toExponential(1)
+        } / ` +
+        `${row.baselineError!.toExponential(1)}`,
+    );
+  }
+  return rows;
+}
+
+/** The notes that belong under the table for this run. */
+function runNotes(
+  rows: readonly BenchRow[],
+  options: BenchOptions,
+  ceiling: CopyCeiling | null,
+): string[] {
+  const notes = [
+    "layout ms: n/a — weft.h has no layout-only entry point; the layout runs inside weft_dispatch and is " +
+    "part of weft ms.",
+    "weft ms is the Engine API end to end: routing upload to the device, layout, dispatch, the host copies " +
+    "of the index arrays DispatchResult returns, and combine into a preallocated output. The baseline's " +
+    "inputs (x, topkIdx, topkWeights) sit on the device before timing.",
+    `weft remote MB/rank/dir: dispatch bytes one rank sends to other GPUs (one row per (token, destination ` +
+    `GPU)), max over ranks; achieved GB/s counts dispatch + combine outgoing bytes (combine partials in ` +
+    `${options.combineWire === "f32" ? "f32, 4 B/element" : "the row dtype"}) over weft ms.`,
+  ];
+  if (ceiling === null) notes.push("copy ceiling: not measured (one GPU: no peer to copy to).");
+  const failed = rows.filter((r) =>
+    !((r.weftError ?? 0) <= CHECK_TOLERANCE) || !((r.baselineError ?? 0) <= CHECK_TOLERANCE)
+  );
+  const worst = Math.max(0, ...rows.flatMap((r) => [r.weftError ?? 0, r.baselineError ?? 0]));
+  notes.push(
+    failed.length === 0
+      ? `output check passed: out ≈ x·Σw on ${CHECK_ROWS} sampled rows per rank, both engines, every cell ` +
+        `(worst relative L2 error ${worst.toExponential(1)} ≤ ${CHECK_TOLERANCE}).`
+      : `OUTPUT CHECK FAILED in ${failed.map((r) => `${r.tokens}/${r.scenario}`).join(", ")} ` +
+        `(relative L2 error > ${CHECK_TOLERANCE}): those timings are of a wrong result.`,
+  );
+  return notes;
+}
+
+/** The worker: returns when rank 0 has written the result. */
+export async function main(argv: readonly string[]): Promise<void> {
+  const options = parseBenchArgs(argv);
+  const env = readLaunchEnv();
+  const scenarios = scenariosByName(options.scenarios);
+  const date = new Date().toISOString();
+  const plan = experts(SHAPE.experts).byDevice().topK(SHAPE.topK).dtype(SHAPE.dtype).hidden(
+    SHAPE.hidden,
+  )
+    .compile({ world: env.world, gpusPerNode: env.localWorld });
+  const maxTokens = Math.max(...options.sizes);
+  // The heap must hold the largest size's engine regions and the copy-ceiling source.
+  const engineHeap = Engine.heapBytes(plan, {
+    maxTokens,
+    combineWire: options.combineWire,
+    rank: env.rank,
+  });
+  const heapBytes = engineHeap === undefined
+    ? undefined
+    : Math.max(engineHeap, COPY_CEILING_BYTES + HEAP_HEADROOM_BYTES);
+  await using comm = await Communicator.fromEnv({
+    nccl: true,
+    ...(heapBytes !== undefined ? { heapBytes } : {}),
+  });
+  log(comm.rank, `world ${comm.world}, heap ${(comm.heapBytes / 2 ** 30).toFixed(2)} GiB per rank`);
+  using timer = StreamTimer.create(comm);
+  using splitTimer = StreamTimer.create(comm);
+
+  const ceiling = await measureCopyCeiling(comm, Math.max(options.iters, 10));
+  if (ceiling !== null) {
+    log(comm.rank, `copy ceiling ${ceiling.gbps.toFixed(1)} GB/s one-way (fastest pair)`);
+  }
+
+  const rows: BenchRow[] = [];
+  for (const tokens of options.sizes) {
+    rows.push(...await runSize(comm, plan, tokens, scenarios, options, timer, splitTimer));
+  }
+  await comm.hostBarrier();
+
+  if (comm.rank !== 0) return;
+  const result: BenchResult = {
+    device: await describeDevice(comm.localRank, comm.world),
+    date,
+    world: comm.world,
+    hidden: plan.hidden,
+    experts: plan.experts,
+    topK: plan.topK,
+    dtype: plan.dtype,
+    iters: options.iters,
+    warmup: options.warmup,
+    combineWire: options.combineWire,
+    copyCeiling: ceiling,
+    rows,
+    notes: runNotes(rows, options, ceiling),
+  };
+  const path = options.result ?? Deno.env.get("WEFT_BENCH_RESULT");
+  const text = JSON.stringify(result, null, 2) + "\n";
+  if (path !== undefined) await Deno.writeTextFile(path, text);
+  else console.log(text);
+}
+
+if (import.meta.main) await main(Deno.args);
