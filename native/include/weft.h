@@ -2,9 +2,11 @@
  * weft native engine — the C ABI that lib/ffi.ts binds with Deno.dlopen.
  *
  * Rules every entry point follows:
- *  - returns WEFT_OK (0) or a nonzero status; the message of the last failure
- *    on the calling thread is available from weft_last_error(). Messages name
- *    the call, the CUDA/NCCL error and, where known, the field and the fix.
+ *  - returns WEFT_OK (0) or a nonzero status; the message of the most recent
+ *    failure in the process is available from weft_last_error() (process-wide,
+ *    not per thread: Deno's nonblocking calls run on a thread pool, so the
+ *    failing thread is rarely the asking one). Messages name the call, the
+ *    CUDA/NCCL error and, where known, the field and the fix.
  *  - sets its own CUDA device first (FFI nonblocking calls run on Deno's
  *    thread pool, so no thread-local device can be assumed).
  *  - every CUDA/NCCL return code and every kernel launch is checked.
@@ -62,7 +64,7 @@ typedef struct weft_timer* weft_timer_t;
 
 /* ---- errors, devices, memory ------------------------------------------ */
 
-/* Copies the calling thread's last error message (NUL-terminated, truncated to len). Returns its full length. */
+/* Copies the process's most recent error message (NUL-terminated, truncated to len). Returns its full length. */
 int32_t weft_last_error(char* buf, int32_t len);
 /* ABI version, bumped on any change of this header. */
 int32_t weft_abi_version(void);
@@ -95,6 +97,12 @@ int32_t weft_comm_ipc_handle(weft_comm_t comm, uint8_t* out /* 64 bytes */);
 int32_t weft_comm_open_peers(weft_comm_t comm, const uint8_t* handles /* world × 64 */);
 /* Bounded barrier over the symmetric heap flags. */
 int32_t weft_comm_barrier(weft_comm_t comm);
+/* Collective when peers are mapped: waits (at most timeout_ms) for every rank
+ * to reach it, so no peer still reads this heap when it is unmapped. Engines,
+ * handles, baselines and timers made from the comm keep its memory alive until
+ * they are destroyed, but fail once the comm is destroyed.
+ * timeout_ms <= 0 in weft_comm_create means 30000. After a timeout the comm is
+ * unusable (calls fail fast): destroy it and create a new one. */
 int32_t weft_comm_destroy(weft_comm_t comm);
 
 /* ---- engine --------------------------------------------------------------
@@ -113,10 +121,24 @@ typedef struct weft_plan_desc {
   const int32_t* replica_slots;             /* [replica_start[experts]] */
 } weft_plan_desc;
 
+/* Symmetric-heap bytes a plan needs (comm reserve included): pass at least this
+ * as heap_bytes to weft_comm_create. Same value on every rank of one plan.
+ * Checks the plan like weft_engine_create. (An addition to the first
+ * committed header; weft_abi_version() is still 1.) */
+int32_t weft_engine_heap_bytes(const weft_plan_desc* plan, uint64_t* out);
+/* Not collective. Fails with WEFT_ERR_CAPACITY, naming the bytes needed, when
+ * the comm's heap is smaller than weft_engine_heap_bytes. NVLink engine
+ * limits: world <= 32, top_k <= 32, hidden a multiple of 8. dedupe NODE
+ * behaves as DEVICE (all ranks share one NVLink domain). */
 int32_t weft_engine_create(weft_comm_t comm, const weft_plan_desc* plan, weft_engine_t* out);
+/* Handles keep their engine (and comm) alive; destroy order does not matter. */
 int32_t weft_engine_destroy(weft_engine_t engine);
 
 /*
+ * Every collective call below (dispatch, redispatch, combine, baseline run,
+ * barrier) synchronizes the comm stream before it returns: its outputs are
+ * ready for any stream, and its inputs may be reused at once.
+ *
  * Dispatch one batch. x [tokens × hidden] in the plan's dtype, topk_idx
  * [tokens × top_k] int32 (-1 = empty slot), topk_weights [tokens × top_k] f32.
  * inputs_on_device: 1 if the three pointers are device memory on this GPU,
@@ -127,7 +149,9 @@ int32_t weft_engine_destroy(weft_engine_t engine);
 int32_t weft_dispatch(weft_engine_t engine, const void* x, const int32_t* topk_idx,
                       const float* topk_weights, int32_t tokens, int32_t inputs_on_device,
                       weft_handle_t* out);
-/* Re-dispatch new rows through a handle's cached layout (same routing, no layout work). */
+/* Re-dispatch new rows through a handle's cached layout (same routing, no
+ * layout work). Collective. x has the handle's token count of rows; the rows
+ * land in the handle's own recv buffer (weft_handle_info), overwriting it. */
 int32_t weft_redispatch(weft_handle_t handle, const void* x, int32_t inputs_on_device);
 
 typedef struct weft_dispatch_info {
@@ -149,7 +173,8 @@ int32_t weft_handle_info(weft_handle_t handle, weft_dispatch_info* out);
  * Combine: y [recv_rows × hidden] (device, dtype) in the handle's receive
  * layout → out [tokens × hidden] (device, dtype), allocated by the caller.
  * Collective. Deterministic: partials per destination in ascending k,
- * then destinations in ascending rank, f32 accumulation.
+ * then destinations in ascending rank, f32 accumulation. y and out must be
+ * 16-byte aligned device memory of this GPU; y may be the handle's recv.
  */
 int32_t weft_combine(weft_handle_t handle, const void* y, void* out);
 int32_t weft_handle_destroy(weft_handle_t handle);
@@ -160,6 +185,10 @@ int32_t weft_handle_destroy(weft_handle_t handle);
  * send/recv all-to-all, regroup by local expert; then the reverse and the
  * f32 weighted sum. Needs a communicator created with an NCCL id.
  * out [tokens × hidden] device; recv_rows_out gets R of this rank.
+ * x, topk_idx, topk_weights may be device memory of this GPU (used in place)
+ * or host memory (copied first, inside the call). Bad input on any rank makes
+ * every rank fail before the row all-to-all. The "experts" are the identity:
+ * out[t] = Σ_k w[t,k]·x[t] (or Σ_k x[t] for WEFT_SUM), a checkable result.
  */
 int32_t weft_baseline_create(weft_comm_t comm, const weft_plan_desc* plan, weft_baseline_t* out);
 int32_t weft_baseline_run(weft_baseline_t b, const void* x, const int32_t* topk_idx,
@@ -175,7 +204,9 @@ int32_t weft_timer_start(weft_timer_t t);
 int32_t weft_timer_stop(weft_timer_t t, float* ms_out); /* synchronizes */
 int32_t weft_timer_destroy(weft_timer_t t);
 /* GPU→GPU copy ceiling: copy `bytes` from this rank's heap to peer's heap with
- * the copy engine `iters` times, return median ms. */
+ * the copy engine `iters` times, return median ms. Not collective; it writes
+ * over the peer's engine staging, so bracket it with weft_comm_barrier and run
+ * no engine call meanwhile. bytes <= heap_bytes - 4096. */
 int32_t weft_copy_ceiling(weft_comm_t comm, int32_t peer, uint64_t bytes, int32_t iters, float* ms_out);
 
 #ifdef __cplusplus

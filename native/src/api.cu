@@ -1,0 +1,92 @@
+// The small C ABI calls: version, devices, memory. The collective calls live
+// beside their implementation (comm.cu, dispatch.cu, combine.cu, baseline.cu,
+// timer.cu).
+#include "common.h"
+
+namespace {
+
+int32_t set_device(int32_t device) {
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0) {
+    (void)cudaGetLastError();
+    WEFT_FAIL(WEFT_ERR_NO_DEVICE, "no CUDA device is visible (%s)", cudaGetErrorString(e));
+  }
+  if (device < 0 || device >= count) {
+    WEFT_FAIL(WEFT_ERR_INVALID, "device = %d; this process sees %d device(s)", device, count);
+  }
+  WEFT_CUDA(cudaSetDevice(device));
+  return WEFT_OK;
+}
+
+}  // namespace
+
+extern "C" int32_t weft_abi_version(void) { return 1; }
+
+extern "C" int32_t weft_device_count(int32_t* out) {
+  WEFT_API("weft_device_count");
+  if (out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "out is NULL");
+  *out = 0;
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    WEFT_FAIL(WEFT_ERR_NO_DEVICE, "no CUDA driver or device: %s (%s)", cudaGetErrorName(e), cudaGetErrorString(e));
+  }
+  *out = count;
+  return count > 0 ? WEFT_OK : WEFT_ERR_NO_DEVICE;
+}
+
+extern "C" int32_t weft_alloc(int32_t device, uint64_t bytes, void** out) {
+  WEFT_API("weft_alloc");
+  if (out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "out is NULL");
+  *out = nullptr;
+  WEFT_TRY(set_device(device));
+  void* p = nullptr;
+  cudaError_t e = cudaMalloc(&p, bytes > 0 ? bytes : 16);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    WEFT_FAIL(WEFT_ERR_CUDA, "cudaMalloc(%llu bytes) on device %d failed: %s", static_cast<unsigned long long>(bytes),
+              device, cudaGetErrorString(e));
+  }
+  *out = p;
+  return WEFT_OK;
+}
+
+extern "C" int32_t weft_free(int32_t device, void* ptr) {
+  WEFT_API("weft_free");
+  if (ptr == nullptr) return WEFT_OK;
+  WEFT_TRY(set_device(device));
+  WEFT_CUDA(cudaFree(ptr));
+  return WEFT_OK;
+}
+
+extern "C" int32_t weft_copy_h2d(int32_t device, void* dst, const void* src, uint64_t bytes) {
+  WEFT_API("weft_copy_h2d");
+  if (bytes == 0) return WEFT_OK;
+  if (dst == nullptr || src == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "dst or src is NULL");
+  WEFT_TRY(set_device(device));
+  WEFT_CUDA(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
+  WEFT_CUDA(cudaStreamSynchronize(cudaStreamLegacy));  // device-to-device copies return early
+  return WEFT_OK;
+}
+
+extern "C" int32_t weft_copy_d2h(int32_t device, void* dst, const void* src, uint64_t bytes) {
+  WEFT_API("weft_copy_d2h");
+  if (bytes == 0) return WEFT_OK;
+  if (dst == nullptr || src == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "dst or src is NULL");
+  WEFT_TRY(set_device(device));
+  WEFT_CUDA(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
+  WEFT_CUDA(cudaStreamSynchronize(cudaStreamLegacy));  // device-to-device copies return early
+  return WEFT_OK;
+}
+
+extern "C" int32_t weft_memset(int32_t device, void* dst, int32_t value, uint64_t bytes) {
+  WEFT_API("weft_memset");
+  if (bytes == 0) return WEFT_OK;
+  if (dst == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "dst is NULL");
+  WEFT_TRY(set_device(device));
+  WEFT_CUDA(cudaMemset(dst, value, bytes));
+  WEFT_CUDA(cudaStreamSynchronize(cudaStreamLegacy));
+  return WEFT_OK;
+}

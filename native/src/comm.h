@@ -1,0 +1,106 @@
+// The communicator: device, stream, symmetric heap mapped into every peer,
+// the bounded barrier over that heap, and the optional NCCL communicator.
+#pragma once
+
+#include <atomic>
+#include <mutex>
+#include <string>
+
+#include "common.h"
+#include "nccl_loader.h"
+
+namespace weft {
+
+// The first kCommReserved bytes of every heap belong to the communicator:
+//   [0, 512)     barrier flags: uint64 flags[2][kMaxWorld], indexed by the
+//                epoch's parity and the arriving rank;
+//   [512, 576)   HeapHeader, written at creation and checked by every peer.
+// Engines carve their regions from kCommReserved on.
+constexpr uint64_t kFlagsOffset = 0;
+constexpr uint64_t kHeaderOffset = 512;
+constexpr uint64_t kCommReserved = 4096;
+constexpr uint64_t kHeapMagic = 0x3166746665770a01ull;
+
+struct HeapHeader {
+  uint64_t magic;
+  uint64_t heap_bytes;
+  int32_t world;
+  int32_t rank;
+};
+
+__host__ __device__ inline uint64_t flag_offset(uint64_t epoch, int src_rank) {
+  return kFlagsOffset + ((epoch & 1ull) * kMaxWorld + static_cast<uint64_t>(src_rank)) * sizeof(uint64_t);
+}
+
+}  // namespace weft
+
+struct weft_comm {
+  int device = -1;
+  int rank = 0;
+  int world = 1;
+  int timeout_ms = 0;
+  int num_sms = 0;             // multiprocessors to use for data kernels
+  size_t smem_optin = 0;       // largest dynamic shared memory a block may opt into
+  cudaStream_t stream = nullptr;
+
+  uint8_t* heap = nullptr;     // this rank's symmetric heap
+  uint64_t heap_bytes = 0;
+  weft::PeerTable peers{};     // every rank's heap as mapped here
+  bool peers_open = false;
+  uint64_t epoch = 0;          // barriers issued so far (same sequence on every rank)
+
+  weft::DevStatus* d_status = nullptr;  // device
+  weft::DevStatus* h_status = nullptr;  // pinned host mirror
+
+  weft::ncclComm_t nccl = nullptr;
+  const weft::NcclApi* nccl_api = nullptr;
+
+  std::mutex mu;               // one collective call at a time
+  std::atomic<int> refs{1};    // the comm itself plus every engine, handle, baseline, timer
+  bool closed = false;         // weft_comm_destroy was called
+  int32_t broken = WEFT_OK;    // nonzero after a failure that left ranks out of step
+  std::string broken_why;
+};
+
+namespace weft {
+
+void comm_retain(weft_comm* c);
+void comm_release(weft_comm* c);  // frees everything when the last reference goes
+
+// Entry checks of a collective call: open, not broken, peers mapped. Sets the device.
+int32_t comm_enter(weft_comm* c, bool need_peers);
+// Marks the comm unusable (ranks out of step); later collectives fail fast.
+void comm_mark_broken(weft_comm* c, int32_t code, const char* why);
+
+// Resets the device status for a new call (on the comm stream).
+int32_t comm_reset_status(weft_comm* c);
+// Sets this rank's error bit from the host side (bad argument found on the host).
+int32_t comm_report_bad(weft_comm* c, unsigned long long pos, unsigned kind);
+// Enqueues one bounded barrier. `stage` names it in timeout messages.
+int32_t comm_barrier_async(weft_comm* c, const char* stage);
+// Synchronizes the comm stream and copies the device status to c->h_status.
+int32_t comm_sync_status(weft_comm* c);
+// Turns a timeout or a peer's error bit in c->h_status into a status code and
+// message. Returns WEFT_OK when neither happened (local bad input is left to
+// the caller, which knows how to describe it).
+int32_t comm_check_peers(weft_comm* c, const char* stage);
+
+// Waits for the comm stream while watching NCCL for an asynchronous error;
+// aborts NCCL and returns WEFT_ERR_TIMEOUT after the comm's timeout.
+int32_t comm_nccl_stream_wait(weft_comm* c, const char* what);
+// After ncclGroupEnd: waits until a nonblocking NCCL comm has enqueued the group.
+int32_t comm_nccl_group_end(weft_comm* c, const char* what);
+int32_t comm_nccl_check(weft_comm* c, ncclResult_t r, const char* what);
+
+// Bytes of the heap available to engines (after the comm's reserved area).
+inline uint64_t comm_engine_bytes(const weft_comm* c) {
+  return c->heap_bytes > kCommReserved ? c->heap_bytes - kCommReserved : 0;
+}
+
+// RAII: holds the comm's call lock.
+struct CommLock {
+  explicit CommLock(weft_comm* c) : lock(c->mu) {}
+  std::lock_guard<std::mutex> lock;
+};
+
+}  // namespace weft

@@ -1,0 +1,407 @@
+// Dispatch: stage this rank's batch in its heap, route it, and pull every
+// row that lands here straight from its source's heap over NVLink into its
+// final receive row. No permutation pass exists: the layout says where each
+// row goes and the pull writes it there.
+//
+// One weft_dispatch, all on the comm stream:
+//   1. copy x, topk_idx, topk_weights into this rank's heap staging;
+//   2. layout_source: check topk, resolve slots, ordinals, per-slot totals;
+//   3. barrier "dispatch staging" (error bits merged: one bad rank fails all);
+//   4. gather every rank's totals and token count; the one host sync; the
+//      host computes the receive-row base of each (source rank, slot);
+//   5. allocate the handle and outputs; layout_build; pull;
+//   6. barrier "dispatch end" (no rank restages while a peer still reads it).
+//
+// The pull: one warp per (source rank r, token t) that has a pair here. It
+// reads the row once (16-byte loads, 4 per lane in flight) and stores it to
+// every receive row it feeds (dedupe device/node), or reads it once per pair
+// (dedupe none). The (r, t) are visited interleaved over sources, starting
+// at a different source on every rank, so all links carry traffic at once.
+#include <string.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "engine.h"
+
+namespace weft {
+namespace {
+
+constexpr int kPullThreads = 256;
+constexpr int kPullUnroll = 4;  // 2 and 8 measured no faster on 4xH200
+
+struct PullArgs {
+  PeerTable peers;
+  TokenTable tok;
+  uint64_t x_off;
+  unsigned row_vecs;
+  int top_k, world, rank, max_tokens, dedupe_none;
+  const int* fan_rows;
+  uint4* recv;
+  const DevStatus* st;
+};
+
+// Copies one source row to the receive rows of the lanes in `mask` (each
+// lane k holds the row of pair k in my_row). All lanes run every iteration;
+// each lane keeps U 16-byte loads in flight before the first store.
+template <int U>
+__device__ __forceinline__ void copy_row(const uint4* __restrict__ src, uint4* __restrict__ recv, unsigned row_vecs,
+                                         int my_row, unsigned mask, int lane) {
+  for (unsigned v0 = 0; v0 < row_vecs; v0 += 32u * U) {
+    uint4 buf[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const unsigned v = v0 + static_cast<unsigned>(lane) + 32u * u;
+      if (v < row_vecs) buf[u] = __ldg(src + v);
+    }
+    unsigned m = mask;
+    while (m != 0u) {
+      const int k = __ffs(m) - 1;
+      m &= m - 1u;
+      const int row = __shfl_sync(0xffffffffu, my_row, k);
+      uint4* dst = recv + static_cast<size_t>(row) * row_vecs;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const unsigned v = v0 + static_cast<unsigned>(lane) + 32u * u;
+        if (v < row_vecs) dst[v] = buf[u];
+      }
+    }
+  }
+}
+
+template <int U>
+__global__ void __launch_bounds__(kPullThreads) pull_kernel(PullArgs a) {
+  if (call_aborted(a.st)) return;
+  const int lane = threadIdx.x & 31;
+  const long long warps = static_cast<long long>(gridDim.x) * (kPullThreads / 32);
+  const long long logical = static_cast<long long>(a.world) * a.max_tokens;
+  for (long long j = (blockIdx.x * static_cast<long long>(kPullThreads) + threadIdx.x) / 32; j < logical; j += warps) {
+    const int p = static_cast<int>(j % a.world);
+    const int t = static_cast<int>(j / a.world);
+    const int r = (a.rank + 1 + p) % a.world;
+    if (t >= a.tok.tokens[r]) continue;
+    const long long item = static_cast<long long>(a.tok.base[r]) + t;
+    const int my_row = lane < a.top_k ? a.fan_rows[item * a.top_k + lane] : -1;
+    const unsigned mask = __ballot_sync(0xffffffffu, my_row >= 0);
+    if (mask == 0u) continue;
+    const uint4* src = reinterpret_cast<const uint4*>(a.peers.base[r] + a.x_off) + static_cast<size_t>(t) * a.row_vecs;
+    if (!a.dedupe_none) {
+      copy_row<U>(src, a.recv, a.row_vecs, my_row, mask, lane);
+    } else {
+      unsigned m = mask;
+      while (m != 0u) {
+        const int k = __ffs(m) - 1;
+        m &= m - 1u;
+        copy_row<U>(src, a.recv, a.row_vecs, my_row, 1u << k, lane);
+      }
+    }
+  }
+}
+
+uint64_t align256(uint64_t v) { return (v + 255ull) & ~255ull; }
+
+// All arrays of one handle in one stream-ordered allocation.
+int32_t handle_alloc(weft_engine* e, weft_handle* h) {
+  const PlanHost& p = e->plan;
+  const uint64_t R = static_cast<uint64_t>(h->recv_rows);
+  const uint64_t pairs = static_cast<uint64_t>(h->tokens) * p.top_k;
+  const uint64_t fan = static_cast<uint64_t>(h->items) * p.top_k;
+  uint64_t off = 0;
+  auto take = [&off](uint64_t bytes) {
+    const uint64_t at = off;
+    off = align256(at + (bytes > 0 ? bytes : 16));
+    return at;
+  };
+  const uint64_t o_recv = take(R * p.row_bytes());
+  const uint64_t o_w = take(R * 4);
+  const uint64_t o_cnt = take(static_cast<uint64_t>(h->local_experts) * 4);
+  const uint64_t o_sr = take(R * 4);
+  const uint64_t o_st = take(R * 4);
+  const uint64_t o_sk = take(R * 4);
+  const uint64_t o_dr = take(pairs * 4);
+  const uint64_t o_dm = take(static_cast<uint64_t>(h->tokens) * 4);
+  const uint64_t o_fan = take(fan * 4);
+  const uint64_t o_ps = take(static_cast<uint64_t>(h->items) * 4);
+  void* block = nullptr;
+  cudaError_t err = cudaMallocAsync(&block, off, e->comm->stream);
+  if (err != cudaSuccess) {
+    // Out of memory keeps the ranks in step (see dispatch_impl): not a broken comm.
+    (void)cudaGetLastError();
+    WEFT_FAIL(WEFT_ERR_CAPACITY, "cannot allocate %llu bytes for the dispatch outputs on rank %d (%d receive rows): %s",
+              static_cast<unsigned long long>(off), e->comm->rank, h->recv_rows, cudaGetErrorString(err));
+  }
+  uint8_t* b = static_cast<uint8_t*>(block);
+  h->recv = b + o_recv;
+  h->recv_weights = reinterpret_cast<float*>(b + o_w);
+  h->expert_counts = reinterpret_cast<int*>(b + o_cnt);
+  h->src_rank = reinterpret_cast<int*>(b + o_sr);
+  h->src_token = reinterpret_cast<int*>(b + o_st);
+  h->src_k = reinterpret_cast<int*>(b + o_sk);
+  h->dest_row = reinterpret_cast<int*>(b + o_dr);
+  h->dmask = reinterpret_cast<unsigned*>(b + o_dm);
+  h->fan_rows = reinterpret_cast<int*>(b + o_fan);
+  h->part_slot = reinterpret_cast<int*>(b + o_ps);
+  return WEFT_OK;
+}
+
+// Receive-row base of every (source rank, slot) from all ranks' per-slot
+// totals; this rank's R and expert counts. Plain loops over world x slots.
+void host_bases(const PlanHost& p, const int* counts, int* base, int* recv_rows_of, int* expert_counts_self) {
+  const int W = p.world;
+  const int S = p.slots;
+  for (int d = 0; d < W; ++d) {
+    const int lo = p.slot_base[d];
+    const int L = p.local_experts[d];
+    int off = 0;
+    if (p.receive == WEFT_EXPERT_MAJOR) {
+      for (int l = 0; l < L; ++l) {
+        for (int r = 0; r < W; ++r) {
+          base[r * S + lo + l] = off;
+          off += counts[r * S + lo + l];
+        }
+      }
+    } else {
+      for (int r = 0; r < W; ++r) {
+        for (int l = 0; l < L; ++l) {
+          base[r * S + lo + l] = off;
+          off += counts[r * S + lo + l];
+        }
+      }
+    }
+    recv_rows_of[d] = off;
+  }
+  const int lo = p.slot_base[p.rank];
+  for (int l = 0; l < p.local_experts[p.rank]; ++l) {
+    int n = 0;
+    for (int r = 0; r < W; ++r) n += counts[r * S + lo + l];
+    expert_counts_self[l] = n;
+  }
+}
+
+void handle_free(weft_handle* h) {
+  if (h == nullptr) return;
+  weft_engine* e = h->engine;
+  if (h->recv != nullptr) {
+    cudaSetDevice(e->comm->device);
+    cudaFreeAsync(h->recv, e->comm->stream);
+    (void)cudaGetLastError();
+  }
+  delete h;
+  engine_release(e);
+}
+
+int32_t engine_enter(weft_engine* e) {
+  if (e == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "the engine is NULL");
+  if (e->closed) WEFT_FAIL(WEFT_ERR_INVALID, "the engine was destroyed");
+  return comm_enter(e->comm, true);
+}
+
+// Failures that leave this rank's barrier count out of step with its peers
+// make the communicator unusable.
+int32_t finish_collective(weft_comm* c, int32_t rc) {
+  if (rc == WEFT_ERR_CUDA || rc == WEFT_ERR_NCCL) comm_mark_broken(c, rc, "a CUDA call failed inside a collective");
+  return rc;
+}
+
+int32_t dispatch_impl(weft_engine* e, const void* x, const int32_t* idx, const float* w, int32_t tokens,
+                      weft_handle** out) {
+  weft_comm* c = e->comm;
+  const PlanHost& p = e->plan;
+  const HeapLayout& hl = e->hl;
+  WEFT_TRY(comm_reset_status(c));
+  if (tokens < 0 || tokens > p.max_tokens) {
+    WEFT_TRY(comm_report_bad(c, tokens < 0 ? 0ull : static_cast<unsigned long long>(tokens), kBadCapacity));
+  } else if (tokens > 0 && (x == nullptr || idx == nullptr || w == nullptr)) {
+    WEFT_TRY(comm_report_bad(c, 0, kBadArgument));
+  } else {
+    if (tokens > 0) {
+      const size_t pairs = static_cast<size_t>(tokens) * p.top_k;
+      WEFT_CUDA(cudaMemcpyAsync(c->heap + hl.x, x, static_cast<size_t>(tokens) * p.row_bytes(), cudaMemcpyDefault, c->stream));
+      WEFT_CUDA(cudaMemcpyAsync(c->heap + hl.idx, idx, pairs * sizeof(int32_t), cudaMemcpyDefault, c->stream));
+      WEFT_CUDA(cudaMemcpyAsync(c->heap + hl.w, w, pairs * sizeof(float), cudaMemcpyDefault, c->stream));
+    }
+    WEFT_TRY(layout_source(e, tokens));
+  }
+  WEFT_TRY(comm_barrier_async(c, "dispatch staging"));
+  WEFT_TRY(layout_gather_counts(e));
+  WEFT_TRY(comm_sync_status(c));
+  WEFT_TRY(comm_check_peers(c, "dispatch"));
+  if (c->h_status->local_bad != 0u) {
+    const unsigned kind = static_cast<unsigned>(c->h_status->bad_key & 15ull);
+    const std::string msg =
+        bad_input_message(p, *c->h_status, c->rank, tokens, reinterpret_cast<const int*>(c->heap + hl.idx),
+                          "x, topk_idx or topk_weights is NULL while tokens > 0");
+    WEFT_FAIL(bad_input_code(kind), "%s", msg.c_str());
+  }
+
+  const int W = p.world;
+  const int S = p.slots;
+  const int* counts = e->h_gather;
+  const int* tokens_of = e->h_gather + static_cast<size_t>(W) * S;
+  weft_handle* h = new weft_handle();
+  h->engine = e;
+  engine_retain(e);
+  h->tokens = tokens;
+  h->local_experts = p.local_experts[p.rank];
+  h->tok.base[0] = 0;
+  for (int r = 0; r < W; ++r) {
+    const int n = tokens_of[r];
+    if (n < 0 || n > p.max_tokens || (r == p.rank && n != tokens)) {
+      handle_free(h);
+      comm_mark_broken(c, WEFT_ERR_INVALID, "staged token counts disagree");
+      WEFT_FAIL(WEFT_ERR_INVALID, "internal error: rank %d's staged token count reads %d (do all ranks use the same plan?)", r, n);
+    }
+    h->tok.tokens[r] = n;
+    h->tok.base[r + 1] = h->tok.base[r] + n;
+  }
+  h->items = h->tok.base[W];
+  int* base = e->h_base;
+  int* expert_counts = e->h_base + static_cast<size_t>(W) * S;
+  std::vector<int> recv_rows_of(W);
+  host_bases(p, counts, base, recv_rows_of.data(), expert_counts);
+  h->recv_rows = recv_rows_of[p.rank];
+
+  // From here on every failure frees the handle.
+  auto fail = [h](int32_t rc) {
+    handle_free(h);
+    return rc;
+  };
+  int32_t rc = handle_alloc(e, h);
+  const int32_t alloc_rc = rc;
+  if (alloc_rc != WEFT_OK) {
+    // Keep in step with the peers: raise this rank's error bit at the end
+    // barrier so every rank fails the call together. The allocation's
+    // message stays the last error unless something worse happens.
+    rc = comm_report_bad(c, 0, kBadArgument);
+    if (rc != WEFT_OK) return fail(rc);
+  } else {
+    cudaError_t err = cudaMemcpyAsync(e->d_base, base, static_cast<size_t>(W) * S * sizeof(int),
+                                      cudaMemcpyHostToDevice, c->stream);
+    if (err == cudaSuccess) {
+      err = cudaMemcpyAsync(h->expert_counts, expert_counts, static_cast<size_t>(h->local_experts) * sizeof(int),
+                            cudaMemcpyHostToDevice, c->stream);
+    }
+    if (err != cudaSuccess) {
+      set_error("uploading the receive-row bases failed: %s", cudaGetErrorString(err));
+      return fail(WEFT_ERR_CUDA);
+    }
+    rc = layout_build(e, h);
+    if (rc == WEFT_OK) rc = launch_pull(e, h);
+    if (rc != WEFT_OK) return fail(rc);
+  }
+  rc = comm_barrier_async(c, "dispatch end");
+  if (rc == WEFT_OK) rc = comm_sync_status(c);
+  if (rc == WEFT_OK) rc = comm_check_peers(c, "dispatch");
+  if (rc == WEFT_OK) rc = alloc_rc;
+  if (rc != WEFT_OK) return fail(rc);
+  *out = h;
+  return WEFT_OK;
+}
+
+int32_t redispatch_impl(weft_handle* h, const void* x) {
+  weft_engine* e = h->engine;
+  weft_comm* c = e->comm;
+  const PlanHost& p = e->plan;
+  WEFT_TRY(comm_reset_status(c));
+  if (h->tokens > 0 && x == nullptr) {
+    WEFT_TRY(comm_report_bad(c, 0, kBadArgument));
+  } else if (h->tokens > 0) {
+    WEFT_CUDA(cudaMemcpyAsync(c->heap + e->hl.x, x, static_cast<size_t>(h->tokens) * p.row_bytes(), cudaMemcpyDefault,
+                              c->stream));
+  }
+  WEFT_TRY(comm_barrier_async(c, "redispatch staging"));
+  WEFT_TRY(launch_pull(e, h));
+  WEFT_TRY(comm_barrier_async(c, "redispatch end"));
+  WEFT_TRY(comm_sync_status(c));
+  WEFT_TRY(comm_check_peers(c, "redispatch"));
+  if (c->h_status->local_bad != 0u) {
+    WEFT_FAIL(WEFT_ERR_INVALID, "x is NULL while the handle has %d tokens on rank %d. Every rank failed the call",
+              h->tokens, c->rank);
+  }
+  return WEFT_OK;
+}
+
+}  // namespace
+
+int32_t launch_pull(weft_engine* e, weft_handle* h) {
+  weft_comm* c = e->comm;
+  const PlanHost& p = e->plan;
+  int max_tokens_now = 0;
+  for (int r = 0; r < p.world; ++r) max_tokens_now = std::max(max_tokens_now, h->tok.tokens[r]);
+  if (max_tokens_now == 0 || h->recv_rows == 0) return WEFT_OK;
+  auto kernel = pull_kernel<kPullUnroll>;
+  int occupancy = 0;
+  WEFT_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, kernel, kPullThreads, 0));
+  // A persistent grid: every resident warp strides over the (rank, token) pairs.
+  const long long logical = static_cast<long long>(p.world) * max_tokens_now;
+  const int sms = std::min(c->num_sms, tuning_knob("WEFT_PULL_SMS", c->num_sms));
+  // Two 8-warp blocks per SM: on 4xH200 this read over NVLink a few percent
+  // faster than full occupancy, and one block starved the local copies.
+  const int per_sm = std::min(std::max(occupancy, 1), tuning_knob("WEFT_PULL_BLOCKS_PER_SM", 2));
+  long long blocks = static_cast<long long>(sms) * std::max(per_sm, 1);
+  blocks = std::min(blocks, (logical + kPullThreads / 32 - 1) / (kPullThreads / 32));
+  PullArgs a;
+  a.peers = c->peers;
+  a.tok = h->tok;
+  a.x_off = e->hl.x;
+  a.row_vecs = static_cast<unsigned>(p.row_bytes() / 16);
+  a.top_k = p.top_k;
+  a.world = p.world;
+  a.rank = p.rank;
+  a.max_tokens = max_tokens_now;
+  a.dedupe_none = p.dedupe == WEFT_DEDUPE_NONE ? 1 : 0;
+  a.fan_rows = h->fan_rows;
+  a.recv = static_cast<uint4*>(h->recv);
+  a.st = c->d_status;
+  kernel<<<static_cast<unsigned>(blocks), kPullThreads, 0, c->stream>>>(a);
+  WEFT_LAUNCHED("pull", c->stream);
+  return WEFT_OK;
+}
+
+}  // namespace weft
+
+extern "C" int32_t weft_dispatch(weft_engine_t e, const void* x, const int32_t* topk_idx, const float* topk_weights,
+                                 int32_t tokens, int32_t inputs_on_device, weft_handle_t* out) {
+  WEFT_API("weft_dispatch");
+  if (out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "out is NULL");
+  *out = nullptr;
+  // Host and device inputs are both copied with cudaMemcpyDefault (unified
+  // addressing tells them apart); the flag is kept for the ABI.
+  (void)inputs_on_device;
+  WEFT_TRY(weft::engine_enter(e));
+  weft::CommLock lock(e->comm);
+  return weft::finish_collective(e->comm, weft::dispatch_impl(e, x, topk_idx, topk_weights, tokens, out));
+}
+
+extern "C" int32_t weft_redispatch(weft_handle_t h, const void* x, int32_t inputs_on_device) {
+  WEFT_API("weft_redispatch");
+  (void)inputs_on_device;
+  if (h == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "the handle is NULL");
+  WEFT_TRY(weft::engine_enter(h->engine));
+  weft::CommLock lock(h->engine->comm);
+  return weft::finish_collective(h->engine->comm, weft::redispatch_impl(h, x));
+}
+
+extern "C" int32_t weft_handle_info(weft_handle_t h, weft_dispatch_info* out) {
+  WEFT_API("weft_handle_info");
+  if (h == nullptr || out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "handle or out is NULL");
+  out->tokens = h->tokens;
+  out->recv_rows = h->recv_rows;
+  out->local_experts = h->local_experts;
+  out->pad_ = 0;
+  out->recv = h->recv;
+  out->recv_weights = h->recv_weights;
+  out->expert_counts = h->expert_counts;
+  out->src_rank = h->src_rank;
+  out->src_token = h->src_token;
+  out->src_k = h->src_k;
+  out->dest_row = h->dest_row;
+  return WEFT_OK;
+}
+
+extern "C" int32_t weft_handle_destroy(weft_handle_t h) {
+  WEFT_API("weft_handle_destroy");
+  weft::handle_free(h);
+  return WEFT_OK;
+}

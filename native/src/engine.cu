@@ -1,0 +1,119 @@
+// weft_engine: a checked plan bound to a communicator, with its device
+// tables, routing scratch and the heap regions it uses.
+#include <string.h>
+
+#include <vector>
+
+#include "engine.h"
+
+namespace weft {
+
+void engine_retain(weft_engine* e) { e->refs.fetch_add(1); }
+
+void engine_release(weft_engine* e) {
+  if (e == nullptr || e->refs.fetch_sub(1) != 1) return;
+  weft_comm* c = e->comm;
+  cudaSetDevice(c->device);
+  cudaStreamSynchronize(c->stream);
+  if (e->d_tables != nullptr) cudaFree(e->d_tables);
+  if (e->d_chunk_counts != nullptr) cudaFree(e->d_chunk_counts);
+  if (e->d_gather != nullptr) cudaFree(e->d_gather);
+  if (e->d_base != nullptr) cudaFree(e->d_base);
+  if (e->h_gather != nullptr) cudaFreeHost(e->h_gather);
+  if (e->h_base != nullptr) cudaFreeHost(e->h_base);
+  (void)cudaGetLastError();
+  delete e;
+  comm_release(c);
+}
+
+namespace {
+
+// Device copies of the routing tables, in one allocation.
+int32_t upload_tables(weft_engine* e) {
+  const PlanHost& p = e->plan;
+  std::vector<int> all;
+  all.insert(all.end(), p.slot_rank.begin(), p.slot_rank.end());
+  all.insert(all.end(), p.replica_start.begin(), p.replica_start.end());
+  all.insert(all.end(), p.replica_slots.begin(), p.replica_slots.end());
+  void* d = nullptr;
+  WEFT_CUDA(cudaMalloc(&d, all.size() * sizeof(int)));
+  e->d_tables = static_cast<int*>(d);
+  WEFT_CUDA(cudaMemcpy(e->d_tables, all.data(), all.size() * sizeof(int), cudaMemcpyHostToDevice));
+  e->rt.slot_rank = e->d_tables;
+  e->rt.replica_start = e->d_tables + p.slot_rank.size();
+  e->rt.replica_slots = e->rt.replica_start + p.replica_start.size();
+  e->rt.experts = p.experts;
+  e->rt.top_k = p.top_k;
+  e->rt.gpus_per_node = p.gpus_per_node;
+  return WEFT_OK;
+}
+
+int32_t engine_init(weft_engine* e) {
+  const PlanHost& p = e->plan;
+  WEFT_TRY(route_prepare(p, e->comm->smem_optin));
+  WEFT_TRY(upload_tables(e));
+  e->chunk_stride = route_chunks(p.max_tokens) > 0 ? route_chunks(p.max_tokens) : 1;
+  const size_t ws = static_cast<size_t>(p.world) * p.slots;
+  void* d = nullptr;
+  WEFT_CUDA(cudaMalloc(&d, static_cast<size_t>(p.slots) * e->chunk_stride * sizeof(int)));
+  e->d_chunk_counts = static_cast<int*>(d);
+  WEFT_CUDA(cudaMalloc(&d, (ws + p.world) * sizeof(int)));
+  e->d_gather = static_cast<int*>(d);
+  WEFT_CUDA(cudaMalloc(&d, ws * sizeof(int)));
+  e->d_base = static_cast<int*>(d);
+  WEFT_CUDA(cudaMallocHost(&d, (ws + p.world) * sizeof(int)));
+  e->h_gather = static_cast<int*>(d);
+  WEFT_CUDA(cudaMallocHost(&d, (ws + p.max_local + 1) * sizeof(int)));
+  e->h_base = static_cast<int*>(d);
+  return WEFT_OK;
+}
+
+}  // namespace
+}  // namespace weft
+
+extern "C" int32_t weft_engine_create(weft_comm_t c, const weft_plan_desc* plan, weft_engine_t* out) {
+  WEFT_API("weft_engine_create");
+  if (out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "out is NULL");
+  *out = nullptr;
+  WEFT_TRY(weft::comm_enter(c, false));
+  weft::PlanHost p;
+  WEFT_TRY(weft::plan_from_desc(plan, &p));
+  if (p.world != c->world || p.rank != c->rank) {
+    WEFT_FAIL(WEFT_ERR_INVALID, "the plan is for rank %d of %d, the communicator is rank %d of %d", p.rank, p.world,
+              c->rank, c->world);
+  }
+  const weft::HeapLayout hl = weft::heap_layout(p);
+  if (hl.end > c->heap_bytes) {
+    WEFT_FAIL(WEFT_ERR_CAPACITY,
+              "the plan needs a symmetric heap of %llu bytes (weft_engine_heap_bytes) and the communicator has "
+              "%llu: create the communicator with heap_bytes >= %llu, or lower max_tokens",
+              static_cast<unsigned long long>(hl.end), static_cast<unsigned long long>(c->heap_bytes),
+              static_cast<unsigned long long>(hl.end));
+  }
+  weft_engine* e = new weft_engine();
+  e->comm = c;
+  weft::comm_retain(c);
+  e->plan = std::move(p);
+  e->hl = hl;
+  const int32_t rc = weft::engine_init(e);
+  if (rc != WEFT_OK) {
+    weft::engine_release(e);
+    return rc;
+  }
+  weft::debug_log("engine rank %d: E=%d K=%d H=%d dtype=%d dedupe=%d receive=%d combine=%d wire_f32=%d slots=%d "
+                  "max_tokens=%d heap=%llu",
+                  e->plan.rank, e->plan.experts, e->plan.top_k, e->plan.hidden, e->plan.dtype, e->plan.dedupe,
+                  e->plan.receive, e->plan.combine, e->plan.wire_f32, e->plan.slots, e->plan.max_tokens,
+                  static_cast<unsigned long long>(hl.end));
+  *out = e;
+  return WEFT_OK;
+}
+
+extern "C" int32_t weft_engine_destroy(weft_engine_t e) {
+  WEFT_API("weft_engine_destroy");
+  if (e == nullptr) return WEFT_OK;
+  if (e->closed) WEFT_FAIL(WEFT_ERR_INVALID, "the engine was already destroyed");
+  e->closed = true;
+  weft::engine_release(e);
+  return WEFT_OK;
+}

@@ -1,0 +1,177 @@
+// The NVLink engine: a validated plan, the heap regions it carves, and the
+// per-batch handle. The kernels live in layout.cu, dispatch.cu, combine.cu.
+#pragma once
+
+#include <atomic>
+#include <string>
+#include <vector>
+
+#include "comm.h"
+
+namespace weft {
+
+// A weft_plan_desc copied to host memory and checked (plan.cu).
+struct PlanHost {
+  int world = 0, rank = 0, gpus_per_node = 0;
+  int experts = 0, top_k = 0, hidden = 0;
+  int dtype = 0, dedupe = 0, receive = 0, combine = 0;
+  int max_tokens = 0;
+  int wire_f32 = 0;
+  int slots = 0;                   // slot_base[world]
+  int max_local = 0;               // max over ranks of local_experts
+  std::vector<int> local_experts;  // [world]
+  std::vector<int> slot_base;      // [world+1]
+  std::vector<int> slot_expert;    // [slots]
+  std::vector<int> replica_start;  // [experts+1]
+  std::vector<int> replica_slots;  // [replica_start[experts]]
+  std::vector<int> slot_rank;      // [slots] derived: the rank holding each slot
+
+  int elem_bytes() const { return dtype_bytes(dtype); }
+  int wire_dtype() const { return wire_f32 ? WEFT_F32 : dtype; }
+  uint64_t row_bytes() const { return static_cast<uint64_t>(hidden) * elem_bytes(); }
+  uint64_t wire_row_bytes() const { return static_cast<uint64_t>(hidden) * dtype_bytes(wire_dtype()); }
+  // Partials a token can receive back in combine: one per destination device
+  // (dedupe device/node), or one per k (dedupe none).
+  int parts() const { return dedupe == WEFT_DEDUPE_NONE ? top_k : (top_k < world ? top_k : world); }
+};
+
+// Checks and copies a plan.
+int32_t plan_from_desc(const weft_plan_desc* d, PlanHost* out);
+
+// Offsets inside every rank's heap (identical on all ranks of one plan).
+struct HeapLayout {
+  uint64_t meta;        // int32 tokens of this batch
+  uint64_t x;           // [max_tokens][row_bytes] staged rows
+  uint64_t idx;         // [max_tokens][K] int32 staged topk_idx
+  uint64_t w;           // [max_tokens][K] f32 staged topk_weights
+  uint64_t slot;        // [max_tokens][K] int32 resolved global slot, -1 none
+  uint64_t ord;         // [max_tokens][K] int32 ordinal among this rank's pairs of that slot
+  uint64_t dmask;       // [max_tokens] uint32 destination ranks of each token
+  uint64_t slot_count;  // [slots] int32 pairs of this rank per global slot
+  uint64_t landing;     // [max_tokens][parts][wire_row_bytes] combine partials
+  uint64_t end;         // bytes of heap needed, comm reserve included
+};
+HeapLayout heap_layout(const PlanHost& p);
+
+// Route tables on the device (plan.cu), passed to kernels by value.
+struct RouteTables {
+  const int* slot_rank;      // [slots]
+  const int* replica_start;  // [experts+1]
+  const int* replica_slots;
+  int experts, top_k, gpus_per_node;
+};
+
+#ifdef __CUDACC__
+// Resolves expert e of token t on rank src to a global slot (DESIGN replica
+// rule): the replica on src; else those on src's node, t mod their count;
+// else all replicas, t mod their count. e must be in [0, experts).
+__device__ __forceinline__ int resolve_slot(const RouteTables& rt, int src, int t, int e) {
+  const int b = rt.replica_start[e];
+  const int n = rt.replica_start[e + 1] - b;
+  const int node = src / rt.gpus_per_node;
+  int on_node = 0;
+  for (int i = 0; i < n; ++i) {
+    const int s = rt.replica_slots[b + i];
+    const int r = rt.slot_rank[s];
+    if (r == src) return s;
+    if (r / rt.gpus_per_node == node) ++on_node;
+  }
+  if (on_node > 0) {
+    int pick = t % on_node;
+    for (int i = 0; i < n; ++i) {
+      const int s = rt.replica_slots[b + i];
+      if (rt.slot_rank[s] / rt.gpus_per_node == node) {
+        if (pick == 0) return s;
+        --pick;
+      }
+    }
+  }
+  return rt.replica_slots[b + t % n];
+}
+#endif  // __CUDACC__
+
+// Source-side routing of one rank's tokens, shared by the engine and the
+// NCCL baseline (layout.cu). Validates topk (range, duplicates, NaN weights),
+// resolves every (t,k) to a slot, and gives each pair its ordinal among this
+// rank's pairs of the same slot in (t,k) order, plus per-slot totals.
+struct RouteOut {
+  int* slot;             // [T*K]
+  int* ord;              // [T*K] final ordinal
+  unsigned* dmask;       // [T] destination-rank mask (may be null)
+  int* slot_count;       // [slots]
+  int* chunk_counts;     // scratch [slots][chunk_stride]
+  int chunk_stride;      // >= chunks of max_tokens
+};
+constexpr int kRouteChunk = 64;  // tokens per routing block
+int route_chunks(int tokens);
+size_t route_smem_bytes(const PlanHost& p);
+// Raises the routing kernel's dynamic shared memory limit when the plan needs it.
+int32_t route_prepare(const PlanHost& p, size_t smem_optin);
+int32_t route_tokens(const PlanHost& p, const RouteTables& rt, int src_rank, int tokens, const int* idx,
+                     const float* weights, const RouteOut& out, DevStatus* st, cudaStream_t stream);
+
+// The message and status code for this rank's failed input check (after a
+// sync has copied the device status to `s`). idx_device: the checked topk_idx,
+// to quote the offending value; host_msg: what a host-side failure was.
+std::string bad_input_message(const PlanHost& p, const DevStatus& s, int rank, int tokens, const int* idx_device,
+                              const std::string& host_msg);
+int32_t bad_input_code(unsigned kind);
+
+}  // namespace weft
+
+// The engine of one rank (one plan on one comm).
+struct weft_engine {
+  weft_comm* comm = nullptr;
+  weft::PlanHost plan;
+  weft::HeapLayout hl{};
+  weft::RouteTables rt{};
+  int* d_tables = nullptr;        // backing store of rt (slot_rank, replica_start, replica_slots)
+  int* d_chunk_counts = nullptr;  // [slots][chunk_stride]
+  int chunk_stride = 0;
+  int* d_gather = nullptr;        // [world][slots] counts, then [world] tokens
+  int* h_gather = nullptr;        // pinned mirror
+  int* d_base = nullptr;          // [world][slots] receive-row base of each (source rank, slot)
+  int* h_base = nullptr;          // pinned staging of d_base
+  std::atomic<int> refs{1};       // the engine plus every live handle
+  bool closed = false;
+};
+
+// One dispatched batch on this rank: the layout (kept for combine and
+// redispatch) and the outputs. All arrays are device memory of the comm's
+// device, allocated stream-ordered on the comm stream.
+struct weft_handle {
+  weft_engine* engine = nullptr;
+  int tokens = 0;        // T of this rank
+  int recv_rows = 0;     // R of this rank
+  int local_experts = 0; // L of this rank
+  int items = 0;         // sum of tokens over ranks: (source rank, token) pairs
+  weft::TokenTable tok{};
+  void* recv = nullptr;            // [R][row_bytes]
+  float* recv_weights = nullptr;   // [R]
+  int* expert_counts = nullptr;    // [L]
+  int* src_rank = nullptr;         // [R]
+  int* src_token = nullptr;        // [R]
+  int* src_k = nullptr;            // [R]
+  int* dest_row = nullptr;         // [T*K]
+  unsigned* dmask = nullptr;       // [T] destination ranks of this rank's tokens
+  int* fan_rows = nullptr;         // [items][K] receive row on this rank of each (r,t,k), -1 none
+  int* part_slot = nullptr;        // [items] index of this rank among token (r,t)'s destinations
+};
+
+namespace weft {
+
+void engine_retain(weft_engine* e);
+void engine_release(weft_engine* e);
+
+// dispatch.cu: the pull of rows from every source's staging into recv.
+int32_t launch_pull(weft_engine* e, weft_handle* h);
+// combine.cu
+int32_t launch_combine_push(weft_engine* e, weft_handle* h, const void* y);
+int32_t launch_combine_reduce(weft_engine* e, weft_handle* h, void* out);
+
+// layout.cu: the engine's layout steps of one dispatch.
+int32_t layout_source(weft_engine* e, int tokens);          // before the staging barrier
+int32_t layout_gather_counts(weft_engine* e);               // after it: counts of every rank → h_gather
+int32_t layout_build(weft_engine* e, weft_handle* h);       // after the host computed h_base
+
+}  // namespace weft

@@ -1,0 +1,418 @@
+// Index generation on the GPU: no per-token work on the host.
+//
+// Source side (every rank, its own tokens; also used by the NCCL baseline):
+//   route_chunk   one warp per chunk of 64 tokens: checks topk_idx/weights,
+//                 resolves each (t,k) to a global slot (replica rule), finds
+//                 the (t,k)'s ordinal among the chunk's pairs of that slot in
+//                 token order, counts pairs per slot per chunk;
+//   chunk_scan    one warp per slot: exclusive scan of the chunk counts, so
+//                 chunk c's pairs of slot s start at that prefix; totals;
+//   ord_finalize  ordinal in chunk + chunk prefix = ordinal among all of this
+//                 rank's pairs of that slot, in (t,k) order.
+// A token holds each slot at most once (a repeated slot means a repeated
+// expert, which is rejected), so "ordinal among pairs" is "ordinal among
+// tokens" and the result is exactly the receive order inside a slot.
+//
+// Destination side (after the staging barrier): every rank reads every
+// rank's per-slot totals and token count (gather_counts), the host turns them
+// into the receive-row base of each (source rank, slot) — expert-major or
+// rank-major — and layout_build writes, for each (source rank r, token t, k)
+// that lands here, its receive row, and the receive-order arrays
+// src_rank/src_token/src_k/recv_weights. Row = base[r][slot] + ordinal.
+#include <stdio.h>
+
+#include <string>
+
+#include "engine.h"
+
+namespace weft {
+namespace {
+
+struct RouteArgs {
+  RouteTables rt;
+  int src_rank, tokens, top_k, slots;
+  const int* idx;
+  const float* weights;
+  int* slot_out;
+  int* ord_out;
+  unsigned* dmask_out;
+  int* chunk_counts;
+  int chunk_stride;
+  DevStatus* st;
+};
+
+__global__ void __launch_bounds__(32) route_chunk_kernel(RouteArgs a) {
+  extern __shared__ int smem[];
+  const int K = a.top_k;
+  int* cnt = smem;                      // [slots] pairs per slot so far in this chunk
+  int* sl = cnt + a.slots;              // [chunk][K] resolved slot
+  int* od = sl + kRouteChunk * K;       // [chunk][K] ordinal in chunk
+  const int lane = threadIdx.x;
+  const int chunk = blockIdx.x;
+  const int t0 = chunk * kRouteChunk;
+  const int n = min(kRouteChunk, a.tokens - t0);
+  const long long p0 = static_cast<long long>(t0) * K;
+
+  for (int s = lane; s < a.slots; s += 32) cnt[s] = 0;
+  // Every pair independently: range and NaN checks, slot resolution.
+  for (int i = lane; i < n * K; i += 32) {
+    const int t = t0 + i / K;
+    const int e = a.idx[p0 + i];
+    const float w = a.weights[p0 + i];
+    int s = -1;
+    if (e < -1 || e >= a.rt.experts) {
+      report_bad(a.st, static_cast<unsigned long long>(p0 + i), kBadExpertRange);
+    } else if (e >= 0) {
+      s = resolve_slot(a.rt, a.src_rank, t, e);
+    }
+    if (isnan(w)) report_bad(a.st, static_cast<unsigned long long>(p0 + i), kBadNanWeight);
+    sl[i] = s;
+  }
+  __syncwarp();
+  // Tokens in order; lane k takes slot k of the token. Slots within one
+  // token are distinct unless an expert repeats, which is reported; the
+  // counters stay in range either way.
+  if (lane < K) {
+    const unsigned kmask = K == 32 ? 0xffffffffu : ((1u << K) - 1u);
+    for (int j = 0; j < n; ++j) {
+      const int s = sl[j * K + lane];
+      const unsigned same = __match_any_sync(kmask, s);
+      if (s >= 0 && (same & ((1u << lane) - 1u)) != 0u) {
+        report_bad(a.st, static_cast<unsigned long long>(p0 + j * K + lane), kBadDuplicate);
+      }
+      const int o = s >= 0 ? cnt[s] : -1;
+      __syncwarp(kmask);
+      if (s >= 0) cnt[s] = o + 1;
+      __syncwarp(kmask);
+      od[j * K + lane] = o;
+    }
+  }
+  __syncwarp();
+  for (int i = lane; i < n * K; i += 32) {
+    a.slot_out[p0 + i] = sl[i];
+    a.ord_out[p0 + i] = od[i];
+  }
+  if (a.dmask_out != nullptr) {
+    for (int j = lane; j < n; j += 32) {
+      unsigned m = 0u;
+      for (int k = 0; k < K; ++k) {
+        const int s = sl[j * K + k];
+        if (s >= 0) m |= 1u << a.rt.slot_rank[s];
+      }
+      a.dmask_out[t0 + j] = m;
+    }
+  }
+  for (int s = lane; s < a.slots; s += 32) {
+    a.chunk_counts[static_cast<size_t>(s) * a.chunk_stride + chunk] = cnt[s];
+  }
+}
+
+// One warp per slot: chunk counts → exclusive prefixes (in place), and the total.
+__global__ void chunk_scan_kernel(int* chunk_counts, int chunk_stride, int chunks, int slots, int* slot_count) {
+  const int warp = static_cast<int>((blockIdx.x * static_cast<unsigned>(blockDim.x) + threadIdx.x) / 32u);
+  const int lane = threadIdx.x & 31;
+  if (warp >= slots) return;
+  int* row = chunk_counts + static_cast<size_t>(warp) * chunk_stride;
+  const int per = (chunks + 31) / 32;
+  const int begin = min(lane * per, chunks);
+  const int end = min(begin + per, chunks);
+  int sum = 0;
+  for (int c = begin; c < end; ++c) sum += row[c];
+  int incl = sum;
+#pragma unroll
+  for (int d = 1; d < 32; d <<= 1) {
+    const int v = __shfl_up_sync(0xffffffffu, incl, d);
+    if (lane >= d) incl += v;
+  }
+  int run = incl - sum;
+  for (int c = begin; c < end; ++c) {
+    const int v = row[c];
+    row[c] = run;
+    run += v;
+  }
+  if (lane == 31) slot_count[warp] = incl;
+}
+
+__global__ void ord_finalize_kernel(const int* slot, int* ord, long long pairs, int top_k, const int* chunk_counts,
+                                    int chunk_stride) {
+  const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (i >= pairs) return;
+  const int s = slot[i];
+  if (s < 0) return;
+  const int chunk = static_cast<int>((i / top_k) / kRouteChunk);
+  ord[i] += chunk_counts[static_cast<size_t>(s) * chunk_stride + chunk];
+}
+
+__global__ void write_i32_kernel(int* dst, int v) { *dst = v; }
+
+// Reads every rank's per-slot totals and token count: out = [world][slots] ++ [world].
+__global__ void gather_counts_kernel(PeerTable peers, uint64_t slot_count_off, uint64_t meta_off, int world,
+                                     int slots, int* out, const DevStatus* st) {
+  if (call_aborted(st)) return;
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  const int n = world * slots;
+  if (i < n) {
+    const int r = i / slots;
+    const int s = i - r * slots;
+    out[i] = reinterpret_cast<const int*>(peers.base[r] + slot_count_off)[s];
+  } else if (i < n + world) {
+    const int r = i - n;
+    out[i] = *reinterpret_cast<const int*>(peers.base[r] + meta_off);
+  }
+}
+
+// This rank's own pairs: their receive row on the destination, -1 for none.
+__global__ void source_rows_kernel(const int* slot, const int* ord, const unsigned* dmask_src, int tokens, int top_k,
+                                   const int* base_self, int* dest_row, unsigned* dmask_out, const DevStatus* st) {
+  if (call_aborted(st)) return;
+  const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  const long long pairs = static_cast<long long>(tokens) * top_k;
+  if (i < pairs) {
+    const int s = slot[i];
+    dest_row[i] = s >= 0 ? base_self[s] + ord[i] : -1;
+  }
+  if (i < tokens) dmask_out[i] = dmask_src[i];
+}
+
+struct RecvLayoutArgs {
+  PeerTable peers;
+  TokenTable tok;
+  uint64_t slot_off, ord_off, w_off, dmask_off;
+  int rank, world, top_k, slots, slot_lo, slot_hi, recv_rows, items, dedupe_none;
+  const int* base;  // [world][slots]
+  int* fan_rows;    // [items][K]
+  int* part_slot;   // [items]
+  int* src_rank;
+  int* src_token;
+  int* src_k;
+  float* recv_weights;
+  DevStatus* st;
+};
+
+// One thread per (source rank r, token t, k): where that pair lands here.
+__global__ void recv_layout_kernel(RecvLayoutArgs a) {
+  if (call_aborted(a.st)) return;
+  const long long g = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (g >= static_cast<long long>(a.items) * a.top_k) return;
+  const int item = static_cast<int>(g / a.top_k);
+  const int k = static_cast<int>(g - static_cast<long long>(item) * a.top_k);
+  int r = 0;
+  while (r + 1 < a.world && item >= a.tok.base[r + 1]) ++r;
+  const int t = item - a.tok.base[r];
+  const long long pair = static_cast<long long>(t) * a.top_k + k;
+  const uint8_t* heap = a.peers.base[r];
+  const int s = reinterpret_cast<const int*>(heap + a.slot_off)[pair];
+  int row = -1;
+  if (s >= a.slot_lo && s < a.slot_hi) {
+    const int o = reinterpret_cast<const int*>(heap + a.ord_off)[pair];
+    row = a.base[static_cast<size_t>(r) * a.slots + s] + o;
+    if (o < 0 || row < 0 || row >= a.recv_rows) {
+      report_internal(a.st);
+      row = -1;
+    } else {
+      a.src_rank[row] = r;
+      a.src_token[row] = t;
+      a.src_k[row] = k;
+      a.recv_weights[row] = reinterpret_cast<const float*>(heap + a.w_off)[pair];
+    }
+  }
+  a.fan_rows[g] = row;
+  if (k == 0) {
+    const unsigned m = reinterpret_cast<const unsigned*>(heap + a.dmask_off)[t];
+    a.part_slot[item] = a.dedupe_none ? 0 : __popc(m & ((1u << a.rank) - 1u));
+  }
+}
+
+}  // namespace
+
+int route_chunks(int tokens) { return tokens <= 0 ? 0 : (tokens + kRouteChunk - 1) / kRouteChunk; }
+
+size_t route_smem_bytes(const PlanHost& p) {
+  return (static_cast<size_t>(p.slots) + 2ull * kRouteChunk * p.top_k) * sizeof(int);
+}
+
+int32_t route_prepare(const PlanHost& p, size_t smem_optin) {
+  const size_t need = route_smem_bytes(p);
+  if (need > smem_optin) {
+    WEFT_FAIL(WEFT_ERR_INVALID,
+              "the plan has %d expert slots and top_k %d: routing needs %zu bytes of shared memory per block, "
+              "more than this GPU's %zu",
+              p.slots, p.top_k, need, smem_optin);
+  }
+  if (need > 48u * 1024u) {
+    WEFT_CUDA(cudaFuncSetAttribute(route_chunk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(need)));
+  }
+  return WEFT_OK;
+}
+
+int32_t route_tokens(const PlanHost& p, const RouteTables& rt, int src_rank, int tokens, const int* idx,
+                     const float* weights, const RouteOut& out, DevStatus* st, cudaStream_t stream) {
+  const int chunks = route_chunks(tokens);
+  if (chunks > out.chunk_stride) {
+    WEFT_FAIL(WEFT_ERR_CAPACITY, "tokens = %d exceeds the routing scratch (%d chunks)", tokens, out.chunk_stride);
+  }
+  if (chunks > 0) {
+    RouteArgs a;
+    a.rt = rt;
+    a.src_rank = src_rank;
+    a.tokens = tokens;
+    a.top_k = p.top_k;
+    a.slots = p.slots;
+    a.idx = idx;
+    a.weights = weights;
+    a.slot_out = out.slot;
+    a.ord_out = out.ord;
+    a.dmask_out = out.dmask;
+    a.chunk_counts = out.chunk_counts;
+    a.chunk_stride = out.chunk_stride;
+    a.st = st;
+    route_chunk_kernel<<<chunks, 32, route_smem_bytes(p), stream>>>(a);
+    WEFT_LAUNCHED("route_chunk", stream);
+  }
+  chunk_scan_kernel<<<grid_for(static_cast<long long>(p.slots) * 32, 128), 128, 0, stream>>>(
+      out.chunk_counts, out.chunk_stride, chunks, p.slots, out.slot_count);
+  WEFT_LAUNCHED("chunk_scan", stream);
+  const long long pairs = static_cast<long long>(tokens) * p.top_k;
+  if (pairs > 0) {
+    ord_finalize_kernel<<<grid_for(pairs, 256), 256, 0, stream>>>(out.slot, out.ord, pairs, p.top_k,
+                                                                  out.chunk_counts, out.chunk_stride);
+    WEFT_LAUNCHED("ord_finalize", stream);
+  }
+  return WEFT_OK;
+}
+
+int32_t layout_source(weft_engine* e, int tokens) {
+  weft_comm* c = e->comm;
+  const HeapLayout& hl = e->hl;
+  write_i32_kernel<<<1, 1, 0, c->stream>>>(reinterpret_cast<int*>(c->heap + hl.meta), tokens);
+  WEFT_LAUNCHED("write_tokens", c->stream);
+  RouteOut out;
+  out.slot = reinterpret_cast<int*>(c->heap + hl.slot);
+  out.ord = reinterpret_cast<int*>(c->heap + hl.ord);
+  out.dmask = reinterpret_cast<unsigned*>(c->heap + hl.dmask);
+  out.slot_count = reinterpret_cast<int*>(c->heap + hl.slot_count);
+  out.chunk_counts = e->d_chunk_counts;
+  out.chunk_stride = e->chunk_stride;
+  return route_tokens(e->plan, e->rt, c->rank, tokens, reinterpret_cast<const int*>(c->heap + hl.idx),
+                      reinterpret_cast<const float*>(c->heap + hl.w), out, c->d_status, c->stream);
+}
+
+int32_t layout_gather_counts(weft_engine* e) {
+  weft_comm* c = e->comm;
+  const PlanHost& p = e->plan;
+  const int n = p.world * p.slots + p.world;
+  gather_counts_kernel<<<grid_for(n, 256), 256, 0, c->stream>>>(c->peers, e->hl.slot_count, e->hl.meta, p.world,
+                                                               p.slots, e->d_gather, c->d_status);
+  WEFT_LAUNCHED("gather_counts", c->stream);
+  WEFT_CUDA(cudaMemcpyAsync(e->h_gather, e->d_gather, static_cast<size_t>(n) * sizeof(int), cudaMemcpyDeviceToHost,
+                            c->stream));
+  return WEFT_OK;
+}
+
+int32_t layout_build(weft_engine* e, weft_handle* h) {
+  weft_comm* c = e->comm;
+  const PlanHost& p = e->plan;
+  const HeapLayout& hl = e->hl;
+  const long long own_pairs = static_cast<long long>(h->tokens) * p.top_k;
+  const long long n_src = own_pairs > h->tokens ? own_pairs : h->tokens;
+  if (n_src > 0) {
+    source_rows_kernel<<<grid_for(n_src, 256), 256, 0, c->stream>>>(
+        reinterpret_cast<const int*>(c->heap + hl.slot), reinterpret_cast<const int*>(c->heap + hl.ord),
+        reinterpret_cast<const unsigned*>(c->heap + hl.dmask), h->tokens, p.top_k,
+        e->d_base + static_cast<size_t>(p.rank) * p.slots, h->dest_row, h->dmask, c->d_status);
+    WEFT_LAUNCHED("source_rows", c->stream);
+  }
+  const long long n_recv = static_cast<long long>(h->items) * p.top_k;
+  if (n_recv > 0) {
+    RecvLayoutArgs a;
+    a.peers = c->peers;
+    a.tok = h->tok;
+    a.slot_off = hl.slot;
+    a.ord_off = hl.ord;
+    a.w_off = hl.w;
+    a.dmask_off = hl.dmask;
+    a.rank = p.rank;
+    a.world = p.world;
+    a.top_k = p.top_k;
+    a.slots = p.slots;
+    a.slot_lo = p.slot_base[p.rank];
+    a.slot_hi = p.slot_base[p.rank + 1];
+    a.recv_rows = h->recv_rows;
+    a.items = h->items;
+    a.dedupe_none = p.dedupe == WEFT_DEDUPE_NONE ? 1 : 0;
+    a.base = e->d_base;
+    a.fan_rows = h->fan_rows;
+    a.part_slot = h->part_slot;
+    a.src_rank = h->src_rank;
+    a.src_token = h->src_token;
+    a.src_k = h->src_k;
+    a.recv_weights = h->recv_weights;
+    a.st = c->d_status;
+    recv_layout_kernel<<<grid_for(n_recv, 256), 256, 0, c->stream>>>(a);
+    WEFT_LAUNCHED("recv_layout", c->stream);
+  }
+  return WEFT_OK;
+}
+
+std::string bad_input_message(const PlanHost& p, const DevStatus& s, int rank, int tokens, const int* idx_device,
+                              const std::string& host_msg) {
+  const unsigned kind = static_cast<unsigned>(s.bad_key & 15ull);
+  const unsigned long long pos = s.bad_key >> 4;
+  const int K = p.top_k;
+  const long long t = static_cast<long long>(pos / static_cast<unsigned long long>(K));
+  const int k = static_cast<int>(pos % static_cast<unsigned long long>(K));
+  int value = 0;
+  if ((kind == kBadExpertRange || kind == kBadDuplicate) && idx_device != nullptr) {
+    if (cudaMemcpy(&value, idx_device + pos, sizeof value, cudaMemcpyDeviceToHost) != cudaSuccess) {
+      (void)cudaGetLastError();
+    }
+  }
+  char buf[1024];
+  switch (kind) {
+    case kBadExpertRange:
+      snprintf(buf, sizeof buf,
+               "topk_idx[%lld][%d] = %d on rank %d is not an expert id: ids must be in [-1, %d) (-1 = empty slot). "
+               "Every rank failed the call; nothing was written",
+               t, k, value, rank, p.experts);
+      break;
+    case kBadDuplicate:
+      snprintf(buf, sizeof buf,
+               "topk_idx[%lld] on rank %d lists expert %d twice (again at k = %d): a token's experts must be "
+               "distinct. Every rank failed the call; nothing was written",
+               t, rank, value, k);
+      break;
+    case kBadNanWeight:
+      snprintf(buf, sizeof buf,
+               "topk_weights[%lld][%d] on rank %d is NaN: routing weights must be numbers. Every rank failed the "
+               "call; nothing was written",
+               t, k, rank);
+      break;
+    case kBadCapacity:
+      snprintf(buf, sizeof buf,
+               "tokens = %d on rank %d exceeds the plan's max_tokens = %d: raise max_tokens (and the heap, see "
+               "weft_engine_heap_bytes) or split the batch. Every rank failed the call",
+               tokens, rank, p.max_tokens);
+      break;
+    default:
+      snprintf(buf, sizeof buf, "%s on rank %d. Every rank failed the call; nothing was written",
+               host_msg.empty() ? "bad argument" : host_msg.c_str(), rank);
+      break;
+  }
+  return buf;
+}
+
+int32_t bad_input_code(unsigned kind) {
+  switch (kind) {
+    case kBadExpertRange:
+    case kBadDuplicate:
+    case kBadNanWeight:
+      return WEFT_ERR_BAD_INPUT;
+    case kBadCapacity:
+      return WEFT_ERR_CAPACITY;
+    default:
+      return WEFT_ERR_INVALID;
+  }
+}
+
+}  // namespace weft
