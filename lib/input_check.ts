@@ -298,6 +298,70 @@ export function checkRankInput(
 }
 
 /**
+ * The shape half of {@link checkRankInput}: types, lengths and dtype, in
+ * O(1). The GPU engine runs this on the host and the value checks (expert
+ * range, duplicates, NaN weights) on the device, where they cost nothing
+ * and still name the position, the rank and the fix.
+ *
+ * @throws {WeftError} naming the field, the rank and the fix.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { checkRankShapes } from "./input_check.ts";
+ * const plan = { experts: 4, topK: 2, hidden: 3, dtype: "f32" as const };
+ * const T = checkRankShapes(plan, 0, {
+ *   x: new Float32Array(6), topkIdx: Int32Array.of(0, 9, 2, 2), topkWeights: Float32Array.of(0.5, NaN, 0.7, 0.3),
+ * });
+ * assert.ok(T === 2); // values are left to the device check
+ * ```
+ */
+export function checkRankShapes(
+  plan: PlanShape,
+  rank: number,
+  input: RankInputLike,
+): number {
+  if (input === null || typeof input !== "object") {
+    bad(
+      "inputs",
+      rank,
+      `must be an object {x, topkIdx, topkWeights}, got ${describe(input)}`,
+      "pass one RankInput per rank",
+    );
+  }
+  const tokens = input.x !== undefined ? checkRows(plan, rank, "x", input.x) : undefined;
+  const K = plan.topK;
+  const pairs = (
+    field: string,
+    a: unknown,
+    ctor: Int32ArrayConstructor | Float32ArrayConstructor,
+  ): number => {
+    if (!(a instanceof ctor)) {
+      bad(
+        field,
+        rank,
+        `must be a ${ctor.name}, got ${describe(a)}`,
+        `pass a ${ctor.name} of tokens × topK values`,
+      );
+    }
+    const n = (a as Int32Array | Float32Array).length;
+    if (n % K !== 0 || (tokens !== undefined && n !== tokens * K)) {
+      bad(
+        field,
+        rank,
+        `has ${n} values, expected ${
+          tokens !== undefined ? `${tokens} tokens × ${K}` : `a multiple of topK = ${K}`
+        }`,
+        `pass tokens × topK (${K}) values, row-major by token`,
+      );
+    }
+    return n / K;
+  };
+  const T = pairs("topkIdx", input.topkIdx, Int32Array);
+  pairs("topkWeights", input.topkWeights, Float32Array);
+  return tokens ?? T;
+}
+
+/**
  * Check a collective call's inputs: exactly one per rank (in `ranks` order,
  * default every rank of the plan), each valid. Returns the token count of
  * each. Run before any output is allocated or written.

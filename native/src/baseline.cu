@@ -9,8 +9,8 @@
 //   5. regroup on the receiver [source rank][local expert] →
 //      [local expert][source rank] (a gather pass) — the expert-major input;
 //   then the reverse: regroup back (gather), all-to-all back, index_copy to
-//   (t,k) order, and the f32 weighted sum over k as its own pass, output in
-//   the dtype. The "experts" are the identity, so out[t] = Σ_k w·x[t].
+//   (t,k) order, and the weighted sum as PyTorch's four ops (.float(), * w,
+//   .sum(1), .to(dtype)), each its own pass with its own f32 temporary. The "experts" are the identity, so out[t] = Σ_k w·x[t].
 #include <string.h>
 
 #include <algorithm>
@@ -182,33 +182,6 @@ __global__ void __launch_bounds__(kRowThreads) index_copy_kernel(uint4* unperm, 
   }
 }
 
-// out[t] = Σ_k w[t,k] · unperm[t*K + k] over the pairs that have a slot, f32.
-template <int DT>
-__global__ void __launch_bounds__(kRowThreads) weighted_sum_kernel(uint4* out, const uint4* unperm, const int* slot,
-                                                                   const float* w, int tokens, int top_k,
-                                                                   unsigned row_vecs, int weighted) {
-  constexpr int N = Vec<DT>::kElems;
-  const long long total = static_cast<long long>(tokens) * row_vecs;
-  const long long stride = static_cast<long long>(gridDim.x) * kRowThreads;
-  for (long long i = blockIdx.x * static_cast<long long>(kRowThreads) + threadIdx.x; i < total; i += stride) {
-    const int t = static_cast<int>(i / row_vecs);
-    const unsigned v = static_cast<unsigned>(i - static_cast<long long>(t) * row_vecs);
-    float acc[N];
-#pragma unroll
-    for (int e = 0; e < N; ++e) acc[e] = 0.f;
-    for (int k = 0; k < top_k; ++k) {
-      const size_t pair = static_cast<size_t>(t) * top_k + k;
-      if (slot[pair] < 0) continue;
-      const float wk = weighted ? w[pair] : 1.f;
-      float f[N];
-      Vec<DT>::unpack(unperm[pair * row_vecs + v], f);
-#pragma unroll
-      for (int e = 0; e < N; ++e) acc[e] = __fadd_rn(acc[e], __fmul_rn(wk, f[e]));
-    }
-    out[static_cast<size_t>(t) * row_vecs + v] = Vec<DT>::pack(acc);
-  }
-}
-
 unsigned row_blocks(const weft_comm* c, long long rows) {
   const long long warps_per_block = kRowThreads / 32;
   const long long cap = static_cast<long long>(c->num_sms) * 8;
@@ -343,6 +316,115 @@ struct Temps {
     for (void* p : ptrs) cudaFreeAsync(p, c->stream);
   }
 };
+
+// The weighted sum as PyTorch users write it,
+//   (unperm.view(T, K, H).float() * w.unsqueeze(-1)).sum(1).to(dtype),
+// is four ops, each a pass over HBM with its own materialized result. The
+// baseline keeps them apart on purpose: that is the cost users pay today.
+
+// .float(): [pairs × H] dtype → f32.
+template <int DT>
+__global__ void __launch_bounds__(kRowThreads) upcast_kernel(float4* dst, const uint4* src, long long vecs) {
+  constexpr int N = Vec<DT>::kElems;
+  const long long stride = static_cast<long long>(gridDim.x) * kRowThreads;
+  for (long long i = blockIdx.x * static_cast<long long>(kRowThreads) + threadIdx.x; i < vecs; i += stride) {
+    float f[N];
+    Vec<DT>::unpack(src[i], f);
+#pragma unroll
+    for (int q = 0; q < N / 4; ++q) dst[i * (N / 4) + q] = make_float4(f[4 * q], f[4 * q + 1], f[4 * q + 2], f[4 * q + 3]);
+  }
+}
+
+// * w.unsqueeze(-1): one weight per (t,k) row. Pairs with no expert were
+// never sent, so their rows hold no data: they become zeros (a masked_fill).
+__global__ void __launch_bounds__(kRowThreads) scale_kernel(float4* dst, const float4* src, const int* slot,
+                                                            const float* w, long long pairs, unsigned row_f4,
+                                                            int weighted) {
+  const long long total = pairs * row_f4;
+  const long long stride = static_cast<long long>(gridDim.x) * kRowThreads;
+  for (long long i = blockIdx.x * static_cast<long long>(kRowThreads) + threadIdx.x; i < total; i += stride) {
+    const long long pair = i / row_f4;
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (slot[pair] >= 0) {
+      const float wk = weighted ? w[pair] : 1.f;
+      const float4 a = src[i];
+      v = make_float4(__fmul_rn(wk, a.x), __fmul_rn(wk, a.y), __fmul_rn(wk, a.z), __fmul_rn(wk, a.w));
+    }
+    dst[i] = v;
+  }
+}
+
+// .sum(1): [T × K × H] f32 → [T × H] f32, k ascending.
+__global__ void __launch_bounds__(kRowThreads) sum_k_kernel(float4* dst, const float4* src, int tokens, int top_k,
+                                                            unsigned row_f4) {
+  const long long total = static_cast<long long>(tokens) * row_f4;
+  const long long stride = static_cast<long long>(gridDim.x) * kRowThreads;
+  for (long long i = blockIdx.x * static_cast<long long>(kRowThreads) + threadIdx.x; i < total; i += stride) {
+    const long long t = i / row_f4;
+    const long long v = i - t * row_f4;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int k = 0; k < top_k; ++k) {
+      const float4 a = src[(t * top_k + k) * row_f4 + v];
+      acc = make_float4(__fadd_rn(acc.x, a.x), __fadd_rn(acc.y, a.y), __fadd_rn(acc.z, a.z), __fadd_rn(acc.w, a.w));
+    }
+    dst[i] = acc;
+  }
+}
+
+// .to(dtype): [T × H] f32 → dtype.
+template <int DT>
+__global__ void __launch_bounds__(kRowThreads) downcast_kernel(uint4* dst, const float4* src, long long vecs) {
+  constexpr int N = Vec<DT>::kElems;
+  const long long stride = static_cast<long long>(gridDim.x) * kRowThreads;
+  for (long long i = blockIdx.x * static_cast<long long>(kRowThreads) + threadIdx.x; i < vecs; i += stride) {
+    float f[N];
+#pragma unroll
+    for (int q = 0; q < N / 4; ++q) {
+      const float4 a = src[i * (N / 4) + q];
+      f[4 * q] = a.x;
+      f[4 * q + 1] = a.y;
+      f[4 * q + 2] = a.z;
+      f[4 * q + 3] = a.w;
+    }
+    dst[i] = Vec<DT>::pack(f);
+  }
+}
+
+unsigned elem_blocks(const weft_comm* c, long long n) {
+  return static_cast<unsigned>(std::max(1ll, std::min<long long>(grid_for(n, kRowThreads), static_cast<long long>(c->num_sms) * 8)));
+}
+
+template <int DT>
+int32_t launch_weighted_sum(weft_comm* c, Temps& tmp, void* out, const void* unperm, const int* slot, const float* w,
+                            int tokens, int top_k, unsigned row_vecs, int weighted) {
+  constexpr int N = Vec<DT>::kElems;
+  const long long pairs = static_cast<long long>(tokens) * top_k;
+  const unsigned row_f4 = row_vecs * (N / 4);
+  const float4* f32 = static_cast<const float4*>(unperm);
+  if (DT != WEFT_F32) {  // .float() of an f32 tensor is the tensor itself
+    void* up = nullptr;
+    WEFT_TRY(tmp.alloc(&up, static_cast<uint64_t>(pairs) * row_f4 * 16));
+    upcast_kernel<DT><<<elem_blocks(c, pairs * row_vecs), kRowThreads, 0, c->stream>>>(
+        static_cast<float4*>(up), static_cast<const uint4*>(unperm), pairs * row_vecs);
+    WEFT_LAUNCHED("baseline_float", c->stream);
+    f32 = static_cast<const float4*>(up);
+  }
+  void* scaled = nullptr;
+  WEFT_TRY(tmp.alloc(&scaled, static_cast<uint64_t>(pairs) * row_f4 * 16));
+  scale_kernel<<<elem_blocks(c, pairs * row_f4), kRowThreads, 0, c->stream>>>(static_cast<float4*>(scaled), f32, slot,
+                                                                               w, pairs, row_f4, weighted);
+  WEFT_LAUNCHED("baseline_mul", c->stream);
+  void* summed = nullptr;
+  WEFT_TRY(tmp.alloc(&summed, static_cast<uint64_t>(tokens) * row_f4 * 16));
+  sum_k_kernel<<<elem_blocks(c, static_cast<long long>(tokens) * row_f4), kRowThreads, 0, c->stream>>>(
+      static_cast<float4*>(summed), static_cast<const float4*>(scaled), tokens, top_k, row_f4);
+  WEFT_LAUNCHED("baseline_sum", c->stream);
+  const long long out_vecs = static_cast<long long>(tokens) * row_vecs;
+  downcast_kernel<DT><<<elem_blocks(c, out_vecs), kRowThreads, 0, c->stream>>>(
+      static_cast<uint4*>(out), static_cast<const float4*>(summed), out_vecs);
+  WEFT_LAUNCHED("baseline_to_dtype", c->stream);
+  return WEFT_OK;
+}
 
 int32_t baseline_impl(weft_baseline* b, const void* x, const int32_t* idx, const float* w, int tokens, void* out,
                       int32_t* recv_rows_out) {
@@ -531,23 +613,18 @@ int32_t baseline_impl(weft_baseline* b, const void* x, const int32_t* idx, const
     WEFT_LAUNCHED("baseline_index_copy", c->stream);
   }
   if (tokens > 0) {
-    const long long n = static_cast<long long>(tokens) * row_vecs;
-    const unsigned blocks = static_cast<unsigned>(std::min<long long>(grid_for(n, kRowThreads), static_cast<long long>(c->num_sms) * 8));
     const int weighted = p.combine == WEFT_WEIGHTED ? 1 : 0;
-    uint4* o = static_cast<uint4*>(out);
-    const uint4* u = static_cast<const uint4*>(unperm);
     switch (p.dtype) {
       case WEFT_BF16:
-        weighted_sum_kernel<WEFT_BF16><<<blocks, kRowThreads, 0, c->stream>>>(o, u, b->d_slot, w, tokens, K, row_vecs, weighted);
+        WEFT_TRY(launch_weighted_sum<WEFT_BF16>(c, tmp, out, unperm, b->d_slot, w, tokens, K, row_vecs, weighted));
         break;
       case WEFT_F16:
-        weighted_sum_kernel<WEFT_F16><<<blocks, kRowThreads, 0, c->stream>>>(o, u, b->d_slot, w, tokens, K, row_vecs, weighted);
+        WEFT_TRY(launch_weighted_sum<WEFT_F16>(c, tmp, out, unperm, b->d_slot, w, tokens, K, row_vecs, weighted));
         break;
       default:
-        weighted_sum_kernel<WEFT_F32><<<blocks, kRowThreads, 0, c->stream>>>(o, u, b->d_slot, w, tokens, K, row_vecs, weighted);
+        WEFT_TRY(launch_weighted_sum<WEFT_F32>(c, tmp, out, unperm, b->d_slot, w, tokens, K, row_vecs, weighted));
         break;
     }
-    WEFT_LAUNCHED("baseline_weighted_sum", c->stream);
   }
   return comm_nccl_stream_wait(c, "baseline");
 }
