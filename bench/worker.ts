@@ -208,7 +208,6 @@ async function runSize(
   scenarios: readonly Scenario[],
   options: BenchOptions,
   timer: StreamTimer,
-  splitTimer: StreamTimer,
 ): Promise<BenchRow[]> {
   const { rank, localRank: device } = comm;
   const { hidden, topK, dtype } = plan;
@@ -242,20 +241,20 @@ async function runSize(
     weftOut.poison();
     // The last run's handle stays open for the re-dispatch runs.
     let kept: Awaited<ReturnType<Engine["dispatch"]>>["handle"] | undefined;
-    // Dispatch's share of each run, bracketed inside the same run (warm-up runs included, dropped
-    // below). Dispatch already waits for its device work (it copies index arrays back), so the
-    // split timer's synchronize adds nothing measurable to the total.
-    const dispatchTimes: number[] = [];
     const weftTimes = await timeRuns(comm, timer, options.warmup, options.iters, async (last) => {
-      splitTimer.start();
       const { results: [result], handle } = await engine.dispatch([input]);
-      dispatchTimes.push(await splitTimer.stop());
       // Identity experts: the received rows go straight back.
       await engine.combine(handle, [result.recv], { out: [weftOut] });
       return () => {
         if (last) kept = handle;
         else handle.close();
       };
+    });
+    // Dispatch alone, in runs of its own: a timer between dispatch and combine
+    // would put one more host round trip inside the dispatch + combine window.
+    const dispatchTimes = await timeRuns(comm, timer, options.warmup, options.iters, async () => {
+      const { handle } = await engine.dispatch([input]);
+      return () => handle.close();
     });
     const weftError = outputError(weftOut, xHost, mine, hidden, topK);
 
@@ -275,7 +274,7 @@ async function runSize(
 
     const cell: RankCell = {
       weftMs: median(weftTimes),
-      weftDispatchMs: median(dispatchTimes.slice(options.warmup)),
+      weftDispatchMs: median(dispatchTimes),
       baselineMs: median(baselineTimes),
       redispatchMs: median(redispatchTimes),
       weftError,
@@ -376,7 +375,6 @@ export async function main(argv: readonly string[]): Promise<void> {
   });
   log(comm.rank, `world ${comm.world}, heap ${(comm.heapBytes / 2 ** 30).toFixed(2)} GiB per rank`);
   using timer = StreamTimer.create(comm);
-  using splitTimer = StreamTimer.create(comm);
 
   const ceiling = await measureCopyCeiling(comm, Math.max(options.iters, 10));
   if (ceiling !== null) {
@@ -385,7 +383,7 @@ export async function main(argv: readonly string[]): Promise<void> {
 
   const rows: BenchRow[] = [];
   for (const tokens of options.sizes) {
-    rows.push(...await runSize(comm, plan, tokens, scenarios, options, timer, splitTimer));
+    rows.push(...await runSize(comm, plan, tokens, scenarios, options, timer));
   }
   await comm.hostBarrier();
 

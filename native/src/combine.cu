@@ -298,6 +298,7 @@ bool usable_device_pointer(const void* ptr, int device, const char* name, std::s
 int32_t combine_impl(weft_handle* h, const void* y, void* out) {
   weft_engine* e = h->engine;
   weft_comm* c = e->comm;
+  c->profile.begin(c->stream, "combine");
   WEFT_TRY(comm_reset_status(c));
   std::string why;
   bool ok = true;
@@ -318,11 +319,17 @@ int32_t combine_impl(weft_handle* h, const void* y, void* out) {
     }
   }
   if (!ok) WEFT_TRY(comm_report_bad(c, 0, kBadArgument));
+  c->profile.mark(c->stream, "checks");
   WEFT_TRY(launch_combine_push(e, h, y));
+  c->profile.mark(c->stream, "push partials");
   WEFT_TRY(comm_barrier_async(c, "combine partials"));
+  c->profile.mark(c->stream, "barrier: partials");
   WEFT_TRY(launch_combine_reduce(e, h, out));
+  c->profile.mark(c->stream, "reduce");
   WEFT_TRY(comm_barrier_async(c, "combine end"));
+  c->profile.mark(c->stream, "barrier: end");
   WEFT_TRY(comm_sync_status(c));
+  c->profile.end(c->stream);
   WEFT_TRY(comm_check_peers(c, "combine"));
   if (!ok) {
     WEFT_FAIL(WEFT_ERR_INVALID, "%s (rank %d: y [%d x hidden], out [%d x hidden]). Every rank failed the call",

@@ -193,6 +193,7 @@ int32_t comm_init(weft_comm* c, const uint8_t* nccl_id) {
   cudaDeviceProp prop;
   WEFT_CUDA(cudaGetDeviceProperties(&prop, c->device));
   c->num_sms = prop.multiProcessorCount;
+  c->cc_major = prop.major;
   if (const char* env = getenv("WEFT_SMS"); env != nullptr && env[0] != '\0') {
     const int n = atoi(env);
     if (n >= 1 && n < c->num_sms) c->num_sms = n;
@@ -247,6 +248,7 @@ void comm_release(weft_comm* c) {
   if (c->peers_open) close_peers(c);
   if (c->nccl != nullptr) nccl_finish(c);
   if (c->stream != nullptr) cudaStreamSynchronize(c->stream);
+  if (weft::PhaseProfile::enabled()) c->profile.print(c->rank);
   if (c->heap != nullptr) cudaFree(c->heap);
   if (c->d_status != nullptr) cudaFree(c->d_status);
   if (c->h_status != nullptr) cudaFreeHost(c->h_status);

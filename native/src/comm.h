@@ -8,6 +8,7 @@
 
 #include "common.h"
 #include "nccl_loader.h"
+#include "profile.h"
 
 namespace weft {
 
@@ -40,6 +41,7 @@ struct weft_comm {
   int world = 1;
   int timeout_ms = 0;
   int num_sms = 0;             // multiprocessors to use for data kernels
+  int cc_major = 0;            // compute capability (9 = Hopper: bulk-copy pull available)
   size_t smem_optin = 0;       // largest dynamic shared memory a block may opt into
   cudaStream_t stream = nullptr;
 
@@ -60,6 +62,7 @@ struct weft_comm {
   bool closed = false;         // weft_comm_destroy was called
   int32_t broken = WEFT_OK;    // nonzero after a failure that left ranks out of step
   std::string broken_why;
+  weft::PhaseProfile profile;  // WEFT_PROFILE=1 only
 };
 
 namespace weft {

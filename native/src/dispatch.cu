@@ -209,6 +209,7 @@ int32_t dispatch_impl(weft_engine* e, const void* x, const int32_t* idx, const f
   weft_comm* c = e->comm;
   const PlanHost& p = e->plan;
   const HeapLayout& hl = e->hl;
+  c->profile.begin(c->stream, "dispatch");
   WEFT_TRY(comm_reset_status(c));
   if (tokens < 0 || tokens > p.max_tokens) {
     WEFT_TRY(comm_report_bad(c, tokens < 0 ? 0ull : static_cast<unsigned long long>(tokens), kBadCapacity));
@@ -221,10 +222,14 @@ int32_t dispatch_impl(weft_engine* e, const void* x, const int32_t* idx, const f
       WEFT_CUDA(cudaMemcpyAsync(c->heap + hl.idx, idx, pairs * sizeof(int32_t), cudaMemcpyDefault, c->stream));
       WEFT_CUDA(cudaMemcpyAsync(c->heap + hl.w, w, pairs * sizeof(float), cudaMemcpyDefault, c->stream));
     }
+    c->profile.mark(c->stream, "stage inputs");
     WEFT_TRY(layout_source(e, tokens));
   }
+  c->profile.mark(c->stream, "layout: source side");
   WEFT_TRY(comm_barrier_async(c, "dispatch staging"));
+  c->profile.mark(c->stream, "barrier: staged");
   WEFT_TRY(layout_gather_counts(e));
+  c->profile.mark(c->stream, "layout: gather counts");
   WEFT_TRY(comm_sync_status(c));
   WEFT_TRY(comm_check_peers(c, "dispatch"));
   if (c->h_status->local_bad != 0u) {
@@ -286,12 +291,17 @@ int32_t dispatch_impl(weft_engine* e, const void* x, const int32_t* idx, const f
       set_error("uploading the receive-row bases failed: %s", cudaGetErrorString(err));
       return fail(WEFT_ERR_CUDA);
     }
+    c->profile.mark(c->stream, "host: bases, alloc, upload");
     rc = layout_build(e, h);
+    c->profile.mark(c->stream, "layout: build");
     if (rc == WEFT_OK) rc = launch_pull(e, h);
+    c->profile.mark(c->stream, "pull");
     if (rc != WEFT_OK) return fail(rc);
   }
   rc = comm_barrier_async(c, "dispatch end");
+  c->profile.mark(c->stream, "barrier: end");
   if (rc == WEFT_OK) rc = comm_sync_status(c);
+  c->profile.end(c->stream);
   if (rc == WEFT_OK) rc = comm_check_peers(c, "dispatch");
   if (rc == WEFT_OK) rc = alloc_rc;
   if (rc != WEFT_OK) return fail(rc);
@@ -303,6 +313,7 @@ int32_t redispatch_impl(weft_handle* h, const void* x) {
   weft_engine* e = h->engine;
   weft_comm* c = e->comm;
   const PlanHost& p = e->plan;
+  c->profile.begin(c->stream, "redispatch");
   WEFT_TRY(comm_reset_status(c));
   if (h->tokens > 0 && x == nullptr) {
     WEFT_TRY(comm_report_bad(c, 0, kBadArgument));
@@ -310,10 +321,15 @@ int32_t redispatch_impl(weft_handle* h, const void* x) {
     WEFT_CUDA(cudaMemcpyAsync(c->heap + e->hl.x, x, static_cast<size_t>(h->tokens) * p.row_bytes(), cudaMemcpyDefault,
                               c->stream));
   }
+  c->profile.mark(c->stream, "stage x");
   WEFT_TRY(comm_barrier_async(c, "redispatch staging"));
+  c->profile.mark(c->stream, "barrier: staged");
   WEFT_TRY(launch_pull(e, h));
+  c->profile.mark(c->stream, "pull");
   WEFT_TRY(comm_barrier_async(c, "redispatch end"));
+  c->profile.mark(c->stream, "barrier: end");
   WEFT_TRY(comm_sync_status(c));
+  c->profile.end(c->stream);
   WEFT_TRY(comm_check_peers(c, "redispatch"));
   if (c->h_status->local_bad != 0u) {
     WEFT_FAIL(WEFT_ERR_INVALID, "x is NULL while the handle has %d tokens on rank %d. Every rank failed the call",
@@ -330,6 +346,7 @@ int32_t launch_pull(weft_engine* e, weft_handle* h) {
   int max_tokens_now = 0;
   for (int r = 0; r < p.world; ++r) max_tokens_now = std::max(max_tokens_now, h->tok.tokens[r]);
   if (max_tokens_now == 0 || h->recv_rows == 0) return WEFT_OK;
+  if (pull_tma_wanted(e)) return launch_pull_tma(e, h, max_tokens_now);
   auto kernel = pull_kernel<kPullUnroll>;
   int occupancy = 0;
   WEFT_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, kernel, kPullThreads, 0));
