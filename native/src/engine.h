@@ -165,7 +165,7 @@ void engine_release(weft_engine* e);
 
 // dispatch.cu: the pull of rows from every source's staging into recv.
 int32_t launch_pull(weft_engine* e, weft_handle* h);
-// pull_tma.cu: the same pull on the bulk-copy engine (Hopper, WEFT_PULL=tma, dedupe device/node).
+// pull_tma.cu: the same pull on the bulk-copy engine (Hopper default for dedupe device/node; WEFT_PULL=sm opts out).
 bool pull_tma_wanted(const weft_engine* e);
 int32_t launch_pull_tma(weft_engine* e, weft_handle* h, int max_tokens_now);
 // combine.cu

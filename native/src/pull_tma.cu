@@ -1,11 +1,12 @@
-// The pull on Hopper's bulk-copy engine (TMA, cp.async.bulk), an alternative
-// to the SM-load pull in dispatch.cu (selected with WEFT_PULL=tma).
+// The pull on Hopper's bulk-copy engine (TMA, cp.async.bulk): the default on
+// sm_90 for dedupe device/node; WEFT_PULL=sm selects the SM-load pull in
+// dispatch.cu instead (the only one on sm_80, and for dedupe none).
 //
-// Why: the SM-load pull keeps NVLink at ~320 GB/s against a 395 GB/s copy
-// ceiling; every 16-byte load and store is an instruction, and read latency
-// over NVLink needs many of them in flight. A bulk copy moves a whole row
-// (or a ≤16 KiB chunk of one) per instruction, so one thread keeps several
-// rows in flight.
+// Why: a bulk copy moves a whole row (or a ≤16 KiB chunk of one) per
+// instruction, so one thread keeps several rows in flight with no register
+// traffic. Measured on 4×H200 (bench/NOTES-nvlink.md, 2026-11-22): 16384
+// tokens uniform, pull 1.96 ms against 2.01 ms for the SM-load pull; both sit
+// at ~320 GB/s per GPU, the all-to-all bandwidth NCCL also reaches there.
 //
 // Shape: one thread per block drives a ring of kStages shared-memory stages.
 // It bulk-loads the next (source rank, token, chunk) units from the source's
@@ -171,11 +172,11 @@ __global__ void __launch_bounds__(32, 1) pull_tma_kernel(TmaPullArgs a) {
 }  // namespace
 
 bool pull_tma_wanted(const weft_engine* e) {
-  static const bool asked = [] {
+  static const bool refused = [] {
     const char* v = getenv("WEFT_PULL");
-    return v != nullptr && std::string(v) == "tma";
+    return v != nullptr && std::string(v) == "sm";
   }();
-  return asked && e->comm->cc_major >= 9 && e->plan.dedupe != WEFT_DEDUPE_NONE;
+  return !refused && e->comm->cc_major >= 9 && e->plan.dedupe != WEFT_DEDUPE_NONE;
 }
 
 int32_t launch_pull_tma(weft_engine* e, weft_handle* h, int max_tokens_now) {
