@@ -327,9 +327,9 @@ function runNotes(
   const notes = [
     "layout ms: n/a — weft.h has no layout-only entry point; the layout runs inside weft_dispatch and is " +
     "part of weft ms.",
-    "weft ms is the Engine API end to end: routing upload to the device, layout, dispatch, the host copies " +
-    "of the index arrays DispatchResult returns, and combine into a preallocated output. The baseline's " +
-    "inputs (x, topkIdx, topkWeights) sit on the device before timing.",
+    "weft ms is the Engine API end to end: the routing copied from the host, x staged, layout, dispatch, " +
+    "and combine into a preallocated output (DispatchResult's index arrays stay on the device until read). " +
+    "The baseline's inputs (x, topkIdx, topkWeights) sit on the device before timing.",
     `weft remote MB/rank/dir: dispatch bytes one rank sends to other GPUs (one row per (token, destination ` +
     `GPU)), max over ranks; achieved GB/s counts dispatch + combine outgoing bytes (combine partials in ` +
     `${options.combineWire === "f32" ? "f32, 4 B/element" : "the row dtype"}) over weft ms.`,
