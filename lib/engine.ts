@@ -761,10 +761,6 @@ function shapeOf(x: HostRows | Tensor): HostRows | Pick<Tensor, "rows" | "cols" 
   return ArrayBuffer.isView(x) ? x : { rows: x.rows, cols: x.cols, dtype: x.dtype };
 }
 
-function asF32Bits(a: Int32Array): Float32Array {
-  return new Float32Array(a.buffer, a.byteOffset, a.length);
-}
-
 type Metadata = Pick<
   DispatchResult,
   "expertCounts" | "recvWeights" | "srcRank" | "srcToken" | "srcK"
