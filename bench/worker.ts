@@ -250,6 +250,12 @@ async function runSize(
         else handle.close();
       };
     });
+    // The layout step alone (routing staged, checked, indexed; no rows moved).
+    const myRouting = { topkIdx: mine.topkIdx, topkWeights: mine.topkWeights };
+    const layoutTimes = await timeRuns(comm, timer, options.warmup, options.iters, async () => {
+      const planned = await engine.layout([myRouting]);
+      return () => planned.close();
+    });
     // Dispatch alone, in runs of its own: a timer between dispatch and combine
     // would put one more host round trip inside the dispatch + combine window.
     const dispatchTimes = await timeRuns(comm, timer, options.warmup, options.iters, async () => {
@@ -292,7 +298,7 @@ async function runSize(
       weftDispatchMs: max(cells.map((c) => c.weftDispatchMs)),
       baselineMs: max(cells.map((c) => c.baselineMs)),
       redispatchMs: max(cells.map((c) => c.redispatchMs)),
-      layoutMs: null,
+      layoutMs: median(layoutTimes),
       weftDispatchRemoteBytes: max(traffic.weftDispatchOut),
       weftOutgoingRemoteBytes: max(
         traffic.weftDispatchOut.map((b, r) => b + traffic.weftCombineOut[r]),
@@ -325,8 +331,8 @@ function runNotes(
   ceiling: CopyCeiling | null,
 ): string[] {
   const notes = [
-    "layout ms: n/a — weft.h has no layout-only entry point; the layout runs inside weft_dispatch and is " +
-    "part of weft ms.",
+    "layout ms: Engine.layout alone (routing staged, checked on the device, receive rows generated, " +
+    "outputs allocated; no rows moved), a part of weft ms.",
     "weft ms is the Engine API end to end: the routing copied from the host, x staged, layout, dispatch, " +
     "and combine into a preallocated output (DispatchResult's index arrays stay on the device until read). " +
     "The baseline's inputs (x, topkIdx, topkWeights) sit on the device before timing.",

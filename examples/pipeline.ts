@@ -4,17 +4,20 @@
  * function to each expert's rows, and combines the results back to each
  * token's home.
  *
- *   deno run --allow-all examples/pipeline.ts [--batches N] [--tokens N]
+ *   deno run --allow-all examples/pipeline.ts [--batches N] [--tokens N] [--simulator]
  *
- * Runs on the CPU Simulator (every rank in this process). On GPUs the same
- * stage works per process with `Engine` in place of `Simulator`, each process
- * feeding its own rank's batches.
+ * With GPUs and a built engine it relaunches itself with one process per GPU
+ * and runs the same stage on `Engine`, each process feeding its own rank's
+ * share of every batch; otherwise it runs on the CPU Simulator, every rank in
+ * this process. Both print the same norms (same seeds, same reduction order).
  */
 import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
 import { experts } from "../dsl/mod.ts";
 import type { PlanSpec } from "../dsl/types.ts";
 import { Simulator } from "../lib/simulator.ts";
 import { zipf } from "../lib/routing.ts";
+import { availableGpus } from "../lib/gpus.ts";
 import type { RankInput, ShuffleEngine } from "../lib/engine_api.ts";
 
 /** One batch: one input per rank. */
@@ -84,30 +87,19 @@ export function moeStage(
   });
 }
 
-if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      batches: { type: "string", default: "4" },
-      tokens: { type: "string", default: "256" },
-    },
-  });
-  const batches = Number(values.batches), tokens = Number(values.tokens);
-  const plan = experts(64).byDevice().topK(4).dtype("f32").hidden(256).compile({ world: 4 });
-  using sim = new Simulator(plan);
-
-  // Source: batches with Zipf-skewed routing (a few popular experts).
-  const source = new ReadableStream<MoeBatch>({
+/** Batches with Zipf-skewed routing (a few popular experts) for the given ranks. */
+function batchSource(plan: PlanSpec, batches: number, tokens: number, ranks: readonly number[]) {
+  return new ReadableStream<MoeBatch>({
     start(controller) {
       for (let step = 0; step < batches; step++) {
         const routing = zipf(plan, { tokens, seed: step + 1, s: 1.1 });
         controller.enqueue({
           step,
-          inputs: routing.map((r) => ({
-            ...r,
+          inputs: ranks.map((rank) => ({
+            ...routing[rank],
             x: Float32Array.from(
               { length: tokens * plan.hidden },
-              (_, i) => Math.sin(i + step) + 1.5,
+              (_, i) => Math.sin(i + step + rank) + 1.5,
             ),
           })),
         });
@@ -115,23 +107,72 @@ if (import.meta.main) {
       controller.close();
     },
   });
+}
 
+/** Runs the pipeline on `engine`; prints from the engine's first rank. */
+async function run(
+  engine: ShuffleEngine,
+  plan: PlanSpec,
+  batches: number,
+  tokens: number,
+  where: string,
+) {
   // Expert e scales its rows by (1 + e/100): a stand-in for an FFN.
-  const stage = moeStage(sim, plan, (_rank, e, rows) => {
+  const stage = moeStage(engine, plan, (_rank, e, rows) => {
     for (let i = 0; i < rows.length; i++) rows[i] *= 1 + e / 100;
   });
-
+  const print = engine.ranks[0] === 0;
   const t0 = performance.now();
-  for await (const out of source.pipeThrough(stage)) {
+  for await (const out of batchSource(plan, batches, tokens, engine.ranks).pipeThrough(stage)) {
     const busiest = Math.max(...out.rowsPerExpert.flatMap((c) => Array.from(c)));
     const norm = Math.sqrt(out.outputs[0].reduce((s, v) => s + v * v, 0));
-    console.log(
-      `batch ${out.step}: ${out.outputs.length} ranks combined, busiest expert ${busiest} rows, ‖out₀‖ = ${
-        norm.toFixed(2)
-      }`,
-    );
+    if (print) {
+      console.log(
+        `batch ${out.step}: busiest expert on rank 0 ${busiest} rows, ‖out of rank 0‖ = ${
+          norm.toFixed(4)
+        }`,
+      );
+    }
   }
-  console.log(
-    `${batches} batches in ${(performance.now() - t0).toFixed(0)} ms on the CPU Simulator`,
-  );
+  if (print) {
+    console.log(`${batches} batches in ${(performance.now() - t0).toFixed(0)} ms on ${where}`);
+  }
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      batches: { type: "string", default: "4" },
+      tokens: { type: "string", default: "256" },
+      simulator: { type: "boolean", default: false },
+    },
+  });
+  const batches = Number(values.batches), tokens = Number(values.tokens);
+  const pattern = experts(64).byDevice().topK(4).dtype("f32").hidden(256);
+  if (Deno.env.get("RANK") !== undefined) {
+    const { Communicator } = await import("../lib/communicator.ts");
+    const { Engine } = await import("../lib/engine.ts");
+    const plan = pattern.compile({ world: Number(Deno.env.get("WORLD_SIZE")) });
+    await using comm = await Communicator.fromEnv({
+      heapBytes: Engine.heapBytes(plan, { maxTokens: tokens }),
+    });
+    using engine = await Engine.create(plan, comm, { maxTokens: tokens });
+    await run(engine, plan, batches, tokens, `the GPU engine (${plan.world} GPUs)`);
+  } else {
+    const gpus = values.simulator ? 0 : availableGpus();
+    if (gpus >= 2) {
+      const { launch } = await import("../lib/launch.ts");
+      const result = await launch({
+        script: fileURLToPath(import.meta.url),
+        args: Deno.args,
+        gpus,
+      });
+      if (result.code !== 0) console.error(result.message);
+      Deno.exit(result.code);
+    }
+    const plan = pattern.compile({ world: 4 });
+    using sim = new Simulator(plan);
+    await run(sim, plan, batches, tokens, "the CPU Simulator (4 ranks)");
+  }
 }

@@ -22,6 +22,7 @@ import type {
   DispatchResult,
   HostRows,
   RankInput,
+  RankRouting,
   ShuffleEngine,
   Tensor,
 } from "./engine_api.ts";
@@ -113,7 +114,7 @@ const pointerAt = (address: bigint): Deno.PointerValue => Deno.UnsafePointer.cre
  */
 class NativeState {
   /** Open handles by address; weak, so the finalizer backstop still works. */
-  readonly live = new Map<bigint, WeakRef<GpuDispatchHandle>>();
+  readonly live: Map<bigint, WeakRef<GpuDispatchHandle>> = new Map();
   busy = false;
   readonly #deferred: bigint[] = [];
 
@@ -415,6 +416,55 @@ export class Engine implements ShuffleEngine {
       unwrap(status, "weft_dispatch", { rank: this.rank });
       const handle = this.#wrap(readPointer(out), prepared.tokens);
       return { results: [handle.result], handle };
+    } finally {
+      this.#leave();
+    }
+  }
+
+  /**
+   * The layout step of dispatch alone (`weft_dispatch_layout`): stages this
+   * rank's routing, checks it on the device, generates the indices and
+   * allocates the outputs, moving no rows. {@link redispatch} then moves
+   * them; layout + redispatch give exactly what dispatch gives. Collective.
+   */
+  async layout(routing: readonly RankRouting[]): Promise<GpuDispatchHandle> {
+    const engine = this.#enter();
+    try {
+      let idx: Int32Array, weights: Float32Array, tokens: number;
+      try {
+        const r = this.#one("routing", routing);
+        tokens = checkRankShapes(this.plan, this.rank, {
+          topkIdx: r.topkIdx,
+          topkWeights: r.topkWeights,
+        });
+        if (tokens > this.maxTokens) {
+          throw new WeftError({
+            field: "tokens",
+            rank: this.rank,
+            problem: `${tokens} tokens exceed the engine's maxTokens ${this.maxTokens}`,
+            fix: `create the Engine with { maxTokens: ${tokens} } or more, or split the batch`,
+          });
+        }
+        idx = stableCopy(r.topkIdx);
+        weights = stableCopy(r.topkWeights);
+      } catch (hostError) {
+        await this.#rejectOnEveryRank(engine);
+        throw hostError;
+      }
+      const out = new BigUint64Array(1);
+      const status = await holding(
+        [idx, weights, out],
+        () =>
+          native().weft_dispatch_layout(
+            engine,
+            hostPointer(idx),
+            hostPointer(weights),
+            tokens,
+            out,
+          ),
+      );
+      unwrap(status, "weft_dispatch_layout", { rank: this.rank });
+      return this.#wrap(readPointer(out), tokens);
     } finally {
       this.#leave();
     }

@@ -11,6 +11,10 @@
  * @module
  */
 import type { DType } from "../dsl/types.ts";
+import type { RankRouting } from "./routing.ts";
+
+/** One rank's routing (dispatch's input without the rows), as `layout` takes it. */
+export type { RankRouting };
 
 /**
  * Rows of hidden states on the host: f32 as Float32Array; bf16 and f16 as
@@ -80,6 +84,13 @@ export interface ShuffleEngine extends Disposable {
   readonly ranks: readonly number[];
   /** Dispatch one batch: one input per driven rank. */
   dispatch(inputs: readonly RankInput[]): Promise<Dispatched>;
+  /**
+   * The layout step of dispatch alone: one routing per driven rank (no rows).
+   * Returns a handle whose rows are moved by `redispatch`; layout then
+   * redispatch gives exactly what dispatch gives. Lets a caller plan a batch
+   * as soon as the router has run, before the activations exist.
+   */
+  layout(routing: readonly RankRouting[]): Promise<DispatchHandle>;
   /** Re-dispatch new rows through a handle's cached layout (same routing). */
   redispatch(handle: DispatchHandle, xs: readonly (HostRows | Tensor)[]): Promise<Dispatched>;
   /**

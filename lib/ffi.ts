@@ -12,7 +12,7 @@
  */
 
 /** The `weft_abi_version()` this binding was written against. */
-export const WEFT_ABI_VERSION = 1;
+export const WEFT_ABI_VERSION = 2;
 
 /** Status codes of weft.h. */
 export const Status: Readonly<{
@@ -154,6 +154,13 @@ export const symbols = {
     // weft_engine_t engine, const void* x, const int32_t* topk_idx, const float* topk_weights,
     // int32_t tokens, int32_t inputs_on_device (1: the three are device pointers), weft_handle_t* out
     parameters: ["pointer", "pointer", "pointer", "pointer", "i32", "i32", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
+  weft_dispatch_layout: {
+    // weft_engine_t engine, const int32_t* topk_idx (host), const float* topk_weights (host),
+    // int32_t tokens, weft_handle_t* out — the layout alone; recv is filled by weft_redispatch
+    parameters: ["pointer", "pointer", "pointer", "i32", "buffer"],
     result: "i32",
     nonblocking: true,
   },

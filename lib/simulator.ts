@@ -15,6 +15,7 @@ import type {
   DispatchResult,
   HostRows,
   RankInput,
+  RankRouting,
   ShuffleEngine,
   Tensor,
 } from "./engine_api.ts";
@@ -153,6 +154,22 @@ export class Simulator implements ShuffleEngine {
     this.#lastLayout = layout;
     const handle = new SimulatorHandle(this, layout, weights);
     return { results: this.#scatter(layout, weights, xs), handle, layout };
+  }
+
+  /**
+   * The layout of a batch without its rows: one routing per rank. The
+   * returned handle's rows are moved by {@link redispatch}; layout then
+   * redispatch gives exactly what dispatch gives.
+   */
+  // deno-lint-ignore require-await -- async so bad input rejects, as dispatch does
+  async layout(routing: readonly RankRouting[]): Promise<SimulatorHandle> {
+    this.#checkOpen();
+    checkRankInputs(this.plan, routing);
+    const layout = computeLayout(this.plan, routing.map((r) => r.topkIdx));
+    this.#lastLayout = layout;
+    return Promise.resolve(
+      new SimulatorHandle(this, layout, routing.map((r) => r.topkWeights.slice())),
+    );
   }
 
   /** Dispatch new rows (same shapes) through a handle's cached layout; returns the same handle. */

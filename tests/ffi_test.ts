@@ -79,6 +79,7 @@ Deno.test("ffi: every function of weft.h is in the symbol table, and nothing els
     "weft_comm_open_peers",
     "weft_copy_ceiling",
     "weft_dispatch",
+    "weft_dispatch_layout",
     "weft_redispatch",
     "weft_timer_stop",
   ]);

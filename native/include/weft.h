@@ -66,7 +66,7 @@ typedef struct weft_timer* weft_timer_t;
 
 /* Copies the process's most recent error message (NUL-terminated, truncated to len). Returns its full length. */
 int32_t weft_last_error(char* buf, int32_t len);
-/* ABI version, bumped on any change of this header. */
+/* ABI version, bumped on any change of this header (2: weft_dispatch_layout). */
 int32_t weft_abi_version(void);
 /* Number of visible CUDA devices (0 with WEFT_ERR_NO_DEVICE when there is no driver). */
 int32_t weft_device_count(int32_t* out);
@@ -123,8 +123,7 @@ typedef struct weft_plan_desc {
 
 /* Symmetric-heap bytes a plan needs (comm reserve included): pass at least this
  * as heap_bytes to weft_comm_create. Same value on every rank of one plan.
- * Checks the plan like weft_engine_create. (An addition to the first
- * committed header; weft_abi_version() is still 1.) */
+ * Checks the plan like weft_engine_create. */
 int32_t weft_engine_heap_bytes(const weft_plan_desc* plan, uint64_t* out);
 /* Not collective. Fails with WEFT_ERR_CAPACITY, naming the bytes needed, when
  * the comm's heap is smaller than weft_engine_heap_bytes. NVLink engine
@@ -149,6 +148,16 @@ int32_t weft_engine_destroy(weft_engine_t engine);
 int32_t weft_dispatch(weft_engine_t engine, const void* x, const int32_t* topk_idx,
                       const float* topk_weights, int32_t tokens, int32_t inputs_on_device,
                       weft_handle_t* out);
+/*
+ * The layout step of weft_dispatch alone: stages the routing, runs the device
+ * checks and the index generation, allocates the handle and its outputs, and
+ * moves no rows (recv stays unwritten until weft_redispatch fills it). Lets a
+ * caller plan a batch as soon as the router has run, before the activations
+ * exist; layout + redispatch produce exactly what weft_dispatch produces.
+ * Collective, like weft_dispatch.
+ */
+int32_t weft_dispatch_layout(weft_engine_t engine, const int32_t* topk_idx, const float* topk_weights,
+                             int32_t tokens, weft_handle_t* out);
 /* Re-dispatch new rows through a handle's cached layout (same routing, no
  * layout work). Collective. x has the handle's token count of rows; the rows
  * land in the handle's own recv buffer (weft_handle_info), overwriting it. */

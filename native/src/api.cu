@@ -21,7 +21,7 @@ int32_t set_device(int32_t device) {
 
 }  // namespace
 
-extern "C" int32_t weft_abi_version(void) { return 1; }
+extern "C" int32_t weft_abi_version(void) { return 2; }
 
 extern "C" int32_t weft_device_count(int32_t* out) {
   WEFT_API("weft_device_count");

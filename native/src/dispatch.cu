@@ -204,8 +204,10 @@ int32_t finish_collective(weft_comm* c, int32_t rc) {
   return rc;
 }
 
+// `move_rows` false: the layout alone (weft_dispatch_layout); x is not read
+// and the handle's recv stays unwritten until weft_redispatch.
 int32_t dispatch_impl(weft_engine* e, const void* x, const int32_t* idx, const float* w, int32_t tokens,
-                      weft_handle** out) {
+                      bool move_rows, weft_handle** out) {
   weft_comm* c = e->comm;
   const PlanHost& p = e->plan;
   const HeapLayout& hl = e->hl;
@@ -213,12 +215,15 @@ int32_t dispatch_impl(weft_engine* e, const void* x, const int32_t* idx, const f
   WEFT_TRY(comm_reset_status(c));
   if (tokens < 0 || tokens > p.max_tokens) {
     WEFT_TRY(comm_report_bad(c, tokens < 0 ? 0ull : static_cast<unsigned long long>(tokens), kBadCapacity));
-  } else if (tokens > 0 && (x == nullptr || idx == nullptr || w == nullptr)) {
+  } else if (tokens > 0 && ((move_rows && x == nullptr) || idx == nullptr || w == nullptr)) {
     WEFT_TRY(comm_report_bad(c, 0, kBadArgument));
   } else {
     if (tokens > 0) {
       const size_t pairs = static_cast<size_t>(tokens) * p.top_k;
-      WEFT_CUDA(cudaMemcpyAsync(c->heap + hl.x, x, static_cast<size_t>(tokens) * p.row_bytes(), cudaMemcpyDefault, c->stream));
+      if (move_rows) {
+        WEFT_CUDA(cudaMemcpyAsync(c->heap + hl.x, x, static_cast<size_t>(tokens) * p.row_bytes(), cudaMemcpyDefault,
+                                  c->stream));
+      }
       WEFT_CUDA(cudaMemcpyAsync(c->heap + hl.idx, idx, pairs * sizeof(int32_t), cudaMemcpyDefault, c->stream));
       WEFT_CUDA(cudaMemcpyAsync(c->heap + hl.w, w, pairs * sizeof(float), cudaMemcpyDefault, c->stream));
     }
@@ -294,7 +299,7 @@ int32_t dispatch_impl(weft_engine* e, const void* x, const int32_t* idx, const f
     c->profile.mark(c->stream, "host: bases, alloc, upload");
     rc = layout_build(e, h);
     c->profile.mark(c->stream, "layout: build");
-    if (rc == WEFT_OK) rc = launch_pull(e, h);
+    if (rc == WEFT_OK && move_rows) rc = launch_pull(e, h);
     c->profile.mark(c->stream, "pull");
     if (rc != WEFT_OK) return fail(rc);
   }
@@ -388,7 +393,18 @@ extern "C" int32_t weft_dispatch(weft_engine_t e, const void* x, const int32_t* 
   (void)inputs_on_device;
   WEFT_TRY(weft::engine_enter(e));
   weft::CommLock lock(e->comm);
-  return weft::finish_collective(e->comm, weft::dispatch_impl(e, x, topk_idx, topk_weights, tokens, out));
+  return weft::finish_collective(e->comm, weft::dispatch_impl(e, x, topk_idx, topk_weights, tokens, true, out));
+}
+
+extern "C" int32_t weft_dispatch_layout(weft_engine_t e, const int32_t* topk_idx, const float* topk_weights,
+                                        int32_t tokens, weft_handle_t* out) {
+  WEFT_API("weft_dispatch_layout");
+  if (out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "out is NULL");
+  *out = nullptr;
+  WEFT_TRY(weft::engine_enter(e));
+  weft::CommLock lock(e->comm);
+  return weft::finish_collective(e->comm,
+                                 weft::dispatch_impl(e, nullptr, topk_idx, topk_weights, tokens, false, out));
 }
 
 extern "C" int32_t weft_redispatch(weft_handle_t h, const void* x, int32_t inputs_on_device) {

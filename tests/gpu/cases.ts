@@ -511,6 +511,13 @@ export async function runCase(
     if (again) problems.push(`second dispatch differs from the first: ${again}`);
     second.handle.close();
 
+    // The layout step alone, then the rows through it, equals one dispatch.
+    const planned = await engine.layout([{ topkIdx: mine.topkIdx, topkWeights: mine.topkWeights }]);
+    const plannedRecv = (await engine.redispatch(planned, [x])).results[0];
+    const split = await compareDispatch(plannedRecv, want);
+    if (split) problems.push(`layout + redispatch: ${split}`);
+    planned.close();
+
     // Every row of the receive buffer must be rewritten by a re-dispatch.
     const recv = first.results[0].recv;
     if (recv instanceof DeviceTensor) recv.poison();
