@@ -21,15 +21,27 @@
 
 // The DSL: patterns, plans, YAML/JSON.
 export {
+  type CompileContextFor,
   type CompletePattern,
+  type CompleteState,
+  type CompleteSteps,
+  type CountStep,
   type Experts,
   experts,
+  type ExpertsRoot,
+  type FreshState,
   fromJSON,
   fromSpec,
   fromYAML,
+  type Mark,
   type Pattern,
+  type PatternDraft,
+  type PatternState,
+  type PatternSteps,
   Plan,
   type PlanJSON,
+  type ReplicateStep,
+  type TopKStep,
 } from "./dsl/mod.ts";
 export type {
   BasePlacement,
@@ -46,7 +58,7 @@ export type {
   Replication,
 } from "./dsl/types.ts";
 export { DTYPE_BYTES } from "./dsl/types.ts";
-export { compilePlacement, resolveSlot } from "./dsl/placement.ts";
+export { type CompiledPlacement, compilePlacement, resolveSlot } from "./dsl/placement.ts";
 export {
   computeLayout,
   layoutFromJSON,
@@ -65,13 +77,18 @@ export type {
   ShuffleEngine,
   Tensor,
 } from "./lib/engine_api.ts";
-export { Simulator } from "./lib/simulator.ts";
-export { Engine, type EngineOptions } from "./lib/engine.ts";
+export {
+  type SimDispatched,
+  type SimDispatchResult,
+  Simulator,
+  type SimulatorHandle,
+} from "./lib/simulator.ts";
+export { Engine, type EngineOptions, type GpuDispatchHandle } from "./lib/engine.ts";
 export { Communicator, type CommunicatorOptions } from "./lib/communicator.ts";
 export { HostTensor } from "./lib/host_tensor.ts";
-export { DeviceTensor } from "./lib/device_tensor.ts";
+export { DeviceTensor, type ViewOwner } from "./lib/device_tensor.ts";
 export { availableGpus, type GpuProbe, probeGpus } from "./lib/gpus.ts";
-export { launch, type LaunchOptions, type LaunchResult } from "./lib/launch.ts";
+export { launch, type LaunchOptions, type LaunchResult, type RankExit } from "./lib/launch.ts";
 export { StoreClient, StoreServer } from "./lib/store.ts";
 
 // Routing generators and trace loaders.
@@ -83,6 +100,7 @@ export {
   nodeLocal,
   type RankRouting,
   type RoutingOptions,
+  type RoutingPlan,
   uniform,
   zipf,
 } from "./lib/routing.ts";

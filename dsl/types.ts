@@ -75,7 +75,9 @@ export type BasePlacement =
  *   3. else R[t mod |R|].
  */
 export interface Replication {
+  /** Global ids of the hot experts to replicate (distinct, < experts). */
   readonly experts: readonly number[];
+  /** Copies of each such expert in total, its owner's included (2 ≤ copies ≤ world). */
   readonly copies: number;
 }
 
@@ -83,13 +85,19 @@ export interface Replication {
 export interface PatternSpec {
   /** Global expert count E; undefined until given or taken from the compile context. */
   readonly experts?: number;
+  /** Where experts live, before replicas. */
   readonly placement: BasePlacement;
+  /** Extra copies of hot experts, if any. */
   readonly replicas?: Replication;
   /** Experts per token K. */
   readonly topK: number;
+  /** How many copies of a token cross the interconnect. */
   readonly dedupe: Dedupe;
+  /** Row order of the dispatch output on each rank. */
   readonly receive: ReceiveOrder;
+  /** How combine merges the expert outputs of a token. */
   readonly combine: CombineOp;
+  /** Element type of the rows. */
   readonly dtype: DType;
   /** Hidden size H (elements per row); undefined until given or taken from the compile context. */
   readonly hidden?: number;
@@ -113,16 +121,27 @@ export interface CompileContext {
  * holds a copy of some global expert; replicas make several slots per expert.
  */
 export interface PlanSpec {
+  /** The pattern this plan was compiled from. */
   readonly pattern: PatternSpec;
+  /** Number of ranks W (one GPU each). */
   readonly world: number;
+  /** GPUs per node; divides `world`. */
   readonly gpusPerNode: number;
+  /** Number of nodes: world / gpusPerNode. */
   readonly nodes: number;
+  /** Global expert count E, resolved. */
   readonly experts: number;
+  /** Experts per token K. */
   readonly topK: number;
+  /** Hidden size H (elements per row), resolved. */
   readonly hidden: number;
+  /** Element type of the rows. */
   readonly dtype: DType;
+  /** How many copies of a token cross the interconnect. */
   readonly dedupe: Dedupe;
+  /** Row order of the dispatch output on each rank. */
   readonly receive: ReceiveOrder;
+  /** How combine merges the expert outputs of a token. */
   readonly combine: CombineOp;
   /** [world] local expert slots on each rank (base experts + replicas). */
   readonly localExperts: Int32Array;
@@ -138,13 +157,17 @@ export interface PlanSpec {
 
 /** Rows and bytes one source rank sends to one destination rank. */
 export interface LinkTraffic {
+  /** Source rank. */
   readonly src: number;
+  /** Destination rank. */
   readonly dst: number;
   /** Rows that cross this link under the plan's dedupe. */
   readonly rows: number;
   /** Rows that would cross with dedupe `none` (one per (token, expert)). */
   readonly rowsNoDedupe: number;
+  /** `rows` in bytes (rows × hidden × element size). */
   readonly bytes: number;
+  /** `rowsNoDedupe` in bytes. */
   readonly bytesNoDedupe: number;
   /**
    * Dedupe `node` only (0 otherwise): rows `src` forwards to `dst` on behalf of
@@ -152,6 +175,7 @@ export interface LinkTraffic {
    * from `rows` so the inter-node link is counted once.
    */
   readonly forwardedRows: number;
+  /** `forwardedRows` in bytes. */
   readonly forwardedBytes: number;
 }
 
@@ -161,6 +185,7 @@ export interface LinkTraffic {
  * receives. All index arrays are Int32Array (uploaded to the GPU as they are).
  */
 export interface RankLayout {
+  /** The rank this descriptor is for. */
   readonly rank: number;
   /** T_r: tokens on this rank. */
   readonly tokens: number;
@@ -253,7 +278,9 @@ export interface RankLayout {
 
 /** The whole batch's layout: one descriptor per rank plus link statistics. */
 export interface BatchLayout {
+  /** The plan the batch was laid out for. */
   readonly plan: PlanSpec;
+  /** One descriptor per rank, in rank order. */
   readonly ranks: readonly RankLayout[];
   /** One entry per ordered (src, dst) pair with src ≠ dst and any traffic. */
   readonly links: readonly LinkTraffic[];

@@ -24,8 +24,11 @@ export type HostRows = Float32Array | Uint16Array;
 
 /** A [rows × cols] matrix that lives on the host or on a GPU. */
 export interface Tensor {
+  /** Element type. */
   readonly dtype: DType;
+  /** Number of rows. */
   readonly rows: number;
+  /** Elements per row (the hidden size H for dispatch and combine tensors). */
   readonly cols: number;
   /** Where the data lives: "host", or "cuda:N". */
   readonly device: string;
@@ -45,6 +48,7 @@ export interface RankInput {
 
 /** What dispatch returns for one rank (DESIGN.md "Dispatch output on rank d"). */
 export interface DispatchResult {
+  /** The rank this result is for. */
   readonly rank: number;
   /** [R × H] received rows, in the plan's receive order. */
   readonly recv: Tensor;
@@ -65,7 +69,9 @@ export interface DispatchResult {
  * Release with `close()` or `using`.
  */
 export interface DispatchHandle extends Disposable {
+  /** The ranks of the engine that made it. */
   readonly ranks: readonly number[];
+  /** Releases the layout; later use throws. */
   close(): void;
 }
 
@@ -73,6 +79,7 @@ export interface DispatchHandle extends Disposable {
 export interface Dispatched {
   /** One per driven rank, in `engine.ranks` order. */
   readonly results: readonly DispatchResult[];
+  /** The batch's layout, for combine and re-dispatch. */
   readonly handle: DispatchHandle;
 }
 
@@ -98,5 +105,6 @@ export interface ShuffleEngine extends Disposable {
    * receive layout. Returns one [T × H] output per driven rank.
    */
   combine(handle: DispatchHandle, ys: readonly (HostRows | Tensor)[]): Promise<Tensor[]>;
+  /** Releases the engine; later calls on it throw. */
   close(): void;
 }

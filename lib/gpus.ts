@@ -10,6 +10,7 @@ import { deviceCount } from "./native.ts";
 
 /** How many GPUs the engine can use here, and why none when there are none. */
 export interface GpuProbe {
+  /** GPUs the engine can use (0 when it cannot run here). */
   readonly count: number;
   /** Why count is 0 (library not built, no driver, no GPU); undefined otherwise. */
   readonly reason?: string;

@@ -26,13 +26,17 @@ import { WeftError } from "./errors.ts";
 
 /** A Simulator dispatch result: `recv` is a {@link HostTensor}. */
 export interface SimDispatchResult extends DispatchResult {
+  /** [R × H] received rows, in the plan's receive order, on the host. */
   readonly recv: HostTensor;
 }
 
 /** What {@link Simulator.dispatch} returns: the results, the handle, and the layout for inspection. */
 export interface SimDispatched extends Dispatched {
+  /** One per rank, in rank order. */
   readonly results: readonly SimDispatchResult[];
+  /** The batch's cached layout, for combine and re-dispatch. */
   readonly handle: SimulatorHandle;
+  /** The batch's layout descriptor. */
   readonly layout: BatchLayout;
 }
 
@@ -41,6 +45,7 @@ export interface SimDispatched extends Dispatched {
  * re-dispatch. Using it after `close()` throws a WeftError.
  */
 export class SimulatorHandle implements DispatchHandle {
+  /** Every rank of the Simulator's plan. */
   readonly ranks: readonly number[];
   #layout: BatchLayout | undefined;
   #weights: Float32Array[] | undefined;

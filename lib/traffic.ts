@@ -11,8 +11,11 @@ import type { BatchLayout } from "../dsl/types.ts";
 export interface TrafficTotals {
   /** Rows that cross between ranks under the plan's dedupe (forwarded rows included). */
   readonly rows: number;
+  /** Rows that would cross with dedupe `none` (one per (token, expert)). */
   readonly rowsNoDedupe: number;
+  /** `rows` in bytes. */
   readonly bytes: number;
+  /** `rowsNoDedupe` in bytes. */
   readonly bytesNoDedupe: number;
   /** The largest number of bytes one rank sends to other ranks (dispatch direction). */
   readonly maxRankSendBytes: number;
