@@ -261,15 +261,7 @@ async function buildTests(nvcc: string): Promise<void> {
     "-Xlinker",
     "-rpath,$ORIGIN",
   ];
-  console.log(show(nvcc, args));
-  const r = await run(nvcc, args);
-  if (r.stdout.trim()) console.log(r.stdout.trim());
-  if (r.stderr.trim()) console.error(r.stderr.trim());
-  if (r.code !== 0) {
-    console.error(`build.ts: building ${exe.slice(ROOT.length)} failed (exit ${r.code})`);
-    Deno.exit(1);
-  }
-  console.log(`built ${exe.slice(ROOT.length)}`);
+  await produce(nvcc, args, "building", exe);
 }
 
 async function link(nvcc: string, objects: string[]): Promise<void> {
@@ -292,15 +284,20 @@ async function link(nvcc: string, objects: string[]): Promise<void> {
     "-lpthread",
     "-lrt",
   ];
-  console.log(show(nvcc, linkArgs));
-  const link = await run(nvcc, linkArgs);
-  if (link.stdout.trim()) console.log(link.stdout.trim());
-  if (link.stderr.trim()) console.error(link.stderr.trim());
-  if (link.code !== 0) {
-    console.error(`build.ts: linking ${LIB.slice(ROOT.length)} failed (exit ${link.code})`);
+  await produce(nvcc, linkArgs, "linking", LIB);
+}
+
+/** Runs one nvcc step that makes `product`, echoing the command and its output; exits on failure. */
+async function produce(nvcc: string, args: string[], step: string, product: string): Promise<void> {
+  console.log(show(nvcc, args));
+  const r = await run(nvcc, args);
+  if (r.stdout.trim()) console.log(r.stdout.trim());
+  if (r.stderr.trim()) console.error(r.stderr.trim());
+  if (r.code !== 0) {
+    console.error(`build.ts: ${step} ${product.slice(ROOT.length)} failed (exit ${r.code})`);
     Deno.exit(1);
   }
-  console.log(`built ${LIB.slice(ROOT.length)}`);
+  console.log(`built ${product.slice(ROOT.length)}`);
 }
 
 if (import.meta.main) await main();

@@ -77,11 +77,9 @@ __global__ void __launch_bounds__(kPullThreads) pull_kernel(PullArgs a) {
   const long long warps = static_cast<long long>(gridDim.x) * (kPullThreads / 32);
   const long long logical = static_cast<long long>(a.world) * a.max_tokens;
   for (long long j = (blockIdx.x * static_cast<long long>(kPullThreads) + threadIdx.x) / 32; j < logical; j += warps) {
-    const int p = static_cast<int>(j % a.world);
-    const int t = static_cast<int>(j / a.world);
-    const int r = (a.rank + 1 + p) % a.world;
-    if (t >= a.tok.tokens[r]) continue;
-    const long long item = static_cast<long long>(a.tok.base[r]) + t;
+    int r, t;
+    long long item;
+    if (!walk_step(a.tok, a.world, a.rank, j, &r, &t, &item)) continue;
     const int my_row = lane < a.top_k ? a.fan_rows[item * a.top_k + lane] : -1;
     const unsigned mask = __ballot_sync(0xffffffffu, my_row >= 0);
     if (mask == 0u) continue;

@@ -88,6 +88,21 @@ __device__ __forceinline__ int resolve_slot(const RouteTables& rt, int src, int 
   }
   return rt.replica_slots[b + t % n];
 }
+
+// Step j of the (source rank, token) walk that the pull, the TMA pull and
+// the combine push share: sources interleaved, starting after this rank, so
+// every link carries traffic from the first step on. Returns false when the
+// step falls past that source's tokens; otherwise sets the source rank, the
+// token and the pair's index into the handle's per-(rank, token) arrays.
+__device__ __forceinline__ bool walk_step(const TokenTable& tok, int world, int rank, long long j, int* r, int* t,
+                                          long long* item) {
+  const int p = static_cast<int>(j % world);
+  *t = static_cast<int>(j / world);
+  *r = (rank + 1 + p) % world;
+  if (*t >= tok.tokens[*r]) return false;
+  *item = static_cast<long long>(tok.base[*r]) + *t;
+  return true;
+}
 #endif  // __CUDACC__
 
 // Source-side routing of one rank's tokens, shared by the engine and the

@@ -75,19 +75,16 @@ __device__ __forceinline__ void wait_groups_read(int n) {
 }
 static_assert(kStages == 4, "wait_groups_read covers n < 4");
 
-// The next unit in the SM-load pull's order: (source, token) pairs
-// interleaved over sources starting after this rank, skipping tokens with no
-// row here; each pair split into `chunks` consecutive units.
+// The next unit in the SM-load pull's order (walk_step), skipping tokens with
+// no row here; each (source, token) pair split into `chunks` units.
 struct UnitCursor {
   long long j, stride, logical;
   int chunk;
   __device__ bool next(const TmaPullArgs& a, long long* item, int* r, int* t, int* chunk_out) {
     while (j < logical) {
-      const int p = static_cast<int>(j % a.world);
-      const int tt = static_cast<int>(j / a.world);
-      const int rr = (a.rank + 1 + p) % a.world;
-      if (tt < a.tok.tokens[rr]) {
-        const long long it = static_cast<long long>(a.tok.base[rr]) + tt;
+      int rr, tt;
+      long long it;
+      if (walk_step(a.tok, a.world, a.rank, j, &rr, &tt, &it)) {
         bool any = false;
         for (int k = 0; k < a.top_k && !any; ++k) any = a.fan_rows[it * a.top_k + k] >= 0;
         if (any) {
