@@ -24,6 +24,14 @@ export interface BenchRow {
    * ranks; combine is the rest); null when not measured.
    */
   readonly weftDispatchMs: number | null;
+  /**
+   * weft dispatch + combine like {@link weftMs} but with the inputs where a
+   * caller has them: x in a tensor of its own, which dispatch copies into
+   * the engine's heap first, and the routing in plain arrays (weftMs has
+   * them written in place: `Engine.inputRows`, `Engine.inputRouting`); null
+   * when not measured.
+   */
+  readonly weftCopyInMs: number | null;
   /** The NCCL baseline's dispatch + combine, ms, reduced like {@link weftMs}. */
   readonly baselineMs: number;
   /** A cached re-dispatch through a handle, ms (median, max over ranks); null when not measured. */
@@ -135,7 +143,7 @@ export interface DerivedMetrics {
  * ```ts
  * import { derive } from "./report.ts";
  * const d = derive({
- *   tokens: 4096, scenario: "uniform", weftMs: 2, weftDispatchMs: null, baselineMs: 6, redispatchMs: null,
+ *   tokens: 4096, scenario: "uniform", weftMs: 2, weftDispatchMs: null, weftCopyInMs: null, baselineMs: 6, redispatchMs: null,
  *   layoutMs: null, weftDispatchRemoteBytes: 1e8, weftOutgoingRemoteBytes: 2e8,
  *   baselineDispatchRemoteBytes: 3e8, weftMsPerRank: [2], baselineMsPerRank: [6], links: [],
  *   weftError: null, baselineError: null,
@@ -170,6 +178,7 @@ export const TABLE_COLUMNS: readonly string[] = Object.freeze([
   "weft ms",
   "baseline ms",
   "speedup",
+  "weft ms, inputs copied in",
   "weft remote MB/rank/dir",
   "achieved GB/s",
   "% of copy ceiling",
@@ -201,6 +210,7 @@ export function markdownTable(result: BenchResult): string {
           fixed(row.weftMs, 3),
           fixed(row.baselineMs, 3),
           `${fixed(d.speedup, 2)}×`,
+          fixed(row.weftCopyInMs, 3),
           fixed(d.weftRemoteMBPerDir, 1),
           fixed(d.achievedGBps, 1),
           fixed(d.ceilingPercent, 1),

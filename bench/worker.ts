@@ -44,6 +44,7 @@ const CHECK_TOLERANCE = 1e-2;
 interface RankCell {
   readonly weftMs: number;
   readonly weftDispatchMs: number;
+  readonly weftCopyInMs: number;
   readonly baselineMs: number;
   readonly redispatchMs: number;
   readonly weftError: number;
@@ -221,6 +222,9 @@ async function runSize(
   using baseline = NcclBaseline.create(comm, plan, { maxTokens: tokens });
   const xHost = randomBf16(tokens * hidden, options.seed * 65_537 + rank);
   using x = DeviceTensor.upload(device, dtype, tokens, hidden, xHost);
+  // weft's input written in place, where the peers read it (no staging copy).
+  const xInPlace = engine.inputRows(tokens);
+  xInPlace.write(xHost);
   using weftOut = DeviceTensor.alloc(device, dtype, tokens, hidden);
   using baselineOut = DeviceTensor.alloc(device, dtype, tokens, hidden);
 
@@ -236,7 +240,12 @@ async function runSize(
       new Float32Array(mine.topkIdx.buffer, mine.topkIdx.byteOffset, mine.topkIdx.length),
     );
     using weightsDevice = DeviceTensor.upload(device, "f32", tokens, topK, mine.topkWeights);
-    const input = { x, topkIdx: mine.topkIdx, topkWeights: mine.topkWeights };
+    // Inputs in place, as a model that writes them where weft reads them:
+    // x in the heap, the routing in the engine's page-locked staging.
+    const routingInPlace = engine.inputRouting(tokens);
+    routingInPlace.topkIdx.set(mine.topkIdx);
+    routingInPlace.topkWeights.set(mine.topkWeights);
+    const input = { x: xInPlace, ...routingInPlace };
 
     weftOut.poison();
     // The last run's handle stays open for the re-dispatch runs.
@@ -250,10 +259,16 @@ async function runSize(
         else handle.close();
       };
     });
+    // The same with the inputs where a caller has them: x in a tensor of its
+    // own (copied into the heap by dispatch), the routing in plain arrays.
+    const copyInTimes = await timeRuns(comm, timer, options.warmup, options.iters, async () => {
+      const { results: [result], handle } = await engine.dispatch([{ x, ...mine }]);
+      await engine.combine(handle, [result.recv], { out: [weftOut] });
+      return () => handle.close();
+    });
     // The layout step alone (routing staged, checked, indexed; no rows moved).
-    const myRouting = { topkIdx: mine.topkIdx, topkWeights: mine.topkWeights };
     const layoutTimes = await timeRuns(comm, timer, options.warmup, options.iters, async () => {
-      const planned = await engine.layout([myRouting]);
+      const planned = await engine.layout([routingInPlace]);
       return () => planned.close();
     });
     // Dispatch alone, in runs of its own: a timer between dispatch and combine
@@ -266,7 +281,7 @@ async function runSize(
 
     const handle = kept!;
     const redispatchTimes = await timeRuns(comm, timer, options.warmup, options.iters, async () => {
-      await engine.redispatch(handle, [x]);
+      await engine.redispatch(handle, [xInPlace]);
       return () => {};
     });
     handle.close();
@@ -281,6 +296,7 @@ async function runSize(
     const cell: RankCell = {
       weftMs: median(weftTimes),
       weftDispatchMs: median(dispatchTimes),
+      weftCopyInMs: median(copyInTimes),
       baselineMs: median(baselineTimes),
       redispatchMs: median(redispatchTimes),
       weftError,
@@ -296,6 +312,7 @@ async function runSize(
       scenario: scenario.name,
       weftMs: max(cells.map((c) => c.weftMs)),
       weftDispatchMs: max(cells.map((c) => c.weftDispatchMs)),
+      weftCopyInMs: max(cells.map((c) => c.weftCopyInMs)),
       baselineMs: max(cells.map((c) => c.baselineMs)),
       redispatchMs: max(cells.map((c) => c.redispatchMs)),
       layoutMs: median(layoutTimes),
@@ -314,7 +331,9 @@ async function runSize(
     log(
       rank,
       `${tokens} ${scenario.name}: weft ${row.weftMs.toFixed(3)} ms (dispatch ` +
-        `${row.weftDispatchMs!.toFixed(3)}), baseline ${row.baselineMs.toFixed(3)} ms, ` +
+        `${row.weftDispatchMs!.toFixed(3)}; inputs copied in ${
+          row.weftCopyInMs!.toFixed(3)
+        }), baseline ${row.baselineMs.toFixed(3)} ms, ` +
         `redispatch ${row.redispatchMs!.toFixed(3)} ms, check ${
           row.weftError!.toExponential(1)
         } / ` +
@@ -333,8 +352,12 @@ function runNotes(
   const notes = [
     "layout ms: Engine.layout alone (routing staged, checked on the device, receive rows generated, " +
     "outputs allocated; no rows moved), a part of weft ms.",
-    "weft ms is the Engine API end to end: the routing copied from the host, x staged, layout, dispatch, " +
-    "and combine into a preallocated output (DispatchResult's index arrays stay on the device until read). " +
+    "weft ms is the Engine API end to end, from the call of dispatch to the end of combine's GPU work: the " +
+    "routing copied from the host, layout, dispatch, and combine into a preallocated output " +
+    "(DispatchResult's index arrays stay on the device until read), with the inputs written in place: x " +
+    "in the engine's heap (Engine.inputRows, where the peers read it), the routing in its page-locked " +
+    "staging (Engine.inputRouting). 'inputs copied in' passes x in a tensor of its own, which dispatch first " +
+    "copies into the heap, and the routing in plain arrays. " +
     "The baseline's inputs (x, topkIdx, topkWeights) sit on the device before timing.",
     `weft remote MB/rank/dir: dispatch bytes one rank sends to other GPUs (one row per (token, destination ` +
     `GPU)), max over ranks; achieved GB/s counts dispatch + combine outgoing bytes (combine partials in ` +

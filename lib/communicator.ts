@@ -247,6 +247,18 @@ export class Communicator implements AsyncDisposable {
     });
   }
 
+  /**
+   * Waits for the GPU work that the last engine call queued and returns (see
+   * Engine: dispatch and combine return while their rows still move) and
+   * throws the WeftError of that work's failure, e.g. a peer that died
+   * mid-combine. Not collective.
+   */
+  async synchronize(): Promise<void> {
+    unwrap(await native().weft_comm_sync(this.nativeHandle), "weft_comm_sync", {
+      rank: this.rank,
+    });
+  }
+
   /** A bounded barrier through the store (works even when the GPU path is broken). */
   hostBarrier(): Promise<void> {
     return this.store.barrier(

@@ -56,6 +56,7 @@ export class DeviceTensor implements Tensor, Disposable {
   #pointer: Deno.PointerValue;
   readonly #owner: ViewOwner | undefined;
   #closed = false;
+  #settle: (() => Promise<void>) | undefined;
 
   private constructor(
     deviceIndex: number,
@@ -144,8 +145,26 @@ export class DeviceTensor implements Tensor, Disposable {
     return this.#pointer;
   }
 
-  /** Copies the data to the host. */
-  read(): Promise<HostRows> {
+  /**
+   * Makes the next {@link DeviceTensor.read} await `settle` first. Engines
+   * return while their rows still move (stream-ordered, like a CUDA launch);
+   * they hand their outputs this hook so that reading one reports a failure
+   * of the call that wrote it (a dead peer) instead of returning its rows.
+   */
+  settleBeforeRead(settle: () => Promise<void>): void {
+    this.#settle = settle;
+  }
+
+  /**
+   * Copies the data to the host. Waits for the GPU work that writes it (and
+   * for the engine call that wrote it to report success, see
+   * {@link DeviceTensor.settleBeforeRead}).
+   */
+  async read(): Promise<HostRows> {
+    this.#checkAlive();
+    const settle = this.#settle;
+    this.#settle = undefined;
+    if (settle !== undefined) await settle();
     this.#checkAlive();
     const host = this.dtype === "f32"
       ? new Float32Array(this.rows * this.cols)
@@ -156,7 +175,7 @@ export class DeviceTensor implements Tensor, Disposable {
         "weft_copy_d2h",
       );
     }
-    return Promise.resolve(host);
+    return host;
   }
 
   /** Overwrites the data with host rows of the same shape. */

@@ -13,6 +13,14 @@
  * peers throw the native "bad input" error naming this rank. Nothing is
  * written anywhere.
  *
+ * Calls are stream-ordered, like CUDA launches: dispatch returns once the
+ * layout is known and the row movement is queued; combine returns once the
+ * partial sums are queued. The host hop back to JavaScript then overlaps the
+ * GPU's work instead of idling it. What fails after the return (a peer dies
+ * mid-combine) is thrown by this engine's next call, by
+ * {@link Engine.synchronize}, or by reading an output: outputs carry a
+ * settle hook, so `await out.read()` never returns rows of a failed call.
+ *
  * @module
  */
 import type { PlanSpec } from "../dsl/types.ts";
@@ -297,6 +305,10 @@ export class Engine implements ShuffleEngine {
   readonly #release: () => void;
   #handle: Deno.PointerValue;
   #closeWhenIdle = false;
+  // Host staging of the routing, page-locked for the engine's life
+  // (weft_engine_pin_host): [maxTokens × K] int32 ids, then as many f32 weights.
+  readonly #routingIdx: Int32Array;
+  readonly #routingWeights: Float32Array;
 
   private constructor(
     plan: PlanSpec,
@@ -311,6 +323,12 @@ export class Engine implements ShuffleEngine {
     this.ranks = Object.freeze([comm.rank]);
     this.maxTokens = maxTokens;
     this.#handle = handle;
+    const pairs = maxTokens * plan.topK;
+    const routing = new ArrayBuffer(pairs * 8);
+    this.#routingIdx = new Int32Array(routing, 0, pairs);
+    this.#routingWeights = new Float32Array(routing, pairs * 4, pairs);
+    // Without page-locking (refused by the system) the copies still work, through a CPU bounce.
+    native().weft_engine_pin_host(handle, new Uint8Array(routing), BigInt(routing.byteLength));
     this.#state = new NativeState(Deno.UnsafePointer.value(handle!));
     engineLeaks.register(this, this.#state, this);
     this.#release = comm.adopt(this);
@@ -407,13 +425,24 @@ export class Engine implements ShuffleEngine {
         await this.#rejectOnEveryRank(engine);
         throw hostError;
       }
-      const out = new BigUint64Array(1);
       const p = prepared;
+      // The first half only enqueues, so it runs on this thread: the layout
+      // starts on the GPU now, while the second half, which waits for its
+      // counts, makes the hop to Deno's thread pool. Never waits: while the
+      // previous call still runs it returns PENDING and we settle it first.
+      const begin = () => native().weft_dispatch_begin(engine, p.x, p.idx, p.weights, p.tokens);
+      let began = begin();
+      if (began === Status.PENDING) {
+        await this.#comm.synchronize();
+        began = begin();
+      }
+      unwrap(began, "weft_dispatch_begin", { rank: this.rank });
+      const out = new BigUint64Array(1);
       const status = await holding(
         [p, out],
-        () => native().weft_dispatch(engine, p.x, p.idx, p.weights, p.tokens, p.onDevice, out),
+        () => native().weft_dispatch_finish(engine, out),
       );
-      unwrap(status, "weft_dispatch", { rank: this.rank });
+      unwrap(status, "weft_dispatch_finish", { rank: this.rank });
       const handle = this.#wrap(readPointer(out), prepared.tokens);
       return { results: [handle.result], handle };
     } finally {
@@ -445,8 +474,7 @@ export class Engine implements ShuffleEngine {
             fix: `create the Engine with { maxTokens: ${tokens} } or more, or split the batch`,
           });
         }
-        idx = stableCopy(r.topkIdx);
-        weights = stableCopy(r.topkWeights);
+        ({ idx, weights } = this.#stageRouting(r.topkIdx, r.topkWeights));
       } catch (hostError) {
         await this.#rejectOnEveryRank(engine);
         throw hostError;
@@ -499,6 +527,7 @@ export class Engine implements ShuffleEngine {
         () => native().weft_redispatch(nativeHandle, pointer, onDevice),
       );
       unwrap(status, "weft_redispatch", { rank: this.rank });
+      this.#settleOnRead(h.result.recv);
       return { results: [h.result], handle: h };
     } finally {
       this.#leave();
@@ -562,6 +591,7 @@ export class Engine implements ShuffleEngine {
         () => native().weft_combine(nativeHandle, yPointer, out.pointer),
       );
       unwrap(status, "weft_combine", { rank: this.rank });
+      this.#settleOnRead(out);
       return [out];
     } catch (error) {
       allocated?.close();
@@ -570,6 +600,73 @@ export class Engine implements ShuffleEngine {
       for (const t of temporaries) t.close();
       this.#leave();
     }
+  }
+
+  /**
+   * This rank's input rows in the engine's symmetric heap, `[tokens ×
+   * hidden]` (tokens ≤ maxTokens): a batch written here and passed as `x` to
+   * {@link Engine.dispatch} or {@link Engine.redispatch} is not copied — the
+   * peers read the rows from where they are. A view, valid while the engine is
+   * open. Write the next batch only after the previous dispatch settled
+   * ({@link DeviceTensor.write} waits for it; with your own kernels, call
+   * {@link Engine.synchronize} first): until then peers may still read it.
+   */
+  inputRows(tokens: number = this.maxTokens): DeviceTensor {
+    this.#checkTokens(tokens);
+    const handle = this.#handle;
+    if (handle === null) {
+      throw new WeftError({
+        field: "engine",
+        rank: this.rank,
+        problem: "is closed",
+        fix: "create a new Engine",
+      });
+    }
+    const out = new BigUint64Array(1);
+    unwrap(native().weft_engine_input_rows(handle, out), "weft_engine_input_rows", {
+      rank: this.rank,
+    });
+    const isClosed = () => this.#handle === null;
+    const owner: ViewOwner = {
+      get closed() {
+        return isClosed();
+      },
+      description: "engine",
+    };
+    return DeviceTensor.view(
+      this.device,
+      this.plan.dtype,
+      tokens,
+      this.plan.hidden,
+      readPointer(out),
+      owner,
+    );
+  }
+
+  /**
+   * This rank's routing staging in page-locked host memory, `[tokens × K]`
+   * ids and weights (tokens ≤ maxTokens). Dispatch and layout copy any
+   * routing through here to the GPU by DMA; a router that writes its result
+   * here saves that host copy too. Views, valid while the engine is open;
+   * free to rewrite once the dispatch that read them has returned.
+   */
+  inputRouting(tokens: number = this.maxTokens): RankRouting {
+    this.#checkTokens(tokens);
+    const n = tokens * this.plan.topK;
+    return {
+      topkIdx: this.#routingIdx.subarray(0, n),
+      topkWeights: this.#routingWeights.subarray(0, n),
+    };
+  }
+
+  /**
+   * Waits until the GPU work of this engine's last call is done and throws
+   * its failure, if any (a dead or stuck peer, a peer's failure). Needed only
+   * before handing outputs to code that does not go through weft
+   * ({@link DeviceTensor.read} does it already). Not collective.
+   */
+  async synchronize(): Promise<void> {
+    await this.#comm.synchronize();
   }
 
   /** Frees every open handle of this engine, then the engine. Deferred while a call runs. */
@@ -670,8 +767,7 @@ export class Engine implements ShuffleEngine {
     // The routing always travels from the host: native copies each input with
     // cudaMemcpyDefault, so x on the device and routing on the host mix freely
     // (no per-call device allocation, whose free would synchronize the GPU).
-    const idx = stableCopy(input.topkIdx);
-    const weights = stableCopy(input.topkWeights);
+    const { idx, weights } = this.#stageRouting(input.topkIdx, input.topkWeights);
     return {
       x: pointer,
       idx: hostPointer(idx),
@@ -754,26 +850,62 @@ export class Engine implements ShuffleEngine {
       Deno.UnsafePointer.value(pointer!),
       this.#state,
       info,
-      (h) =>
-        withLazyMetadata({
-          rank: this.rank,
-          recv: DeviceTensor.view(
-            this.device,
-            this.plan.dtype,
-            info.recvRows,
-            this.plan.hidden,
-            info.recv,
-            h,
-          ),
-        }, {
+      (h) => {
+        const recv = DeviceTensor.view(
+          this.device,
+          this.plan.dtype,
+          info.recvRows,
+          this.plan.hidden,
+          info.recv,
+          h,
+        );
+        this.#settleOnRead(recv);
+        return withLazyMetadata({ rank: this.rank, recv }, {
           expertCounts: () => this.#readInt32(info.expertCounts, info.localExperts),
           recvWeights: () =>
             new Float32Array(this.#readInt32(info.recvWeights, info.recvRows).buffer),
           srcRank: () => this.#readInt32(info.srcRank, info.recvRows),
           srcToken: () => this.#readInt32(info.srcToken, info.recvRows),
           srcK: () => this.#readInt32(info.srcK, info.recvRows),
-        }),
+        });
+      },
     );
+  }
+
+  #checkTokens(tokens: number): void {
+    if (!Number.isInteger(tokens) || tokens < 0 || tokens > this.maxTokens) {
+      throw new WeftError({
+        field: "tokens",
+        rank: this.rank,
+        problem: `is ${tokens}`,
+        fix: `pass an integer in 0…${this.maxTokens} (the engine's maxTokens)`,
+      });
+    }
+  }
+
+  /**
+   * The routing in the page-locked staging (copied there unless it already
+   * is), so native copies it to the GPU by DMA. The engine runs one call at a
+   * time and each call's copies finish before it returns, so one staging
+   * area serves every call.
+   */
+  #stageRouting(
+    topkIdx: Int32Array,
+    topkWeights: Float32Array,
+  ): { idx: Int32Array; weights: Float32Array } {
+    const n = topkIdx.length;
+    const idx = this.#routingIdx.subarray(0, n);
+    const weights = this.#routingWeights.subarray(0, n);
+    const inPlace = (a: ArrayBufferView, b: ArrayBufferView) =>
+      a.buffer === b.buffer && a.byteOffset === b.byteOffset;
+    if (!inPlace(topkIdx, idx)) idx.set(topkIdx);
+    if (!inPlace(topkWeights, weights)) weights.set(topkWeights);
+    return { idx, weights };
+  }
+
+  /** The rows are still being written on the comm stream: a read settles the call first. */
+  #settleOnRead(t: Tensor): void {
+    if (t instanceof DeviceTensor) t.settleBeforeRead(() => this.synchronize());
   }
 
   /** Copies `n` 4-byte values from device memory (weights travel as their bits). */

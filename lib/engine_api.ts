@@ -105,6 +105,12 @@ export interface ShuffleEngine extends Disposable {
    * receive layout. Returns one [T × H] output per driven rank.
    */
   combine(handle: DispatchHandle, ys: readonly (HostRows | Tensor)[]): Promise<Tensor[]>;
+  /**
+   * Waits for the work the last call left running and throws its failure.
+   * The GPU engine's calls return while rows still move; the Simulator's
+   * calls are complete when they return, so there it resolves at once.
+   */
+  synchronize(): Promise<void>;
   /** Releases the engine; later calls on it throw. */
   close(): void;
 }

@@ -12,7 +12,7 @@
  */
 
 /** The `weft_abi_version()` this binding was written against. */
-export const WEFT_ABI_VERSION = 2;
+export const WEFT_ABI_VERSION = 3;
 
 /** Status codes of weft.h. */
 export const Status: Readonly<{
@@ -24,6 +24,7 @@ export const Status: Readonly<{
   TIMEOUT: 5;
   CAPACITY: 6;
   NO_DEVICE: 7;
+  PENDING: 8;
 }> = Object.freeze(
   {
     OK: 0,
@@ -34,6 +35,7 @@ export const Status: Readonly<{
     TIMEOUT: 5,
     CAPACITY: 6,
     NO_DEVICE: 7,
+    PENDING: 8,
   } as const,
 );
 
@@ -130,6 +132,12 @@ export const symbols = {
     result: "i32",
     nonblocking: true,
   },
+  weft_comm_sync: {
+    // weft_comm_t comm: waits for the queued tail of the last engine call, reports its failure
+    parameters: ["pointer"],
+    result: "i32",
+    nonblocking: true,
+  },
   weft_comm_destroy: {
     // weft_comm_t comm (NULL accepted)
     parameters: ["pointer"],
@@ -145,10 +153,32 @@ export const symbols = {
     parameters: ["pointer", "buffer", "buffer"],
     result: "i32",
   },
+  weft_engine_input_rows: {
+    // weft_engine_t engine, void** out: the heap's x staging rows [max_tokens × hidden]
+    parameters: ["pointer", "buffer"],
+    result: "i32",
+  },
+  weft_engine_pin_host: {
+    // weft_engine_t engine, void* ptr, uint64_t bytes: page-lock a host range until engine destroy
+    parameters: ["pointer", "buffer", "u64"],
+    result: "i32",
+  },
   weft_engine_destroy: {
     // weft_engine_t engine (NULL accepted)
     parameters: ["pointer"],
     result: "i32",
+  },
+  weft_dispatch_begin: {
+    // weft_engine_t engine, const void* x, const int32_t* topk_idx, const float* topk_weights, int32_t tokens.
+    // Blocking on purpose: it only enqueues (WEFT_PENDING instead of waiting), so Deno's thread-pool hop stays off the GPU's critical path.
+    parameters: ["pointer", "pointer", "pointer", "pointer", "i32"],
+    result: "i32",
+  },
+  weft_dispatch_finish: {
+    // weft_engine_t engine, weft_handle_t* out
+    parameters: ["pointer", "buffer"],
+    result: "i32",
+    nonblocking: true,
   },
   weft_dispatch: {
     // weft_engine_t engine, const void* x, const int32_t* topk_idx, const float* topk_weights,

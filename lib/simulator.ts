@@ -192,6 +192,12 @@ export class Simulator implements ShuffleEngine {
     };
   }
 
+  /** Nothing runs after a Simulator call returns: resolves at once (API parity with Engine). */
+  synchronize(): Promise<void> {
+    this.#checkOpen();
+    return Promise.resolve();
+  }
+
   /**
    * Combine expert outputs y (one [R_d × H] per rank, in the handle's receive
    * order) into one [T_r × H] tensor per rank. For each token: a partial per

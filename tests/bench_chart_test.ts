@@ -75,6 +75,7 @@ function result(scenarios: string[], sizes: number[]): BenchResult {
         scenario,
         weftMs: tokens / 8000,
         weftDispatchMs: null,
+        weftCopyInMs: null,
         baselineMs: tokens / 700,
         redispatchMs: null,
         layoutMs: null,

@@ -20,6 +20,7 @@ function row(tokens: number, scenario: string, weftMs: number, baselineMs: numbe
     scenario,
     weftMs,
     weftDispatchMs: weftMs / 2,
+    weftCopyInMs: weftMs * 1.05,
     baselineMs,
     redispatchMs: weftMs / 3,
     layoutMs: null,
@@ -97,13 +98,19 @@ Deno.test("achieved GB/s is max per-rank outgoing remote bytes over weft time; %
 });
 
 Deno.test("missing measurements print as n/a, and a missing ceiling drops only the percentage", () => {
-  const r: BenchRow = { ...row(4096, "local", 1, 2), redispatchMs: null, layoutMs: null };
+  const r: BenchRow = {
+    ...row(4096, "local", 1, 2),
+    weftCopyInMs: null,
+    redispatchMs: null,
+    layoutMs: null,
+  };
   const md = markdownTable({ ...synthetic(), copyCeiling: null, rows: [r] });
   const cells = tableBody(md)[0];
-  assert.equal(cells[7], "n/a");
-  assert.equal(cells[8], "n/a");
+  assert.equal(cells[5], "n/a"); // inputs copied in
+  assert.equal(cells[8], "n/a"); // % of copy ceiling
   assert.equal(cells[9], "n/a");
-  assert.notEqual(cells[6], "n/a");
+  assert.equal(cells[10], "n/a");
+  assert.notEqual(cells[7], "n/a"); // achieved GB/s needs no ceiling
   assert.ok(!md.includes("copy ceiling ("));
 });
 

@@ -77,8 +77,10 @@ Deno.test("ffi: every function of weft.h is in the symbol table, and nothing els
     "weft_comm_barrier",
     "weft_comm_create",
     "weft_comm_open_peers",
+    "weft_comm_sync",
     "weft_copy_ceiling",
     "weft_dispatch",
+    "weft_dispatch_finish",
     "weft_dispatch_layout",
     "weft_redispatch",
     "weft_timer_stop",
@@ -319,15 +321,15 @@ Deno.test({
     const view = DeviceTensor.view(0, "f32", 1, 3, t.pointer, owner);
     assert.equal((await view.read()).length, 3);
     owner.closed = true;
-    assert.throws(
-      () => view.read(),
+    await assert.rejects(
+      view.read(),
       (e: unknown) => e instanceof WeftError && /dispatch handle that was closed/.test(e.message),
     );
     const empty = DeviceTensor.alloc(0, "f16", 0, 8);
     assert.equal((await empty.read()).length, 0);
     empty.close();
     t.close();
-    assert.throws(() => t.read(), WeftError);
+    await assert.rejects(t.read(), WeftError);
   },
 });
 
@@ -444,7 +446,7 @@ Deno.test({
     assert.deepEqual(await again.results[0].recv.read(), await w.recv.read());
     const recv = again.results[0].recv;
     again.handle.close();
-    assert.throws(() => recv.read(), /closed/);
+    await assert.rejects(recv.read(), /closed/);
     await assert.rejects(
       engine.combine(again.handle, [y]),
       (e: unknown) => e instanceof WeftError && e.field === "handle",
@@ -470,7 +472,7 @@ Deno.test({
   async fn() {
     const { code, stdout } = await runGpuTests({});
     assert.equal(code, 0, stdout);
-    assert.match(stdout, /^11 passed, 0 failed$/m);
+    assert.match(stdout, /^12 passed, 0 failed$/m);
   },
 });
 

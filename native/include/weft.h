@@ -37,6 +37,7 @@ extern "C" {
 #define WEFT_ERR_TIMEOUT 5     /* a peer did not reach a barrier in time (dead or stuck peer) */
 #define WEFT_ERR_CAPACITY 6    /* tokens > max_tokens, or a buffer too small */
 #define WEFT_ERR_NO_DEVICE 7   /* no CUDA device / driver */
+#define WEFT_PENDING 8         /* weft_dispatch_begin only: the previous call still runs (nothing was done) */
 
 #define WEFT_UNIQUE_ID_BYTES 128
 #define WEFT_IPC_HANDLE_BYTES 64
@@ -66,11 +67,15 @@ typedef struct weft_timer* weft_timer_t;
 
 /* Copies the process's most recent error message (NUL-terminated, truncated to len). Returns its full length. */
 int32_t weft_last_error(char* buf, int32_t len);
-/* ABI version, bumped on any change of this header (2: weft_dispatch_layout). */
+/* ABI version, bumped on any change of this header (2: weft_dispatch_layout;
+ * 3: stream-ordered returns, weft_comm_sync, weft_engine_input_rows,
+ * weft_engine_pin_host, weft_dispatch_begin/_finish). */
 int32_t weft_abi_version(void);
 /* Number of visible CUDA devices (0 with WEFT_ERR_NO_DEVICE when there is no driver). */
 int32_t weft_device_count(int32_t* out);
 int32_t weft_alloc(int32_t device, uint64_t bytes, void** out);
+/* weft_free, weft_copy_h2d, weft_copy_d2h and weft_memset first wait for all
+ * work on the device, so they never race an engine call still in flight. */
 int32_t weft_free(int32_t device, void* ptr);
 int32_t weft_copy_h2d(int32_t device, void* dst, const void* src, uint64_t bytes);
 int32_t weft_copy_d2h(int32_t device, void* dst, const void* src, uint64_t bytes);
@@ -97,6 +102,10 @@ int32_t weft_comm_ipc_handle(weft_comm_t comm, uint8_t* out /* 64 bytes */);
 int32_t weft_comm_open_peers(weft_comm_t comm, const uint8_t* handles /* world × 64 */);
 /* Bounded barrier over the symmetric heap flags. */
 int32_t weft_comm_barrier(weft_comm_t comm);
+/* Waits for the queued tail of the comm's last call (see "Stream-ordered
+ * returns" below) and reports its failure; WEFT_OK when nothing is queued.
+ * Not collective. */
+int32_t weft_comm_sync(weft_comm_t comm);
 /* Collective when peers are mapped: waits (at most timeout_ms) for every rank
  * to reach it, so no peer still reads this heap when it is unmapped. Engines,
  * handles, baselines and timers made from the comm keep its memory alive until
@@ -130,13 +139,38 @@ int32_t weft_engine_heap_bytes(const weft_plan_desc* plan, uint64_t* out);
  * limits: world <= 32, top_k <= 32, hidden a multiple of 8. dedupe NODE
  * behaves as DEVICE (all ranks share one NVLink domain). */
 int32_t weft_engine_create(weft_comm_t comm, const weft_plan_desc* plan, weft_engine_t* out);
+/* Where this rank's x rows are staged in its symmetric heap: [max_tokens ×
+ * hidden] in the plan's dtype. A caller that writes its batch there and passes
+ * this pointer as x to weft_dispatch / weft_redispatch saves the staging copy
+ * (the peers read the rows from there). Write the next batch only after the
+ * previous dispatch settled (weft_comm_sync, or any later call on the comm):
+ * until then peers may still be reading it. */
+int32_t weft_engine_input_rows(weft_engine_t engine, void** out);
+/* Page-locks caller-owned host memory (cudaHostRegister) until the engine is
+ * destroyed: topk_idx and topk_weights staged from there reach the GPU by DMA,
+ * without the CPU bounce a pageable copy pays. One range per engine; it must
+ * stay allocated until weft_engine_destroy returns. */
+int32_t weft_engine_pin_host(weft_engine_t engine, void* ptr, uint64_t bytes);
 /* Handles keep their engine (and comm) alive; destroy order does not matter. */
 int32_t weft_engine_destroy(weft_engine_t engine);
 
 /*
- * Every collective call below (dispatch, redispatch, combine, baseline run,
- * barrier) synchronizes the comm stream before it returns: its outputs are
- * ready for any stream, and its inputs may be reused at once.
+ * Stream-ordered returns. weft_dispatch, weft_dispatch_layout,
+ * weft_redispatch and weft_combine return as soon as their last host
+ * decision is made; the rest (the row movement, the end barrier) is queued
+ * on the comm stream, like a CUDA kernel launch. Input checks and every
+ * failure the call can see before then are still reported by the call. The
+ * next call on the comm (any of the collective calls, weft_comm_sync,
+ * weft_timer_stop) first waits for that queued tail and reports what failed
+ * in it: a peer that died or timed out, or a peer's own failure. So:
+ *  - weft_dispatch's inputs (x, topk_idx, topk_weights) may be reused as soon
+ *    as it returns (they were staged before its last host decision);
+ *  - weft_redispatch's x, and weft_combine's y and out, belong to the call
+ *    until the next call on the comm, or weft_comm_sync, returns;
+ *  - outputs are complete for work on the comm stream at once, and for any
+ *    other reader after weft_comm_sync (or a weft_copy_* call, which waits
+ *    for the device).
+ * weft_comm_barrier and weft_baseline_run synchronize before they return.
  *
  * Dispatch one batch. x [tokens × hidden] in the plan's dtype, topk_idx
  * [tokens × top_k] int32 (-1 = empty slot), topk_weights [tokens × top_k] f32.
@@ -148,6 +182,20 @@ int32_t weft_engine_destroy(weft_engine_t engine);
 int32_t weft_dispatch(weft_engine_t engine, const void* x, const int32_t* topk_idx,
                       const float* topk_weights, int32_t tokens, int32_t inputs_on_device,
                       weft_handle_t* out);
+/*
+ * weft_dispatch in two halves, for callers that must not block (an event
+ * loop): weft_dispatch_begin enqueues the staging and the layout and returns
+ * at once; weft_dispatch_finish waits for the layout's counts (the one host
+ * sync), then enqueues the pull and returns like weft_dispatch. Together they
+ * do exactly what weft_dispatch does. begin returns WEFT_PENDING, doing
+ * nothing, while the previous call's queued tail still runs (call
+ * weft_comm_sync, then begin again), so it never waits. After a successful
+ * begin the next call on the comm must be weft_dispatch_finish. The inputs
+ * may be reused once finish returns.
+ */
+int32_t weft_dispatch_begin(weft_engine_t engine, const void* x, const int32_t* topk_idx,
+                            const float* topk_weights, int32_t tokens);
+int32_t weft_dispatch_finish(weft_engine_t engine, weft_handle_t* out);
 /*
  * The layout step of weft_dispatch alone: stages the routing, runs the device
  * checks and the index generation, allocates the handle and its outputs, and

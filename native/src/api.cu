@@ -19,9 +19,19 @@ int32_t set_device(int32_t device) {
   return WEFT_OK;
 }
 
+// Engine calls return before their tails run on the comm stream, which does
+// not order itself with the legacy stream these copies use. Waiting for the
+// whole device first makes a copy see (and a free or overwrite not race) the
+// rows a dispatch or combine is still writing or reading. Their errors are
+// reported by the engine's next call, or weft_comm_sync.
+int32_t wait_for_engine_work() {
+  WEFT_CUDA(cudaDeviceSynchronize());
+  return WEFT_OK;
+}
+
 }  // namespace
 
-extern "C" int32_t weft_abi_version(void) { return 2; }
+extern "C" int32_t weft_abi_version(void) { return 3; }
 
 extern "C" int32_t weft_device_count(int32_t* out) {
   WEFT_API("weft_device_count");
@@ -57,6 +67,7 @@ extern "C" int32_t weft_free(int32_t device, void* ptr) {
   WEFT_API("weft_free");
   if (ptr == nullptr) return WEFT_OK;
   WEFT_TRY(set_device(device));
+  WEFT_TRY(wait_for_engine_work());
   WEFT_CUDA(cudaFree(ptr));
   return WEFT_OK;
 }
@@ -66,6 +77,7 @@ extern "C" int32_t weft_copy_h2d(int32_t device, void* dst, const void* src, uin
   if (bytes == 0) return WEFT_OK;
   if (dst == nullptr || src == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "dst or src is NULL");
   WEFT_TRY(set_device(device));
+  WEFT_TRY(wait_for_engine_work());
   WEFT_CUDA(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
   WEFT_CUDA(cudaStreamSynchronize(cudaStreamLegacy));  // device-to-device copies return early
   return WEFT_OK;
@@ -76,6 +88,7 @@ extern "C" int32_t weft_copy_d2h(int32_t device, void* dst, const void* src, uin
   if (bytes == 0) return WEFT_OK;
   if (dst == nullptr || src == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "dst or src is NULL");
   WEFT_TRY(set_device(device));
+  WEFT_TRY(wait_for_engine_work());
   WEFT_CUDA(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
   WEFT_CUDA(cudaStreamSynchronize(cudaStreamLegacy));  // device-to-device copies return early
   return WEFT_OK;
@@ -86,6 +99,7 @@ extern "C" int32_t weft_memset(int32_t device, void* dst, int32_t value, uint64_
   if (bytes == 0) return WEFT_OK;
   if (dst == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "dst is NULL");
   WEFT_TRY(set_device(device));
+  WEFT_TRY(wait_for_engine_work());
   WEFT_CUDA(cudaMemset(dst, value, bytes));
   WEFT_CUDA(cudaStreamSynchronize(cudaStreamLegacy));
   return WEFT_OK;

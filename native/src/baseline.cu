@@ -667,6 +667,7 @@ extern "C" int32_t weft_baseline_run(weft_baseline_t b, const void* x, const int
   WEFT_TRY(weft::comm_enter(b->comm, false));
   if (b->comm->nccl == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "the communicator's NCCL was aborted or destroyed");
   weft::CommLock lock(b->comm);
+  WEFT_TRY(weft::comm_settle(b->comm));
   const int32_t rc = weft::baseline_impl(b, x, topk_idx, topk_weights, tokens, out, recv_rows_out);
   if (rc == WEFT_ERR_CUDA) weft::comm_mark_broken(b->comm, rc, "a CUDA call failed inside weft_baseline_run");
   return rc;

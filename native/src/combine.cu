@@ -326,6 +326,12 @@ int32_t combine_impl(weft_handle* h, const void* y, void* out) {
   c->profile.mark(c->stream, "reduce");
   WEFT_TRY(comm_barrier_async(c, "combine end"));
   c->profile.mark(c->stream, "barrier: end");
+  if (ok) {
+    // Return while the partials move; the next call settles this one.
+    WEFT_TRY(comm_finish_async(c, "weft_combine"));
+    c->profile.end(c->stream);
+    return WEFT_OK;
+  }
   WEFT_TRY(comm_sync_status(c));
   c->profile.end(c->stream);
   WEFT_TRY(comm_check_peers(c, "combine"));
@@ -346,6 +352,7 @@ extern "C" int32_t weft_combine(weft_handle_t h, const void* y, void* out) {
   if (e->closed) WEFT_FAIL(WEFT_ERR_INVALID, "the handle's engine was destroyed");
   WEFT_TRY(weft::comm_enter(e->comm, true));
   weft::CommLock lock(e->comm);
+  WEFT_TRY(weft::comm_settle(e->comm));
   const int32_t rc = weft::combine_impl(h, y, out);
   if (rc == WEFT_ERR_CUDA) weft::comm_mark_broken(e->comm, rc, "a CUDA call failed inside weft_combine");
   return rc;

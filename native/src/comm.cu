@@ -200,6 +200,7 @@ int32_t comm_init(weft_comm* c, const uint8_t* nccl_id) {
   }
   c->smem_optin = prop.sharedMemPerBlockOptin;
   WEFT_CUDA(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+  WEFT_CUDA(cudaEventCreateWithFlags(&c->tail_done, cudaEventDisableTiming));
 
   // Outputs are allocated stream-ordered from the device's default pool; keep
   // freed blocks cached instead of returning them to the driver at each sync.
@@ -252,6 +253,7 @@ void comm_release(weft_comm* c) {
   if (c->heap != nullptr) cudaFree(c->heap);
   if (c->d_status != nullptr) cudaFree(c->d_status);
   if (c->h_status != nullptr) cudaFreeHost(c->h_status);
+  if (c->tail_done != nullptr) cudaEventDestroy(c->tail_done);
   if (c->stream != nullptr) cudaStreamDestroy(c->stream);
   (void)cudaGetLastError();
   delete c;
@@ -309,6 +311,31 @@ int32_t comm_sync_status(weft_comm* c) {
               cudaGetErrorString(e));
   }
   return WEFT_OK;
+}
+
+int32_t comm_finish_async(weft_comm* c, const char* call) {
+  WEFT_CUDA(cudaMemcpyAsync(c->h_status, c->d_status, sizeof(DevStatus), cudaMemcpyDeviceToHost, c->stream));
+  WEFT_CUDA(cudaEventRecord(c->tail_done, c->stream));
+  c->tail_call = call;
+  return WEFT_OK;
+}
+
+int32_t comm_settle(weft_comm* c) {
+  if (c->begun.call != nullptr) {
+    WEFT_FAIL(WEFT_ERR_INVALID, "a %s was begun (weft_dispatch_begin) and not finished: call weft_dispatch_finish first",
+              c->begun.call);
+  }
+  if (c->tail_call == nullptr) return WEFT_OK;
+  const std::string stage = std::string(c->tail_call) + " (still in flight when this call began)";
+  c->tail_call = nullptr;
+  cudaError_t e = cudaEventSynchronize(c->tail_done);
+  if (e != cudaSuccess) {
+    comm_mark_broken(c, WEFT_ERR_CUDA, cudaGetErrorString(e));
+    WEFT_FAIL(WEFT_ERR_CUDA, "rank %d: a kernel of the previous %s failed: %s (%s)", c->rank, stage.c_str(),
+              cudaGetErrorName(e), cudaGetErrorString(e));
+  }
+  c->profile.flush();
+  return comm_check_peers(c, stage.c_str());
 }
 
 int32_t comm_check_peers(weft_comm* c, const char* stage) {
@@ -516,10 +543,18 @@ extern "C" int32_t weft_comm_barrier(weft_comm_t c) {
   WEFT_API("weft_comm_barrier");
   WEFT_TRY(weft::comm_enter(c, true));
   CommLock lock(c);
+  WEFT_TRY(weft::comm_settle(c));
   WEFT_TRY(weft::comm_reset_status(c));
   WEFT_TRY(weft::comm_barrier_async(c, "weft_comm_barrier"));
   WEFT_TRY(weft::comm_sync_status(c));
   return weft::comm_check_peers(c, "weft_comm_barrier");
+}
+
+extern "C" int32_t weft_comm_sync(weft_comm_t c) {
+  WEFT_API("weft_comm_sync");
+  WEFT_TRY(weft::comm_enter(c, false));
+  CommLock lock(c);
+  return weft::comm_settle(c);
 }
 
 extern "C" int32_t weft_comm_destroy(weft_comm_t c) {
@@ -529,6 +564,10 @@ extern "C" int32_t weft_comm_destroy(weft_comm_t c) {
     CommLock lock(c);
     if (c->closed) WEFT_FAIL(WEFT_ERR_INVALID, "the communicator was already destroyed");
     cudaSetDevice(c->device);
+    if (c->tail_call != nullptr) {
+      cudaEventSynchronize(c->tail_done);  // its errors no longer matter
+      c->tail_call = nullptr;
+    }
     // Best effort: wait until every peer stops reading this heap before it is
     // unmapped; bounded by the timeout when a peer is gone.
     if (c->peers_open && c->broken == WEFT_OK) {

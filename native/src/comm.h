@@ -54,6 +54,22 @@ struct weft_comm {
   weft::DevStatus* d_status = nullptr;  // device
   weft::DevStatus* h_status = nullptr;  // pinned host mirror
 
+  // Stream-ordered returns: a collective call that got past its last host
+  // decision enqueues the rest (data movement, end barrier, status copy),
+  // records tail_done and returns. The next call on the comm, or
+  // weft_comm_sync, settles that tail first: waits for it and reports a
+  // peer's failure or timeout that happened in it.
+  cudaEvent_t tail_done = nullptr;
+  const char* tail_call = nullptr;  // the call whose tail is in flight, or null
+
+  // A dispatch split in two (weft_dispatch_begin / _finish): what the first
+  // half left for the second. call is null when none is begun.
+  struct Begun {
+    const char* call = nullptr;
+    int tokens = 0;
+    bool move_rows = false;
+  } begun;
+
   weft::ncclComm_t nccl = nullptr;
   const weft::NcclApi* nccl_api = nullptr;
 
@@ -83,6 +99,13 @@ int32_t comm_report_bad(weft_comm* c, unsigned long long pos, unsigned kind);
 int32_t comm_barrier_async(weft_comm* c, const char* stage);
 // Synchronizes the comm stream and copies the device status to c->h_status.
 int32_t comm_sync_status(weft_comm* c);
+// Ends a call whose outcome this rank cannot know yet: enqueues the status
+// copy, records tail_done and leaves the check to comm_settle.
+int32_t comm_finish_async(weft_comm* c, const char* call);
+// Waits for the tail of the previous call, if any, and reports what went
+// wrong in it (peer timeout, a peer's failure, a kernel fault). Every entry
+// point that enqueues work or reads engine outputs calls it under the lock.
+int32_t comm_settle(weft_comm* c);
 // Turns a timeout or a peer's error bit in c->h_status into a status code and
 // message. Returns WEFT_OK when neither happened (local bad input is left to
 // the caller, which knows how to describe it).

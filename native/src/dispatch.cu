@@ -3,8 +3,10 @@
 // final receive row. No permutation pass exists: the layout says where each
 // row goes and the pull writes it there.
 //
-// One weft_dispatch, all on the comm stream:
-//   1. copy x, topk_idx, topk_weights into this rank's heap staging;
+// One weft_dispatch, all on the comm stream (the call returns once step 6 is
+// enqueued; the next call on the comm settles it, see comm_settle):
+//   1. copy x (unless the caller wrote it in place, weft_engine_input_rows),
+//      topk_idx, topk_weights into this rank's heap staging;
 //   2. layout_source: check topk, resolve slots, ordinals, per-slot totals;
 //   3. barrier "dispatch staging" (error bits merged: one bad rank fails all);
 //   4. gather every rank's totals and token count; the one host sync; the
@@ -204,8 +206,10 @@ int32_t finish_collective(weft_comm* c, int32_t rc) {
 
 // `move_rows` false: the layout alone (weft_dispatch_layout); x is not read
 // and the handle's recv stays unwritten until weft_redispatch.
-int32_t dispatch_impl(weft_engine* e, const void* x, const int32_t* idx, const float* w, int32_t tokens,
-                      bool move_rows, weft_handle** out) {
+// The first half of a dispatch: everything up to the one host sync, all
+// enqueued without waiting. dispatch_finish does the rest.
+int32_t dispatch_begin(weft_engine* e, const void* x, const int32_t* idx, const float* w, int32_t tokens,
+                       bool move_rows) {
   weft_comm* c = e->comm;
   const PlanHost& p = e->plan;
   const HeapLayout& hl = e->hl;
@@ -218,7 +222,8 @@ int32_t dispatch_impl(weft_engine* e, const void* x, const int32_t* idx, const f
   } else {
     if (tokens > 0) {
       const size_t pairs = static_cast<size_t>(tokens) * p.top_k;
-      if (move_rows) {
+      // x written in place (weft_engine_input_rows) needs no staging copy.
+      if (move_rows && x != c->heap + hl.x) {
         WEFT_CUDA(cudaMemcpyAsync(c->heap + hl.x, x, static_cast<size_t>(tokens) * p.row_bytes(), cudaMemcpyDefault,
                                   c->stream));
       }
@@ -233,6 +238,21 @@ int32_t dispatch_impl(weft_engine* e, const void* x, const int32_t* idx, const f
   c->profile.mark(c->stream, "barrier: staged");
   WEFT_TRY(layout_gather_counts(e));
   c->profile.mark(c->stream, "layout: gather counts");
+  c->begun.tokens = tokens;
+  c->begun.move_rows = move_rows;
+  c->begun.call = move_rows ? "weft_dispatch" : "weft_dispatch_layout";
+  return WEFT_OK;
+}
+
+// The second half: waits for the counts, checks every rank's input, builds
+// the handle and enqueues the pull; returns while the rows move.
+int32_t dispatch_finish(weft_engine* e, weft_handle** out) {
+  weft_comm* c = e->comm;
+  const PlanHost& p = e->plan;
+  const HeapLayout& hl = e->hl;
+  const int tokens = c->begun.tokens;
+  const bool move_rows = c->begun.move_rows;
+  c->begun = {};
   WEFT_TRY(comm_sync_status(c));
   WEFT_TRY(comm_check_peers(c, "dispatch"));
   if (c->h_status->local_bad != 0u) {
@@ -303,13 +323,21 @@ int32_t dispatch_impl(weft_engine* e, const void* x, const int32_t* idx, const f
   }
   rc = comm_barrier_async(c, "dispatch end");
   c->profile.mark(c->stream, "barrier: end");
+  if (rc == WEFT_OK && alloc_rc == WEFT_OK) {
+    // Every host decision is made: return while the rows move. A peer that
+    // fails from here on is reported by the next call (comm_settle).
+    rc = comm_finish_async(c, move_rows ? "weft_dispatch" : "weft_dispatch_layout");
+    c->profile.end(c->stream);
+    if (rc != WEFT_OK) return fail(rc);
+    *out = h;
+    return WEFT_OK;
+  }
+  // This rank failed to allocate: wait, so every rank's error is in view.
   if (rc == WEFT_OK) rc = comm_sync_status(c);
   c->profile.end(c->stream);
   if (rc == WEFT_OK) rc = comm_check_peers(c, "dispatch");
   if (rc == WEFT_OK) rc = alloc_rc;
-  if (rc != WEFT_OK) return fail(rc);
-  *out = h;
-  return WEFT_OK;
+  return fail(rc);
 }
 
 int32_t redispatch_impl(weft_handle* h, const void* x) {
@@ -318,9 +346,10 @@ int32_t redispatch_impl(weft_handle* h, const void* x) {
   const PlanHost& p = e->plan;
   c->profile.begin(c->stream, "redispatch");
   WEFT_TRY(comm_reset_status(c));
-  if (h->tokens > 0 && x == nullptr) {
+  const bool bad = h->tokens > 0 && x == nullptr;
+  if (bad) {
     WEFT_TRY(comm_report_bad(c, 0, kBadArgument));
-  } else if (h->tokens > 0) {
+  } else if (h->tokens > 0 && x != c->heap + e->hl.x) {
     WEFT_CUDA(cudaMemcpyAsync(c->heap + e->hl.x, x, static_cast<size_t>(h->tokens) * p.row_bytes(), cudaMemcpyDefault,
                               c->stream));
   }
@@ -331,6 +360,12 @@ int32_t redispatch_impl(weft_handle* h, const void* x) {
   c->profile.mark(c->stream, "pull");
   WEFT_TRY(comm_barrier_async(c, "redispatch end"));
   c->profile.mark(c->stream, "barrier: end");
+  if (!bad) {
+    // x was staged in stream order; a peer's failure surfaces at the next call.
+    WEFT_TRY(comm_finish_async(c, "weft_redispatch"));
+    c->profile.end(c->stream);
+    return WEFT_OK;
+  }
   WEFT_TRY(comm_sync_status(c));
   c->profile.end(c->stream);
   WEFT_TRY(comm_check_peers(c, "redispatch"));
@@ -381,6 +416,24 @@ int32_t launch_pull(weft_engine* e, weft_handle* h) {
 
 }  // namespace weft
 
+namespace weft {
+namespace {
+
+// Both halves in one call (weft_dispatch, weft_dispatch_layout).
+int32_t dispatch_whole(weft_engine* e, const void* x, const int32_t* idx, const float* w, int32_t tokens,
+                       bool move_rows, weft_handle** out) {
+  WEFT_TRY(engine_enter(e));
+  CommLock lock(e->comm);
+  WEFT_TRY(comm_settle(e->comm));
+  int32_t rc = dispatch_begin(e, x, idx, w, tokens, move_rows);
+  if (rc == WEFT_OK) rc = dispatch_finish(e, out);
+  e->comm->begun = {};
+  return finish_collective(e->comm, rc);
+}
+
+}  // namespace
+}  // namespace weft
+
 extern "C" int32_t weft_dispatch(weft_engine_t e, const void* x, const int32_t* topk_idx, const float* topk_weights,
                                  int32_t tokens, int32_t inputs_on_device, weft_handle_t* out) {
   WEFT_API("weft_dispatch");
@@ -389,9 +442,37 @@ extern "C" int32_t weft_dispatch(weft_engine_t e, const void* x, const int32_t* 
   // Host and device inputs are both copied with cudaMemcpyDefault (unified
   // addressing tells them apart); the flag is kept for the ABI.
   (void)inputs_on_device;
+  return weft::dispatch_whole(e, x, topk_idx, topk_weights, tokens, true, out);
+}
+
+extern "C" int32_t weft_dispatch_begin(weft_engine_t e, const void* x, const int32_t* topk_idx,
+                                       const float* topk_weights, int32_t tokens) {
+  WEFT_API("weft_dispatch_begin");
   WEFT_TRY(weft::engine_enter(e));
   weft::CommLock lock(e->comm);
-  return weft::finish_collective(e->comm, weft::dispatch_impl(e, x, topk_idx, topk_weights, tokens, true, out));
+  weft_comm* c = e->comm;
+  if (c->tail_call != nullptr) {
+    const cudaError_t q = cudaEventQuery(c->tail_done);
+    if (q == cudaErrorNotReady) {
+      (void)cudaGetLastError();
+      WEFT_FAIL(WEFT_PENDING, "the previous %s is still running: call weft_comm_sync, then weft_dispatch_begin again",
+                c->tail_call);
+    }
+  }
+  WEFT_TRY(weft::comm_settle(c));
+  const int32_t rc = weft::dispatch_begin(e, x, topk_idx, topk_weights, tokens, true);
+  if (rc != WEFT_OK) c->begun = {};
+  return weft::finish_collective(c, rc);
+}
+
+extern "C" int32_t weft_dispatch_finish(weft_engine_t e, weft_handle_t* out) {
+  WEFT_API("weft_dispatch_finish");
+  if (out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "out is NULL");
+  *out = nullptr;
+  WEFT_TRY(weft::engine_enter(e));
+  weft::CommLock lock(e->comm);
+  if (e->comm->begun.call == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "no weft_dispatch_begin precedes this call");
+  return weft::finish_collective(e->comm, weft::dispatch_finish(e, out));
 }
 
 extern "C" int32_t weft_dispatch_layout(weft_engine_t e, const int32_t* topk_idx, const float* topk_weights,
@@ -399,10 +480,7 @@ extern "C" int32_t weft_dispatch_layout(weft_engine_t e, const int32_t* topk_idx
   WEFT_API("weft_dispatch_layout");
   if (out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "out is NULL");
   *out = nullptr;
-  WEFT_TRY(weft::engine_enter(e));
-  weft::CommLock lock(e->comm);
-  return weft::finish_collective(e->comm,
-                                 weft::dispatch_impl(e, nullptr, topk_idx, topk_weights, tokens, false, out));
+  return weft::dispatch_whole(e, nullptr, topk_idx, topk_weights, tokens, false, out);
 }
 
 extern "C" int32_t weft_redispatch(weft_handle_t h, const void* x, int32_t inputs_on_device) {
@@ -411,6 +489,7 @@ extern "C" int32_t weft_redispatch(weft_handle_t h, const void* x, int32_t input
   if (h == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "the handle is NULL");
   WEFT_TRY(weft::engine_enter(h->engine));
   weft::CommLock lock(h->engine->comm);
+  WEFT_TRY(weft::comm_settle(h->engine->comm));
   return weft::finish_collective(h->engine->comm, weft::redispatch_impl(h, x));
 }
 

@@ -15,6 +15,7 @@ void engine_release(weft_engine* e) {
   weft_comm* c = e->comm;
   cudaSetDevice(c->device);
   cudaStreamSynchronize(c->stream);
+  if (e->pinned_host != nullptr) cudaHostUnregister(e->pinned_host);
   if (e->d_tables != nullptr) cudaFree(e->d_tables);
   if (e->d_chunk_counts != nullptr) cudaFree(e->d_chunk_counts);
   if (e->d_gather != nullptr) cudaFree(e->d_gather);
@@ -109,11 +110,38 @@ extern "C" int32_t weft_engine_create(weft_comm_t c, const weft_plan_desc* plan,
   return WEFT_OK;
 }
 
+extern "C" int32_t weft_engine_input_rows(weft_engine_t e, void** out) {
+  WEFT_API("weft_engine_input_rows");
+  if (e == nullptr || out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "engine or out is NULL");
+  if (e->closed) WEFT_FAIL(WEFT_ERR_INVALID, "the engine was destroyed");
+  *out = e->comm->heap + e->hl.x;
+  return WEFT_OK;
+}
+
+extern "C" int32_t weft_engine_pin_host(weft_engine_t e, void* ptr, uint64_t bytes) {
+  WEFT_API("weft_engine_pin_host");
+  if (e == nullptr || ptr == nullptr || bytes == 0) WEFT_FAIL(WEFT_ERR_INVALID, "engine or ptr is NULL, or bytes is 0");
+  if (e->closed) WEFT_FAIL(WEFT_ERR_INVALID, "the engine was destroyed");
+  if (e->pinned_host != nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "the engine already pins a host range");
+  WEFT_CUDA(cudaSetDevice(e->comm->device));
+  WEFT_CUDA(cudaHostRegister(ptr, bytes, cudaHostRegisterDefault));
+  e->pinned_host = ptr;
+  return WEFT_OK;
+}
+
 extern "C" int32_t weft_engine_destroy(weft_engine_t e) {
   WEFT_API("weft_engine_destroy");
   if (e == nullptr) return WEFT_OK;
   if (e->closed) WEFT_FAIL(WEFT_ERR_INVALID, "the engine was already destroyed");
   e->closed = true;
+  if (e->pinned_host != nullptr) {
+    // The caller may free the range once destroy returns; the copies that
+    // read it finished before the dispatch that issued them returned.
+    cudaSetDevice(e->comm->device);
+    cudaHostUnregister(e->pinned_host);
+    e->pinned_host = nullptr;
+    (void)cudaGetLastError();
+  }
   weft::engine_release(e);
   return WEFT_OK;
 }

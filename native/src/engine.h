@@ -147,6 +147,7 @@ struct weft_engine {
   int* h_gather = nullptr;        // pinned mirror
   int* d_base = nullptr;          // [world][slots] receive-row base of each (source rank, slot)
   int* h_base = nullptr;          // pinned staging of d_base
+  void* pinned_host = nullptr;    // caller memory page-locked by weft_engine_pin_host
   std::atomic<int> refs{1};       // the engine plus every live handle
   bool closed = false;
 };

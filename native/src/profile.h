@@ -1,11 +1,11 @@
 // Opt-in phase timing for optimisation work (WEFT_PROFILE=1): CUDA events at
 // the phase boundaries of dispatch and combine, on the comm stream, so the
 // differences include the GPU idle time while the host works between
-// launches. Each phase's time is summed per call kind; the gap between one
-// call's end and the next call's start (the caller's host time) is a phase
-// too. Printed per rank to stderr when the communicator is destroyed, as the
-// median over calls (warm-up calls pay one-time costs a mean would smear). When
-// off, every hook is one branch on a flag read once.
+// launches. Each phase's time is summed per call kind; the GPU idle time
+// between one call's last event and the next call's first is a phase too.
+// Printed per rank to stderr when the communicator is destroyed, as the median
+// over calls (warm-up calls pay one-time costs a mean would smear). When off,
+// every hook is one branch on a flag read once.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -29,36 +29,58 @@ class PhaseProfile {
     return on;
   }
 
-  // Starts a call: records its first event (and the gap since the last call).
+  // Starts a call: accounts the previous one (its tail has been settled) and
+  // records this call's first event.
   void begin(cudaStream_t s, const char* call) {
     if (!ensure()) return;
-    call_ = call;
-    n_ = 0;
-    names_[n_] = "start";
-    cudaEventRecord(ev_[n_++], s);
+    flush();
+    cur_ ^= 1;
+    Call& c = calls_[cur_];
+    c.name = call;
+    c.n = 0;
+    c.names[c.n] = "start";
+    cudaEventRecord(c.ev[c.n++], s);
   }
 
   // Closes the phase that ran since the previous mark.
   void mark(cudaStream_t s, const char* phase) {
-    if (ev_[0] == nullptr || call_ == nullptr || n_ >= kMax) return;
-    names_[n_] = phase;
-    cudaEventRecord(ev_[n_++], s);
+    Call& c = calls_[cur_];
+    if (c.ev[0] == nullptr || c.name == nullptr || c.n >= kMax) return;
+    c.names[c.n] = phase;
+    cudaEventRecord(c.ev[c.n++], s);
   }
 
-  // After the call's stream synchronization: accumulate the phases, and mark
-  // "now" on the idle stream so the next call can measure the host gap.
-  void end(cudaStream_t s) {
-    if (ev_[0] == nullptr || call_ == nullptr) return;
-    if (have_last_ && cudaEventSynchronize(ev_[0]) == cudaSuccess) {
-      add(std::string(call_) + " | (host gap before)", elapsed(last_, ev_[0]));
+  // The call has enqueued its last phase. Its events are read by flush(),
+  // once the stream has passed them (calls return before their tail runs).
+  void end(cudaStream_t) {
+    Call& c = calls_[cur_];
+    if (c.ev[0] == nullptr || c.name == nullptr) return;
+    c.pending = true;
+  }
+
+  // Accumulates the ended call's phases, and the GPU idle gap between the
+  // end of the call before it and its start (the caller's host time that no
+  // GPU work covered). Waits for the call's last event.
+  void flush() {
+    Call& c = calls_[cur_];
+    if (!c.pending) return;
+    c.pending = false;
+    if (cudaEventSynchronize(c.ev[c.n - 1]) != cudaSuccess) {
+      (void)cudaGetLastError();
+      c.name = nullptr;
+      return;
     }
-    for (int i = 1; i < n_; ++i) add(std::string(call_) + " | " + names_[i], elapsed(ev_[i - 1], ev_[i]));
-    add(std::string(call_) + " | = total", elapsed(ev_[0], ev_[n_ - 1]));
-    have_last_ = cudaEventRecord(last_, s) == cudaSuccess;
-    call_ = nullptr;
+    const Call& prev = calls_[cur_ ^ 1];
+    if (prev.accounted) add(std::string(c.name) + " | (GPU idle before)", elapsed(prev.ev[prev.n - 1], c.ev[0]));
+    for (int i = 1; i < c.n; ++i) add(std::string(c.name) + " | " + c.names[i], elapsed(c.ev[i - 1], c.ev[i]));
+    add(std::string(c.name) + " | = total", elapsed(c.ev[0], c.ev[c.n - 1]));
+    c.accounted = true;
+    calls_[cur_ ^ 1].accounted = false;  // its events are about to be reused
+    c.name = nullptr;
   }
 
-  void print(int rank) const {
+  void print(int rank) {
+    flush();
     for (const auto& [name, v] : samples_) {
       std::vector<double> sorted = v;
       std::sort(sorted.begin(), sorted.end());
@@ -68,22 +90,36 @@ class PhaseProfile {
   }
 
   ~PhaseProfile() {
-    for (cudaEvent_t& e : ev_) {
-      if (e != nullptr) cudaEventDestroy(e);
+    for (Call& c : calls_) {
+      for (cudaEvent_t& e : c.ev) {
+        if (e != nullptr) cudaEventDestroy(e);
+      }
     }
-    if (last_ != nullptr) cudaEventDestroy(last_);
   }
 
  private:
   static constexpr int kMax = 16;
 
+  // Two sets of events, used by alternate calls, so a call's first event can
+  // be compared with the previous call's last one.
+  struct Call {
+    cudaEvent_t ev[kMax] = {};
+    const char* names[kMax] = {};
+    int n = 0;
+    const char* name = nullptr;
+    bool pending = false;    // ended, not yet accounted
+    bool accounted = false;  // its events still hold its timestamps
+  };
+
   bool ensure() {
     if (!enabled()) return false;
-    if (ev_[0] != nullptr) return true;
-    for (cudaEvent_t& e : ev_) {
-      if (cudaEventCreate(&e) != cudaSuccess) return false;
+    if (calls_[0].ev[0] != nullptr) return true;
+    for (Call& c : calls_) {
+      for (cudaEvent_t& e : c.ev) {
+        if (cudaEventCreate(&e) != cudaSuccess) return false;
+      }
     }
-    return cudaEventCreate(&last_) == cudaSuccess;
+    return true;
   }
 
   static double elapsed(cudaEvent_t a, cudaEvent_t b) {
@@ -97,12 +133,8 @@ class PhaseProfile {
 
   void add(const std::string& key, double ms) { samples_[key].push_back(ms); }
 
-  cudaEvent_t ev_[kMax] = {};
-  const char* names_[kMax] = {};
-  int n_ = 0;
-  const char* call_ = nullptr;
-  cudaEvent_t last_ = nullptr;
-  bool have_last_ = false;
+  Call calls_[2];
+  int cur_ = 0;
   std::map<std::string, std::vector<double>> samples_;
 };
 

@@ -49,6 +49,10 @@ extern "C" int32_t weft_timer_stop(weft_timer_t t, float* ms_out) {
   WEFT_CUDA(cudaEventSynchronize(t->stop));
   WEFT_CUDA(cudaEventElapsedTime(ms_out, t->start, t->stop));
   t->started = false;
+  // The timed calls returned before their tails ran: report their failures here.
+  WEFT_TRY(weft::comm_enter(t->comm, false));
+  weft::CommLock lock(t->comm);
+  WEFT_TRY(weft::comm_settle(t->comm));
   return WEFT_OK;
 }
 
@@ -73,6 +77,7 @@ extern "C" int32_t weft_copy_ceiling(weft_comm_t c, int32_t peer, uint64_t bytes
   if (ms_out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "ms_out is NULL");
   WEFT_TRY(weft::comm_enter(c, true));
   weft::CommLock lock(c);
+  WEFT_TRY(weft::comm_settle(c));
   if (peer < 0 || peer >= c->world) WEFT_FAIL(WEFT_ERR_INVALID, "peer = %d; must be in [0, %d)", peer, c->world);
   if (iters < 1) WEFT_FAIL(WEFT_ERR_INVALID, "iters = %d; must be >= 1", iters);
   const uint64_t room = weft::comm_engine_bytes(c);

@@ -43,6 +43,8 @@ export interface GpuCase {
   readonly combineWire?: "dtype" | "f32";
   /** Pass x and y as DeviceTensors instead of host arrays. */
   readonly onDevice?: boolean;
+  /** Write x in place into the engine's heap (Engine.inputRows): no staging copy. */
+  readonly inPlace?: boolean;
   /**
    * A batch that must fail on every rank, leaving earlier outputs untouched
    * and the engine usable: an out-of-range expert id on the last rank, or
@@ -198,6 +200,21 @@ export function gpuCases(world: number, gpusPerNode: number): GpuCase[] {
       routing: "uniform",
       seed: 8,
       onDevice: true,
+    },
+    {
+      name: "x-written-in-place-bf16-h2048",
+      pattern: {
+        ...base,
+        experts: 32,
+        placement: { kind: "byDevice" },
+        topK: 4,
+        dtype: "bf16",
+        hidden: 2048,
+      },
+      tokens: [77, 128, 5, 64],
+      routing: "uniform",
+      seed: 14,
+      inPlace: true,
     },
     {
       name: "combine-wire-f32-bf16-h4096",
@@ -495,7 +512,12 @@ export async function runCase(
   try {
     const mine = inputs[rank];
     const tokens = mine.topkIdx.length / plan.topK;
-    const x = onSide(mine.x as HostRows, tokens);
+    let x = onSide(mine.x as HostRows, tokens);
+    if (c.inPlace) {
+      const rows = engine.inputRows(tokens);
+      rows.write(mine.x as HostRows);
+      x = rows;
+    }
     const first = await engine.dispatch([{ ...mine, x }]);
     const want = oracle.results[rank];
     const problems: string[] = [];
@@ -545,6 +567,12 @@ export async function runCase(
     );
     if (problem) problems.push(`combine beyond ${bound.toExponential(2)}: ${problem}`);
     const [out2] = await engine.combine(first.handle, [y]);
+    // A dispatch while that combine still runs on the GPU (its begin half
+    // finds the tail in flight, settles it, then goes on).
+    const third = await engine.dispatch([{ ...mine, x }]);
+    const overlapped = await compareDispatch(third.results[0], want);
+    if (overlapped) problems.push(`dispatch right after combine: ${overlapped}`);
+    third.handle.close();
     const twice = firstDiff(bits(await out2.read()), bits(await out.read()));
     out2.close();
     if (twice >= 0) problems.push(`combine is not deterministic: runs differ at element ${twice}`);
