@@ -23,31 +23,10 @@ constexpr int kPushThreads = 256;
 constexpr int kPushUnroll = 4;  // 2 measured no faster on 4xH200
 constexpr int kReduceThreads = 256;
 
-// A landed partial's arrival flag holds the combine's sequence number (31
-// bits); a rank that aborted the call sets kArrivedAbort instead of sending.
-constexpr unsigned kSeqMask = 0x7fffffffu;
-constexpr unsigned kArrivedAbort = 0x80000000u;
-
-// The home side, when it runs inside the push kernel (streamed combine).
-struct HomeArgs {
-  int tokens;             // T of this rank
-  int blocks;             // the grid's last `blocks` blocks reduce
-  const uint4* landing;   // this rank's landing area
-  const unsigned* arrived;
-  uint4* out;
-  const unsigned* dmask;  // [T] destination ranks of each token
-  const int* dest_row;    // [T*K]
-  uint64_t timeout_ns;
-  unsigned poll_sleep_ns;  // between polls of an arrival flag
-};
-
 struct PushArgs {
   PeerTable peers;
   TokenTable tok;
   uint64_t landing_off;
-  uint64_t arrived_off;    // 0: split combine (no flags; a barrier, then reduce_kernel)
-  unsigned seq;            // this combine's sequence number
-  int fence_all_lanes;     // WEFT_ARRIVE_FENCE=1
   unsigned row_vecs;       // 16-byte vectors per row of y
   unsigned wire_row_vecs;  // 16-byte vectors per row on the wire
   int parts, top_k, world, rank, max_tokens, dedupe_none;
@@ -55,8 +34,7 @@ struct PushArgs {
   const int* part_slot;
   const float* recv_weights;
   const uint4* y;
-  DevStatus* st;
-  HomeArgs home;
+  const DevStatus* st;
 };
 
 // Sums the rows of the lanes in `mask` (ascending k) and stores the partial
@@ -105,28 +83,13 @@ __device__ __forceinline__ void push_partial(const uint4* __restrict__ y, unsign
   }
 }
 
-// Streamed combine: tells the home that the partial in `slot` has landed.
-// The warp barrier orders every lane's stores of the partial before lane 0's
-// release, which is cumulative: a home that acquires the flag sees them all.
-// (fence_all_lanes: each lane also fences its own stores first; an A/B knob.)
-__device__ __forceinline__ void mark_arrived(const PushArgs& a, int home, size_t slot, unsigned value, int lane) {
-  if (a.fence_all_lanes) __threadfence_system();
-  __syncwarp();
-  if (lane == 0) {
-    unsigned* flags = reinterpret_cast<unsigned*>(a.peers.base[home] + a.arrived_off);
-    st_release_sys_u32(flags + slot, value);
-  }
-}
-
-// Expert side: one warp per (home rank, token) with pairs here.
 template <int DT, int WDT, bool WEIGHTED, int U>
-__device__ void push_role(const PushArgs& a, long long first_warp, long long warps) {
+__global__ void __launch_bounds__(kPushThreads) push_kernel(PushArgs a) {
+  if (call_aborted(a.st)) return;
   const int lane = threadIdx.x & 31;
-  const bool streamed = a.arrived_off != 0;
-  const bool aborted = call_aborted(a.st);
-  if (aborted && !streamed) return;
+  const long long warps = static_cast<long long>(gridDim.x) * (kPushThreads / 32);
   const long long logical = static_cast<long long>(a.world) * a.max_tokens;
-  for (long long j = first_warp; j < logical; j += warps) {
+  for (long long j = (blockIdx.x * static_cast<long long>(kPushThreads) + threadIdx.x) / 32; j < logical; j += warps) {
     int r, t;  // r: the token's home rank
     long long item;
     if (!walk_step(a.tok, a.world, a.rank, j, &r, &t, &item)) continue;
@@ -135,138 +98,22 @@ __device__ void push_role(const PushArgs& a, long long first_warp, long long war
     if (mask == 0u) continue;
     const float my_w = (WEIGHTED && my_row >= 0) ? a.recv_weights[my_row] : 1.f;
     uint4* landing = reinterpret_cast<uint4*>(a.peers.base[r] + a.landing_off);
-    // An aborted call sends no rows, only "aborted" flags, so that streamed
-    // homes stop waiting at once instead of timing out.
-    const unsigned flag = aborted ? (a.seq | kArrivedAbort) : a.seq;
     if (!a.dedupe_none) {
       const size_t slot = static_cast<size_t>(t) * a.parts + a.part_slot[item];
-      if (!aborted) {
-        push_partial<DT, WDT, WEIGHTED, U>(a.y, a.row_vecs, my_row, my_w, mask, landing + slot * a.wire_row_vecs, lane);
-      }
-      if (streamed) mark_arrived(a, r, slot, flag, lane);
+      push_partial<DT, WDT, WEIGHTED, U>(a.y, a.row_vecs, my_row, my_w, mask, landing + slot * a.wire_row_vecs, lane);
     } else {
       unsigned m = mask;
       while (m != 0u) {
         const int k = __ffs(m) - 1;
         m &= m - 1u;
         const size_t slot = static_cast<size_t>(t) * a.top_k + k;
-        if (!aborted) {
-          push_partial<DT, WDT, WEIGHTED, U>(a.y, a.row_vecs, my_row, my_w, 1u << k, landing + slot * a.wire_row_vecs,
-                                             lane);
-        }
-        if (streamed) mark_arrived(a, r, slot, flag, lane);
+        push_partial<DT, WDT, WEIGHTED, U>(a.y, a.row_vecs, my_row, my_w, 1u << k, landing + slot * a.wire_row_vecs, lane);
       }
     }
   }
-  // Split combine: the partials are remote stores; make them visible
-  // system-wide before the barrier that tells the home ranks to read them.
-  if (!streamed) __threadfence_system();
-}
-
-// Adds the wire partial at src (the row vector's share) to acc.
-template <int DT, int WDT>
-__device__ __forceinline__ void add_partial(const uint4* src, float (&acc)[Vec<DT>::kElems]) {
-  constexpr int N = Vec<DT>::kElems;
-  float f[N];
-  Wire<WDT, N>::load(src, f);
-#pragma unroll
-  for (int e = 0; e < N; ++e) acc[e] = __fadd_rn(acc[e], f[e]);
-}
-
-// The rank that sends partial slot p of a token with destination mask m:
-// its p-th destination in ascending rank (dedupe device/node).
-__device__ __forceinline__ int nth_rank(unsigned m, int p) {
-  for (int i = 0; i < p; ++i) m &= m - 1u;
-  return __ffs(m) - 1;
-}
-
-// Home side of the streamed combine: one warp per token of this rank. Lane
-// p waits for the flag of partial slot p (bounded by the timeout), then the
-// warp sums the partials in the split reduce's order and writes out[t]. The
-// sums run while other tokens' partials still cross NVLink.
-template <int DT, int WDT>
-__device__ void home_role(const PushArgs& a, int first_warp, int warps) {
-  constexpr int N = Vec<DT>::kElems;
-  constexpr int kWireVecs = Wire<WDT, N>::kVecs;
-  const int lane = threadIdx.x & 31;
-  const HomeArgs& h = a.home;
-  const int slots = a.parts;  // K with dedupe none
-  for (int t = first_warp; t < h.tokens; t += warps) {
-    if (call_aborted(a.st)) return;
-    const unsigned dm = __ldg(h.dmask + t);
-    bool need;
-    int sender;  // the rank whose partial lane's slot holds
-    if (a.dedupe_none) {
-      need = lane < a.top_k && __ldg(h.dest_row + static_cast<size_t>(t) * a.top_k + lane) >= 0;
-      sender = -1;  // not recorded per k: a timeout names every destination of the token
-    } else {
-      need = lane < __popc(dm);
-      sender = need ? nth_rank(dm, lane) : -1;
-    }
-    const unsigned want = __ballot_sync(0xffffffffu, need);
-    bool timed_out = false, peer_aborted = false;
-    if (need) {
-      const unsigned* flag = h.arrived + static_cast<size_t>(t) * slots + lane;
-      const uint64_t start = globaltimer_ns();
-      // Relaxed polling, one acquire fence once the flag matches: an acquire
-      // load on every poll would keep invalidating this SM's L1, which the
-      // push warps beside it read y through.
-      while (true) {
-        const unsigned v = ld_relaxed_sys_u32(flag);
-        if ((v & kSeqMask) == a.seq) {
-          peer_aborted = (v & kArrivedAbort) != 0u;
-          break;
-        }
-        if (call_aborted(a.st)) break;
-        if (globaltimer_ns() - start > h.timeout_ns) {
-          timed_out = true;
-          break;
-        }
-        __nanosleep(h.poll_sleep_ns);
-      }
-      fence_acq_rel_sys();
-    }
-    const unsigned late = __ballot_sync(0xffffffffu, timed_out);
-    const unsigned failed = __ballot_sync(0xffffffffu, peer_aborted);
-    if ((late | failed) != 0u) {
-      if (timed_out) atomicOr(&a.st->timeout_mask, sender >= 0 ? (1u << sender) : (dm & ~(1u << a.rank)));
-      if (peer_aborted && sender >= 0) atomicOr(&a.st->peer_err_mask, 1u << sender);
-      if (peer_aborted && sender < 0) atomicOr(&a.st->peer_err_mask, dm & ~(1u << a.rank));
-      atomicExch(&a.st->abort, 1u);
-      return;
-    }
-    if (call_aborted(a.st)) return;
-    __syncwarp();
-    const uint4* base = h.landing + static_cast<size_t>(t) * slots * a.wire_row_vecs;
-    for (unsigned v = lane; v < a.row_vecs; v += 32u) {
-      float acc[N];
-#pragma unroll
-      for (int e = 0; e < N; ++e) acc[e] = 0.f;
-      unsigned m = want;
-      while (m != 0u) {
-        const int p = __ffs(m) - 1;
-        m &= m - 1u;
-        add_partial<DT, WDT>(base + static_cast<size_t>(p) * a.wire_row_vecs + static_cast<size_t>(v) * kWireVecs, acc);
-      }
-      h.out[static_cast<size_t>(t) * a.row_vecs + v] = Vec<DT>::pack(acc);
-    }
-  }
-}
-
-// The combine's expert side, and in the streamed combine also its home side
-// in the grid's last home.blocks blocks (all blocks are resident at once:
-// the grid is sized to the occupancy, so a waiting home never blocks a push).
-template <int DT, int WDT, bool WEIGHTED, int U>
-__global__ void __launch_bounds__(kPushThreads) push_kernel(PushArgs a) {
-  const int push_blocks = static_cast<int>(gridDim.x) - a.home.blocks;
-  const int warp_in_block = threadIdx.x / 32;
-  if (static_cast<int>(blockIdx.x) < push_blocks) {
-    const long long warps = static_cast<long long>(push_blocks) * (kPushThreads / 32);
-    push_role<DT, WDT, WEIGHTED, U>(a, static_cast<long long>(blockIdx.x) * (kPushThreads / 32) + warp_in_block, warps);
-  } else {
-    const int b = static_cast<int>(blockIdx.x) - push_blocks;
-    home_role<DT, WDT>(a, b * (kPushThreads / 32) + warp_in_block, a.home.blocks * (kPushThreads / 32));
-  }
+  // The partials are remote stores: make them visible system-wide before the
+  // barrier that tells the home ranks to read them.
+  __threadfence_system();
 }
 
 struct ReduceArgs {
@@ -278,6 +125,16 @@ struct ReduceArgs {
   const int* dest_row;    // [T*K]
   const DevStatus* st;
 };
+
+// Adds the wire partial at src (the row vector's share) to acc.
+template <int DT, int WDT>
+__device__ __forceinline__ void add_partial(const uint4* src, float (&acc)[Vec<DT>::kElems]) {
+  constexpr int N = Vec<DT>::kElems;
+  float f[N];
+  Wire<WDT, N>::load(src, f);
+#pragma unroll
+  for (int e = 0; e < N; ++e) acc[e] = __fadd_rn(acc[e], f[e]);
+}
 
 // One thread per (token, row vector): the token's partials in order.
 template <int DT, int WDT, bool NONE>
@@ -309,30 +166,15 @@ __global__ void __launch_bounds__(kReduceThreads) reduce_kernel(ReduceArgs a) {
   }
 }
 
-// Grid: the push gets `per_sm` blocks on each SM, or fewer when it has
-// fewer warps of work; a streamed combine adds home blocks on top, within the
-// occupancy, so that every block is resident from the start.
 template <int DT, int WDT, bool WEIGHTED>
-int32_t launch_push_typed(weft_comm* c, PushArgs a, long long warps_wanted) {
+int32_t launch_push_typed(weft_comm* c, const PushArgs& a, long long warps_wanted) {
   auto kernel = push_kernel<DT, WDT, WEIGHTED, kPushUnroll>;
   int occupancy = 0;
   WEFT_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, kernel, kPushThreads, 0));
-  occupancy = std::max(occupancy, 1);
-  const bool streamed = a.arrived_off != 0;
   const int sms = std::min(c->num_sms, tuning_knob("WEFT_PUSH_SMS", c->num_sms));
-  // Streamed: one block of each SM sums at home (measured best on 4xH200, see
-  // bench/NOTES-nvlink.md); the push keeps the rest.
-  int home_per_sm = 0;
-  if (streamed && a.home.tokens > 0) {
-    home_per_sm = std::min(std::max(tuning_knob("WEFT_HOME_BLOCKS_PER_SM", 1), 1), occupancy);
-  }
-  const int push_per_sm = std::min(std::max(occupancy - home_per_sm, 1),
-                                   tuning_knob("WEFT_PUSH_BLOCKS_PER_SM", occupancy));
-  long long push_blocks = warps_wanted > 0 ? static_cast<long long>(sms) * push_per_sm : 0;
-  push_blocks = std::min(push_blocks, (warps_wanted + kPushThreads / 32 - 1) / (kPushThreads / 32));
-  a.home.blocks = home_per_sm > 0 ? c->num_sms * home_per_sm : 0;
-  const long long blocks = push_blocks + a.home.blocks;
-  if (blocks == 0) return WEFT_OK;
+  const int per_sm = std::min(std::max(occupancy, 1), tuning_knob("WEFT_PUSH_BLOCKS_PER_SM", occupancy));
+  long long blocks = static_cast<long long>(sms) * std::max(per_sm, 1);
+  blocks = std::min(blocks, (warps_wanted + kPushThreads / 32 - 1) / (kPushThreads / 32));
   kernel<<<static_cast<unsigned>(blocks), kPushThreads, 0, c->stream>>>(a);
   WEFT_LAUNCHED("combine_push", c->stream);
   return WEFT_OK;
@@ -362,30 +204,16 @@ int32_t launch_reduce_typed(weft_comm* c, const ReduceArgs& a) {
 
 }  // namespace
 
-int32_t launch_combine_push(weft_engine* e, weft_handle* h, const void* y, void* out, bool streamed) {
+int32_t launch_combine_push(weft_engine* e, weft_handle* h, const void* y) {
   weft_comm* c = e->comm;
   const PlanHost& p = e->plan;
   int max_tokens_now = 0;
   for (int r = 0; r < p.world; ++r) max_tokens_now = std::max(max_tokens_now, h->tok.tokens[r]);
-  if (max_tokens_now == 0 || (!streamed && h->recv_rows == 0)) return WEFT_OK;
+  if (max_tokens_now == 0 || h->recv_rows == 0) return WEFT_OK;
   PushArgs a;
   a.peers = c->peers;
   a.tok = h->tok;
   a.landing_off = e->hl.landing;
-  a.arrived_off = streamed ? e->hl.arrived : 0;
-  a.seq = e->combine_seq & kSeqMask;
-  a.fence_all_lanes = tuning_knob("WEFT_ARRIVE_FENCE", 0);
-  a.home = HomeArgs{};
-  if (streamed && out != nullptr) {
-    a.home.tokens = h->tokens;
-    a.home.landing = reinterpret_cast<const uint4*>(c->heap + e->hl.landing);
-    a.home.arrived = reinterpret_cast<const unsigned*>(c->heap + e->hl.arrived);
-    a.home.out = static_cast<uint4*>(out);
-    a.home.dmask = h->dmask;
-    a.home.dest_row = h->dest_row;
-    a.home.timeout_ns = static_cast<uint64_t>(c->timeout_ms) * 1000000ull;
-    a.home.poll_sleep_ns = static_cast<unsigned>(tuning_knob("WEFT_HOME_POLL_NS", 500));
-  }
   a.row_vecs = static_cast<unsigned>(p.row_bytes() / 16);
   a.wire_row_vecs = static_cast<unsigned>(p.wire_row_bytes() / 16);
   a.parts = p.parts();
@@ -399,7 +227,7 @@ int32_t launch_combine_push(weft_engine* e, weft_handle* h, const void* y, void*
   a.recv_weights = h->recv_weights;
   a.y = static_cast<const uint4*>(y);
   a.st = c->d_status;
-  const long long warps = h->recv_rows > 0 ? static_cast<long long>(p.world) * max_tokens_now : 0;
+  const long long warps = static_cast<long long>(p.world) * max_tokens_now;
   const bool weighted = p.combine == WEFT_WEIGHTED;
   switch (p.dtype) {
     case WEFT_BF16:
@@ -490,24 +318,12 @@ int32_t combine_impl(weft_handle* h, const void* y, void* out) {
   }
   if (!ok) WEFT_TRY(comm_report_bad(c, 0, kBadArgument));
   c->profile.mark(c->stream, "checks");
-  // Streamed (default): each home sums a token as soon as its partials have
-  // landed, inside the push kernel. Split (WEFT_COMBINE_SPLIT=1): push,
-  // barrier, then a reduce kernel.
-  e->combine_seq = (e->combine_seq + 1u) & kSeqMask;
-  if (e->combine_seq == 0u) e->combine_seq = 1u;  // 0 is the cleared flag
-  const bool streamed = tuning_knob("WEFT_COMBINE_SPLIT", 0) == 0;
-  if (streamed) {
-    // A rank with bad arguments still runs it: it sends "aborted" flags.
-    WEFT_TRY(launch_combine_push(e, h, y, ok && h->tokens > 0 ? out : nullptr, true));
-    c->profile.mark(c->stream, "push partials + home sums");
-  } else {
-    WEFT_TRY(launch_combine_push(e, h, y, nullptr, false));
-    c->profile.mark(c->stream, "push partials");
-    WEFT_TRY(comm_barrier_async(c, "combine partials"));
-    c->profile.mark(c->stream, "barrier: partials");
-    WEFT_TRY(launch_combine_reduce(e, h, out));
-    c->profile.mark(c->stream, "reduce");
-  }
+  WEFT_TRY(launch_combine_push(e, h, y));
+  c->profile.mark(c->stream, "push partials");
+  WEFT_TRY(comm_barrier_async(c, "combine partials"));
+  c->profile.mark(c->stream, "barrier: partials");
+  WEFT_TRY(launch_combine_reduce(e, h, out));
+  c->profile.mark(c->stream, "reduce");
   WEFT_TRY(comm_barrier_async(c, "combine end"));
   c->profile.mark(c->stream, "barrier: end");
   if (ok) {

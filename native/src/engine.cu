@@ -96,18 +96,7 @@ extern "C" int32_t weft_engine_create(weft_comm_t c, const weft_plan_desc* plan,
   weft::comm_retain(c);
   e->plan = std::move(p);
   e->hl = hl;
-  int32_t rc = weft::engine_init(e);
-  if (rc == WEFT_OK) {
-    // No landed partial may look like one of this engine's (sequence numbers
-    // start at 1). Queued on the comm stream, so it runs after every earlier
-    // call's end barrier, when no peer writes here any more.
-    weft::CommLock lock(c);
-    const cudaError_t err = cudaMemsetAsync(c->heap + hl.arrived, 0, hl.end - hl.arrived, c->stream);
-    if (err != cudaSuccess) {
-      weft::set_error("clearing the combine arrival flags failed: %s", cudaGetErrorString(err));
-      rc = WEFT_ERR_CUDA;
-    }
-  }
+  const int32_t rc = weft::engine_init(e);
   if (rc != WEFT_OK) {
     weft::engine_release(e);
     return rc;

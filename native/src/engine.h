@@ -49,7 +49,6 @@ struct HeapLayout {
   uint64_t dmask;       // [max_tokens] uint32 destination ranks of each token
   uint64_t slot_count;  // [slots] int32 pairs of this rank per global slot
   uint64_t landing;     // [max_tokens][parts][wire_row_bytes] combine partials
-  uint64_t arrived;     // [max_tokens][parts] uint32: combine sequence number of each landed partial
   uint64_t end;         // bytes of heap needed, comm reserve included
 };
 HeapLayout heap_layout(const PlanHost& p);
@@ -149,7 +148,6 @@ struct weft_engine {
   int* d_base = nullptr;          // [world][slots] receive-row base of each (source rank, slot)
   int* h_base = nullptr;          // pinned staging of d_base
   void* pinned_host = nullptr;    // caller memory page-locked by weft_engine_pin_host
-  unsigned combine_seq = 0;       // combines so far (same on every rank): tags landed partials
   std::atomic<int> refs{1};       // the engine plus every live handle
   bool closed = false;
 };
@@ -187,10 +185,7 @@ int32_t launch_pull(weft_engine* e, weft_handle* h);
 bool pull_tma_wanted(const weft_engine* e);
 int32_t launch_pull_tma(weft_engine* e, weft_handle* h, int max_tokens_now);
 // combine.cu
-// streamed: the homes sum inside the push kernel as partials land (into out,
-// null when this rank has no tokens or bad arguments); otherwise the push
-// alone, for the split combine (barrier, then launch_combine_reduce).
-int32_t launch_combine_push(weft_engine* e, weft_handle* h, const void* y, void* out, bool streamed);
+int32_t launch_combine_push(weft_engine* e, weft_handle* h, const void* y);
 int32_t launch_combine_reduce(weft_engine* e, weft_handle* h, void* out);
 
 // layout.cu: the engine's layout steps of one dispatch.

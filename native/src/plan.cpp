@@ -146,7 +146,6 @@ HeapLayout heap_layout(const PlanHost& p) {
   h.dmask = take(T * 4);
   h.slot_count = take(static_cast<uint64_t>(p.slots) * 4);
   h.landing = take(T * static_cast<uint64_t>(p.parts()) * p.wire_row_bytes());
-  h.arrived = take(T * static_cast<uint64_t>(p.parts()) * 4);
   h.end = align256(off);
   return h;
 }
