@@ -293,19 +293,17 @@ bool usable_device_pointer(const void* ptr, int device, const char* name, std::s
   return true;
 }
 
-int32_t combine_impl(weft_handle* h, const void* y, void* out) {
-  weft_engine* e = h->engine;
-  weft_comm* c = e->comm;
-  c->profile.begin(c->stream, "combine");
-  WEFT_TRY(comm_reset_status(c));
-  std::string why;
+// The argument checks of a combine: host work only, done before the call
+// waits for the previous call's tail, so the GPU does not idle through them.
+bool combine_args_ok(const weft_handle* h, int device, const void* y, const void* out, std::string* why_out) {
+  std::string& why = *why_out;
   bool ok = true;
   if (h->recv_rows > 0) {
     if (y == nullptr) {
       ok = false;
       why = "y is NULL";
     } else {
-      ok = usable_device_pointer(y, c->device, "y", &why);
+      ok = usable_device_pointer(y, device, "y", &why);
     }
   }
   if (ok && h->tokens > 0) {
@@ -313,9 +311,17 @@ int32_t combine_impl(weft_handle* h, const void* y, void* out) {
       ok = false;
       why = "out is NULL";
     } else {
-      ok = usable_device_pointer(out, c->device, "out", &why);
+      ok = usable_device_pointer(out, device, "out", &why);
     }
   }
+  return ok;
+}
+
+int32_t combine_impl(weft_handle* h, const void* y, void* out, bool ok, const std::string& why) {
+  weft_engine* e = h->engine;
+  weft_comm* c = e->comm;
+  c->profile.begin(c->stream, "combine");
+  WEFT_TRY(comm_reset_status(c));
   if (!ok) WEFT_TRY(comm_report_bad(c, 0, kBadArgument));
   c->profile.mark(c->stream, "checks");
   WEFT_TRY(launch_combine_push(e, h, y));
@@ -351,9 +357,11 @@ extern "C" int32_t weft_combine(weft_handle_t h, const void* y, void* out) {
   weft_engine* e = h->engine;
   if (e->closed) WEFT_FAIL(WEFT_ERR_INVALID, "the handle's engine was destroyed");
   WEFT_TRY(weft::comm_enter(e->comm, true));
+  std::string why;
+  const bool ok = weft::combine_args_ok(h, e->comm->device, y, out, &why);
   weft::CommLock lock(e->comm);
   WEFT_TRY(weft::comm_settle(e->comm));
-  const int32_t rc = weft::combine_impl(h, y, out);
+  const int32_t rc = weft::combine_impl(h, y, out, ok, why);
   if (rc == WEFT_ERR_CUDA) weft::comm_mark_broken(e->comm, rc, "a CUDA call failed inside weft_combine");
   return rc;
 }
