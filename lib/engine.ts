@@ -15,11 +15,12 @@
  *
  * Calls are stream-ordered, like CUDA launches: dispatch returns once the
  * layout is known and the row movement is queued; combine returns once the
- * partial sums are queued. The host hop back to JavaScript then overlaps the
- * GPU's work instead of idling it. What fails after the return (a peer dies
- * mid-combine) is thrown by this engine's next call, by
- * {@link Engine.synchronize}, or by reading an output: outputs carry a
- * settle hook, so `await out.read()` never returns rows of a failed call.
+ * partial sums are queued, behind the dispatch, without waiting for it. The
+ * host hops back to JavaScript then overlap the GPU's work instead of idling
+ * it. What fails after a return (a peer dies mid-combine) is thrown by the
+ * next dispatch (on every rank alike), by {@link Engine.synchronize}, or by
+ * reading an output: outputs carry a settle hook, so `await out.read()`
+ * never returns rows of a failed call.
  *
  * @module
  */
@@ -426,16 +427,10 @@ export class Engine implements ShuffleEngine {
         throw hostError;
       }
       const p = prepared;
-      // The first half only enqueues, so it runs on this thread: the layout
-      // starts on the GPU now, while the second half, which waits for its
-      // counts, makes the hop to Deno's thread pool. Never waits: while the
-      // previous call still runs it returns PENDING and we settle it first.
-      const begin = () => native().weft_dispatch_begin(engine, p.x, p.idx, p.weights, p.tokens);
-      let began = begin();
-      if (began === Status.PENDING) {
-        await this.#comm.synchronize();
-        began = begin();
-      }
+      // The first half only enqueues (it never waits), so it runs on this
+      // thread: the layout starts on the GPU now, while the second half,
+      // which waits for its counts, makes the hop to Deno's thread pool.
+      const began = native().weft_dispatch_begin(engine, p.x, p.idx, p.weights, p.tokens);
       unwrap(began, "weft_dispatch_begin", { rank: this.rank });
       const out = new BigUint64Array(1);
       const status = await holding(

@@ -24,7 +24,6 @@ export const Status: Readonly<{
   TIMEOUT: 5;
   CAPACITY: 6;
   NO_DEVICE: 7;
-  PENDING: 8;
 }> = Object.freeze(
   {
     OK: 0,
@@ -35,7 +34,6 @@ export const Status: Readonly<{
     TIMEOUT: 5,
     CAPACITY: 6,
     NO_DEVICE: 7,
-    PENDING: 8,
   } as const,
 );
 
@@ -170,7 +168,7 @@ export const symbols = {
   },
   weft_dispatch_begin: {
     // weft_engine_t engine, const void* x, const int32_t* topk_idx, const float* topk_weights, int32_t tokens.
-    // Blocking on purpose: it only enqueues (WEFT_PENDING instead of waiting), so Deno's thread-pool hop stays off the GPU's critical path.
+    // Blocking on purpose: it only enqueues (it never waits), so Deno's thread-pool hop stays off the GPU's critical path.
     parameters: ["pointer", "pointer", "pointer", "pointer", "i32"],
     result: "i32",
   },

@@ -37,7 +37,6 @@ extern "C" {
 #define WEFT_ERR_TIMEOUT 5     /* a peer did not reach a barrier in time (dead or stuck peer) */
 #define WEFT_ERR_CAPACITY 6    /* tokens > max_tokens, or a buffer too small */
 #define WEFT_ERR_NO_DEVICE 7   /* no CUDA device / driver */
-#define WEFT_PENDING 8         /* weft_dispatch_begin only: the previous call still runs (nothing was done) */
 
 #define WEFT_UNIQUE_ID_BYTES 128
 #define WEFT_IPC_HANDLE_BYTES 64
@@ -158,15 +157,18 @@ int32_t weft_engine_destroy(weft_engine_t engine);
  * Stream-ordered returns. weft_dispatch, weft_dispatch_layout,
  * weft_redispatch and weft_combine return as soon as their last host
  * decision is made; the rest (the row movement, the end barrier) is queued
- * on the comm stream, like a CUDA kernel launch. Input checks and every
- * failure the call can see before then are still reported by the call. The
- * next call on the comm (any of the collective calls, weft_comm_sync,
- * weft_timer_stop) first waits for that queued tail and reports what failed
- * in it: a peer that died or timed out, or a peer's own failure. So:
+ * on the comm stream, like a CUDA kernel launch, and so is the next call,
+ * behind it, without waiting. Input checks and every failure a call can see
+ * before it returns are reported by the call. What fails in a queued tail (a
+ * peer that died or timed out, a peer's own failure) is reported, oldest
+ * first, by the next call that waits for the stream: weft_dispatch (at its
+ * one host sync, so every rank reports it at the same call),
+ * weft_comm_sync, weft_comm_barrier, weft_timer_stop, weft_baseline_run.
+ * So:
  *  - weft_dispatch's inputs (x, topk_idx, topk_weights) may be reused as soon
- *    as it returns (they were staged before its last host decision);
+ *    as it returns (they were staged before its host sync);
  *  - weft_redispatch's x, and weft_combine's y and out, belong to the call
- *    until the next call on the comm, or weft_comm_sync, returns;
+ *    until weft_comm_sync (or a later dispatch) returns;
  *  - outputs are complete for work on the comm stream at once, and for any
  *    other reader after weft_comm_sync (or a weft_copy_* call, which waits
  *    for the device).
@@ -185,13 +187,11 @@ int32_t weft_dispatch(weft_engine_t engine, const void* x, const int32_t* topk_i
 /*
  * weft_dispatch in two halves, for callers that must not block (an event
  * loop): weft_dispatch_begin enqueues the staging and the layout and returns
- * at once; weft_dispatch_finish waits for the layout's counts (the one host
- * sync), then enqueues the pull and returns like weft_dispatch. Together they
- * do exactly what weft_dispatch does. begin returns WEFT_PENDING, doing
- * nothing, while the previous call's queued tail still runs (call
- * weft_comm_sync, then begin again), so it never waits. After a successful
- * begin the next call on the comm must be weft_dispatch_finish. The inputs
- * may be reused once finish returns.
+ * at once (it never waits); weft_dispatch_finish waits for the layout's
+ * counts (the one host sync), then enqueues the pull and returns like
+ * weft_dispatch. Together they do exactly what weft_dispatch does. After a
+ * successful begin the next call on the comm must be weft_dispatch_finish.
+ * The inputs may be reused once finish returns.
  */
 int32_t weft_dispatch_begin(weft_engine_t engine, const void* x, const int32_t* topk_idx,
                             const float* topk_weights, int32_t tokens);

@@ -293,8 +293,8 @@ bool usable_device_pointer(const void* ptr, int device, const char* name, std::s
   return true;
 }
 
-// The argument checks of a combine: host work only, done before the call
-// waits for the previous call's tail, so the GPU does not idle through them.
+// The argument checks of a combine: host work only, done before taking the
+// comm's lock.
 bool combine_args_ok(const weft_handle* h, int device, const void* y, const void* out, std::string* why_out) {
   std::string& why = *why_out;
   bool ok = true;
@@ -360,7 +360,8 @@ extern "C" int32_t weft_combine(weft_handle_t h, const void* y, void* out) {
   std::string why;
   const bool ok = weft::combine_args_ok(h, e->comm->device, y, out, &why);
   weft::CommLock lock(e->comm);
-  WEFT_TRY(weft::comm_settle(e->comm));
+  // Queued behind the dispatch's tail without waiting for it.
+  WEFT_TRY(weft::comm_check_not_begun(e->comm));
   const int32_t rc = weft::combine_impl(h, y, out, ok, why);
   if (rc == WEFT_ERR_CUDA) weft::comm_mark_broken(e->comm, rc, "a CUDA call failed inside weft_combine");
   return rc;

@@ -64,6 +64,13 @@ __global__ void __launch_bounds__(32) barrier_kernel(PeerTable peers, int rank, 
 }
 
 __global__ void reset_status_kernel(DevStatus* st) {
+  // A peer that timed out stays timed out: calls queued behind the failed
+  // one skip their work instead of waiting out the timeout again (the host
+  // marks the comm unusable when it settles the failed call).
+  if (st->timeout_mask != 0u) {
+    st->abort = 1u;
+    return;
+  }
   st->bad_key = ~0ull;
   st->local_bad = 0u;
   st->internal = 0u;
@@ -200,7 +207,7 @@ int32_t comm_init(weft_comm* c, const uint8_t* nccl_id) {
   }
   c->smem_optin = prop.sharedMemPerBlockOptin;
   WEFT_CUDA(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
-  WEFT_CUDA(cudaEventCreateWithFlags(&c->tail_done, cudaEventDisableTiming));
+  for (weft_comm::Tail& t : c->tails) WEFT_CUDA(cudaEventCreateWithFlags(&t.done, cudaEventDisableTiming));
 
   // Outputs are allocated stream-ordered from the device's default pool; keep
   // freed blocks cached instead of returning them to the driver at each sync.
@@ -232,6 +239,8 @@ int32_t comm_init(weft_comm* c, const uint8_t* nccl_id) {
   WEFT_CUDA(cudaMallocHost(&hst, sizeof(DevStatus)));
   c->h_status = static_cast<DevStatus*>(hst);
   memset(c->h_status, 0, sizeof(DevStatus));
+  WEFT_CUDA(cudaMallocHost(&hst, sizeof(DevStatus) * weft_comm::kMaxTails));
+  c->h_tail_status = static_cast<DevStatus*>(hst);
   // The flags must be zero before any peer can see this heap's IPC handle.
   WEFT_CUDA(cudaDeviceSynchronize());
 
@@ -253,7 +262,10 @@ void comm_release(weft_comm* c) {
   if (c->heap != nullptr) cudaFree(c->heap);
   if (c->d_status != nullptr) cudaFree(c->d_status);
   if (c->h_status != nullptr) cudaFreeHost(c->h_status);
-  if (c->tail_done != nullptr) cudaEventDestroy(c->tail_done);
+  if (c->h_tail_status != nullptr) cudaFreeHost(c->h_tail_status);
+  for (weft_comm::Tail& t : c->tails) {
+    if (t.done != nullptr) cudaEventDestroy(t.done);
+  }
   if (c->stream != nullptr) cudaStreamDestroy(c->stream);
   (void)cudaGetLastError();
   delete c;
@@ -313,29 +325,52 @@ int32_t comm_sync_status(weft_comm* c) {
   return WEFT_OK;
 }
 
+namespace {
+
+// Waits for the oldest queued tail, takes it off the queue and reports it.
+int32_t settle_oldest(weft_comm* c) {
+  const int slot = c->tail_head;
+  weft_comm::Tail& t = c->tails[slot];
+  const std::string stage = std::string(t.call) + " (its queued work, reported by a later call)";
+  c->tail_head = (c->tail_head + 1) % weft_comm::kMaxTails;
+  c->tail_count -= 1;
+  t.call = nullptr;
+  cudaError_t e = cudaEventSynchronize(t.done);
+  if (e != cudaSuccess) {
+    comm_mark_broken(c, WEFT_ERR_CUDA, cudaGetErrorString(e));
+    WEFT_FAIL(WEFT_ERR_CUDA, "rank %d: a kernel of %s failed: %s (%s)", c->rank, stage.c_str(), cudaGetErrorName(e),
+              cudaGetErrorString(e));
+  }
+  *c->h_status = c->h_tail_status[slot];
+  return comm_check_peers(c, stage.c_str());
+}
+
+}  // namespace
+
 int32_t comm_finish_async(weft_comm* c, const char* call) {
-  WEFT_CUDA(cudaMemcpyAsync(c->h_status, c->d_status, sizeof(DevStatus), cudaMemcpyDeviceToHost, c->stream));
-  WEFT_CUDA(cudaEventRecord(c->tail_done, c->stream));
-  c->tail_call = call;
+  if (c->tail_count == weft_comm::kMaxTails) WEFT_TRY(settle_oldest(c));
+  const int slot = (c->tail_head + c->tail_count) % weft_comm::kMaxTails;
+  WEFT_CUDA(cudaMemcpyAsync(c->h_tail_status + slot, c->d_status, sizeof(DevStatus), cudaMemcpyDeviceToHost,
+                            c->stream));
+  WEFT_CUDA(cudaEventRecord(c->tails[slot].done, c->stream));
+  c->tails[slot].call = call;
+  c->tail_count += 1;
   return WEFT_OK;
 }
 
-int32_t comm_settle(weft_comm* c) {
+int32_t comm_check_not_begun(weft_comm* c) {
   if (c->begun.call != nullptr) {
     WEFT_FAIL(WEFT_ERR_INVALID, "a %s was begun (weft_dispatch_begin) and not finished: call weft_dispatch_finish first",
               c->begun.call);
   }
-  if (c->tail_call == nullptr) return WEFT_OK;
-  const std::string stage = std::string(c->tail_call) + " (still in flight when this call began)";
-  c->tail_call = nullptr;
-  cudaError_t e = cudaEventSynchronize(c->tail_done);
-  if (e != cudaSuccess) {
-    comm_mark_broken(c, WEFT_ERR_CUDA, cudaGetErrorString(e));
-    WEFT_FAIL(WEFT_ERR_CUDA, "rank %d: a kernel of the previous %s failed: %s (%s)", c->rank, stage.c_str(),
-              cudaGetErrorName(e), cudaGetErrorString(e));
-  }
+  return WEFT_OK;
+}
+
+int32_t comm_settle(weft_comm* c) {
+  WEFT_TRY(comm_check_not_begun(c));
+  while (c->tail_count > 0) WEFT_TRY(settle_oldest(c));
   c->profile.flush();
-  return comm_check_peers(c, stage.c_str());
+  return WEFT_OK;
 }
 
 int32_t comm_check_peers(weft_comm* c, const char* stage) {
@@ -564,10 +599,9 @@ extern "C" int32_t weft_comm_destroy(weft_comm_t c) {
     CommLock lock(c);
     if (c->closed) WEFT_FAIL(WEFT_ERR_INVALID, "the communicator was already destroyed");
     cudaSetDevice(c->device);
-    if (c->tail_call != nullptr) {
-      cudaEventSynchronize(c->tail_done);  // its errors no longer matter
-      c->tail_call = nullptr;
-    }
+    // Queued tails finish first; their errors no longer matter.
+    cudaStreamSynchronize(c->stream);
+    c->tail_count = 0;
     // Best effort: wait until every peer stops reading this heap before it is
     // unmapped; bounded by the timeout when a peer is gone.
     if (c->peers_open && c->broken == WEFT_OK) {

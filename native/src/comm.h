@@ -55,12 +55,22 @@ struct weft_comm {
   weft::DevStatus* h_status = nullptr;  // pinned host mirror
 
   // Stream-ordered returns: a collective call that got past its last host
-  // decision enqueues the rest (data movement, end barrier, status copy),
-  // records tail_done and returns. The next call on the comm, or
-  // weft_comm_sync, settles that tail first: waits for it and reports a
-  // peer's failure or timeout that happened in it.
-  cudaEvent_t tail_done = nullptr;
-  const char* tail_call = nullptr;  // the call whose tail is in flight, or null
+  // decision enqueues the rest (data movement, end barrier, a copy of the
+  // status into its own host slot), records an event and returns. Tails queue
+  // up here, oldest first; later calls enqueue behind them without waiting.
+  // They are checked, in order, where a call waits for the stream anyway
+  // (weft_dispatch_finish's one sync), or must (weft_comm_sync, barriers,
+  // the timer, the baseline): the same call on every rank, so every rank
+  // reports a tail's failure at the same point.
+  struct Tail {
+    const char* call = nullptr;
+    cudaEvent_t done = nullptr;
+  };
+  static constexpr int kMaxTails = 4;
+  Tail tails[kMaxTails];
+  weft::DevStatus* h_tail_status = nullptr;  // pinned, one slot per tail
+  int tail_head = 0;                         // oldest queued tail
+  int tail_count = 0;
 
   // A dispatch split in two (weft_dispatch_begin / _finish): what the first
   // half left for the second. call is null when none is begun.
@@ -99,13 +109,16 @@ int32_t comm_report_bad(weft_comm* c, unsigned long long pos, unsigned kind);
 int32_t comm_barrier_async(weft_comm* c, const char* stage);
 // Synchronizes the comm stream and copies the device status to c->h_status.
 int32_t comm_sync_status(weft_comm* c);
-// Ends a call whose outcome this rank cannot know yet: enqueues the status
-// copy, records tail_done and leaves the check to comm_settle.
+// Ends a call whose outcome this rank cannot know yet: queues its tail (the
+// status copy and an event) for comm_settle. With the queue full, settles
+// the oldest tail first.
 int32_t comm_finish_async(weft_comm* c, const char* call);
-// Waits for the tail of the previous call, if any, and reports what went
-// wrong in it (peer timeout, a peer's failure, a kernel fault). Every entry
-// point that enqueues work or reads engine outputs calls it under the lock.
+// Waits for every queued tail and reports, oldest first, what went wrong in
+// it (peer timeout, a peer's failure, a kernel fault). Called under the lock.
 int32_t comm_settle(weft_comm* c);
+// Fails when a dispatch was begun and not finished (every entry point but
+// weft_dispatch_finish checks it).
+int32_t comm_check_not_begun(weft_comm* c);
 // Turns a timeout or a peer's error bit in c->h_status into a status code and
 // message. Returns WEFT_OK when neither happened (local bad input is left to
 // the caller, which knows how to describe it).

@@ -253,6 +253,10 @@ int32_t dispatch_finish(weft_engine* e, weft_handle** out) {
   const int tokens = c->begun.tokens;
   const bool move_rows = c->begun.move_rows;
   c->begun = {};
+  // The one host sync: first the queued tails of earlier calls, in order
+  // (every rank reports their failures here, at the same call), then this
+  // call's layout.
+  WEFT_TRY(comm_settle(c));
   WEFT_TRY(comm_sync_status(c));
   WEFT_TRY(comm_check_peers(c, "dispatch"));
   if (c->h_status->local_bad != 0u) {
@@ -424,7 +428,7 @@ int32_t dispatch_whole(weft_engine* e, const void* x, const int32_t* idx, const 
                        bool move_rows, weft_handle** out) {
   WEFT_TRY(engine_enter(e));
   CommLock lock(e->comm);
-  WEFT_TRY(comm_settle(e->comm));
+  WEFT_TRY(comm_check_not_begun(e->comm));
   int32_t rc = dispatch_begin(e, x, idx, w, tokens, move_rows);
   if (rc == WEFT_OK) rc = dispatch_finish(e, out);
   e->comm->begun = {};
@@ -451,15 +455,7 @@ extern "C" int32_t weft_dispatch_begin(weft_engine_t e, const void* x, const int
   WEFT_TRY(weft::engine_enter(e));
   weft::CommLock lock(e->comm);
   weft_comm* c = e->comm;
-  if (c->tail_call != nullptr) {
-    const cudaError_t q = cudaEventQuery(c->tail_done);
-    if (q == cudaErrorNotReady) {
-      (void)cudaGetLastError();
-      WEFT_FAIL(WEFT_PENDING, "the previous %s is still running: call weft_comm_sync, then weft_dispatch_begin again",
-                c->tail_call);
-    }
-  }
-  WEFT_TRY(weft::comm_settle(c));
+  WEFT_TRY(weft::comm_check_not_begun(c));
   const int32_t rc = weft::dispatch_begin(e, x, topk_idx, topk_weights, tokens, true);
   if (rc != WEFT_OK) c->begun = {};
   return weft::finish_collective(c, rc);
@@ -489,7 +485,7 @@ extern "C" int32_t weft_redispatch(weft_handle_t h, const void* x, int32_t input
   if (h == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "the handle is NULL");
   WEFT_TRY(weft::engine_enter(h->engine));
   weft::CommLock lock(h->engine->comm);
-  WEFT_TRY(weft::comm_settle(h->engine->comm));
+  WEFT_TRY(weft::comm_check_not_begun(h->engine->comm));
   return weft::finish_collective(h->engine->comm, weft::redispatch_impl(h, x));
 }
 

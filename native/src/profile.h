@@ -29,54 +29,41 @@ class PhaseProfile {
     return on;
   }
 
-  // Starts a call: accounts the previous one (its tail has been settled) and
-  // records this call's first event.
+  // Starts a call: accounts the call two back (calls return before their
+  // tails run, so the one just before may still be on the GPU), then records
+  // this call's first event.
   void begin(cudaStream_t s, const char* call) {
     if (!ensure()) return;
-    flush();
-    cur_ ^= 1;
-    Call& c = calls_[cur_];
+    if (n_calls_ >= 2) flush_call(n_calls_ - 2);
+    Call& c = calls_[n_calls_ % kSlots];
     c.name = call;
     c.n = 0;
+    c.pending = false;
     c.names[c.n] = "start";
     cudaEventRecord(c.ev[c.n++], s);
+    ++n_calls_;
   }
 
   // Closes the phase that ran since the previous mark.
   void mark(cudaStream_t s, const char* phase) {
-    Call& c = calls_[cur_];
+    if (n_calls_ == 0) return;
+    Call& c = calls_[(n_calls_ - 1) % kSlots];
     if (c.ev[0] == nullptr || c.name == nullptr || c.n >= kMax) return;
     c.names[c.n] = phase;
     cudaEventRecord(c.ev[c.n++], s);
   }
 
-  // The call has enqueued its last phase. Its events are read by flush(),
-  // once the stream has passed them (calls return before their tail runs).
+  // The call has enqueued its last phase; flush_call reads its events later.
   void end(cudaStream_t) {
-    Call& c = calls_[cur_];
+    if (n_calls_ == 0) return;
+    Call& c = calls_[(n_calls_ - 1) % kSlots];
     if (c.ev[0] == nullptr || c.name == nullptr) return;
     c.pending = true;
   }
 
-  // Accumulates the ended call's phases, and the GPU idle gap between the
-  // end of the call before it and its start (the caller's host time that no
-  // GPU work covered). Waits for the call's last event.
+  // Accounts every ended call (after a full synchronization).
   void flush() {
-    Call& c = calls_[cur_];
-    if (!c.pending) return;
-    c.pending = false;
-    if (cudaEventSynchronize(c.ev[c.n - 1]) != cudaSuccess) {
-      (void)cudaGetLastError();
-      c.name = nullptr;
-      return;
-    }
-    const Call& prev = calls_[cur_ ^ 1];
-    if (prev.accounted) add(std::string(c.name) + " | (GPU idle before)", elapsed(prev.ev[prev.n - 1], c.ev[0]));
-    for (int i = 1; i < c.n; ++i) add(std::string(c.name) + " | " + c.names[i], elapsed(c.ev[i - 1], c.ev[i]));
-    add(std::string(c.name) + " | = total", elapsed(c.ev[0], c.ev[c.n - 1]));
-    c.accounted = true;
-    calls_[cur_ ^ 1].accounted = false;  // its events are about to be reused
-    c.name = nullptr;
+    for (long long k = std::max(0LL, n_calls_ - 2); k < n_calls_; ++k) flush_call(k);
   }
 
   void print(int rank) {
@@ -99,17 +86,34 @@ class PhaseProfile {
 
  private:
   static constexpr int kMax = 16;
+  static constexpr int kSlots = 4;  // call k is accounted before slot k % 4 is reused, with call k-1 still intact
 
-  // Two sets of events, used by alternate calls, so a call's first event can
-  // be compared with the previous call's last one.
   struct Call {
     cudaEvent_t ev[kMax] = {};
     const char* names[kMax] = {};
     int n = 0;
     const char* name = nullptr;
-    bool pending = false;    // ended, not yet accounted
-    bool accounted = false;  // its events still hold its timestamps
+    bool pending = false;  // ended, not yet accounted
   };
+
+  // Accounts call k: its phases, and the GPU idle gap between the end of
+  // call k-1 and its start (the caller's host time no GPU work covered).
+  // Waits for the call's last event.
+  void flush_call(long long k) {
+    Call& c = calls_[k % kSlots];
+    if (!c.pending) return;
+    c.pending = false;
+    if (cudaEventSynchronize(c.ev[c.n - 1]) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return;
+    }
+    if (k >= 1) {
+      const Call& prev = calls_[(k - 1) % kSlots];
+      if (prev.n > 0) add(std::string(c.name) + " | (GPU idle before)", elapsed(prev.ev[prev.n - 1], c.ev[0]));
+    }
+    for (int i = 1; i < c.n; ++i) add(std::string(c.name) + " | " + c.names[i], elapsed(c.ev[i - 1], c.ev[i]));
+    add(std::string(c.name) + " | = total", elapsed(c.ev[0], c.ev[c.n - 1]));
+  }
 
   bool ensure() {
     if (!enabled()) return false;
@@ -133,8 +137,8 @@ class PhaseProfile {
 
   void add(const std::string& key, double ms) { samples_[key].push_back(ms); }
 
-  Call calls_[2];
-  int cur_ = 0;
+  Call calls_[kSlots];
+  long long n_calls_ = 0;
   std::map<std::string, std::vector<double>> samples_;
 };
 
