@@ -50,7 +50,7 @@ export interface GpuCase {
    * and the engine usable: an out-of-range expert id on the last rank, or
    * more tokens than maxTokens on rank 0.
    */
-  readonly failure?: "bad-expert" | "over-capacity";
+  readonly failure?: "bad-expert" | "over-capacity" | "bad-combine";
 }
 
 /** What one rank saw for one case. */
@@ -245,6 +245,25 @@ export function gpuCases(world: number, gpusPerNode: number): GpuCase[] {
       routing: "uniform",
       seed: 10,
       failure: "bad-expert",
+    },
+    {
+      // The last rank passes y of the wrong shape: it throws at once; the
+      // others' combine returns (its work queued) and its failure reaches
+      // them at their next synchronization, naming the rank. The engine then
+      // still works on every rank.
+      name: "bad-combine-reported-by-every-rank",
+      pattern: {
+        ...base,
+        experts: 32,
+        placement: { kind: "byDevice" },
+        topK: 4,
+        dtype: "bf16",
+        hidden: 1024,
+      },
+      tokens: [40, 33, 17, 25],
+      routing: "uniform",
+      seed: 15,
+      failure: "bad-combine",
     },
     {
       name: "over-capacity-fails-every-rank",
@@ -599,6 +618,9 @@ async function checkFailure(
   problems: string[],
 ): Promise<[boolean, number, string]> {
   const rank = engine.rank;
+  if (c.failure === "bad-combine") {
+    return checkCombineFailure(engine, plan, inputs, first, want, problems);
+  }
   const recv = first.results[0].recv as DeviceTensor;
   recv.poison();
   const bad = failingInputs(plan, c, inputs);
@@ -621,6 +643,61 @@ async function checkFailure(
   const next = await engine.dispatch([inputs[rank]]);
   const ok = await compareDispatch(next.results[0], want);
   if (ok) problems.push(`the engine is broken after the failure: ${ok}`);
+  next.handle.close();
+  return [problems.length === 0, 0, problems.join("; ")];
+}
+
+/**
+ * A combine that one rank rejects on the host (y of the wrong shape): that
+ * rank throws at once; every other rank learns it at its next
+ * synchronization (the combine returned with its work queued), from a
+ * WeftError that names the failing rank; afterwards dispatch and combine
+ * still work everywhere.
+ */
+async function checkCombineFailure(
+  engine: Engine,
+  plan: PlanSpec,
+  inputs: readonly RankInput[],
+  first: Awaited<ReturnType<Engine["dispatch"]>>,
+  want: DispatchResult,
+  problems: string[],
+): Promise<[boolean, number, string]> {
+  const rank = engine.rank;
+  const last = inputs.length - 1;
+  const rows = first.results[0].recv.rows;
+  const y = rank === last
+    ? randomRows(() => 0.5, (rows + 1) * plan.hidden, plan.dtype) // one row too many
+    : randomRows(() => 0.25, rows * plan.hidden, plan.dtype);
+  try {
+    const [out] = await engine.combine(first.handle, [y]);
+    out.close();
+    if (rank === last) problems.push("the bad combine did not throw on the rank that passed it");
+    try {
+      await engine.synchronize();
+      problems.push("a peer's bad combine was not reported by synchronize()");
+    } catch (error) {
+      if (
+        !(error instanceof WeftError) || !new RegExp(`rank\\(s\\) ${last}\\b`).test(error.message)
+      ) {
+        problems.push(
+          `synchronize() threw something that does not name rank ${last}: ${String(error)}`,
+        );
+      }
+    }
+  } catch (error) {
+    if (rank !== last) problems.push(`combine threw on a good rank: ${String(error)}`);
+    else if (!(error instanceof WeftError) || error.field !== "ys") {
+      problems.push(`the bad rank's error does not name ys: ${String(error)}`);
+    }
+  }
+  first.handle.close();
+  const next = await engine.dispatch([inputs[rank]]);
+  const again = await compareDispatch(next.results[0], want);
+  if (again) problems.push(`dispatch after the failed combine: ${again}`);
+  const ys = randomRows(() => 0.125, next.results[0].recv.rows * plan.hidden, plan.dtype);
+  const [out] = await engine.combine(next.handle, [ys]);
+  await out.read();
+  out.close();
   next.handle.close();
   return [problems.length === 0, 0, problems.join("; ")];
 }
