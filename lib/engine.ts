@@ -626,7 +626,7 @@ export class Engine implements ShuffleEngine {
       get closed() {
         return isClosed();
       },
-      description: "engine",
+      description: "weft engine",
     };
     return DeviceTensor.view(
       this.device,

@@ -454,6 +454,32 @@ Deno.test({
     );
     got.handle.close();
     want.handle.close();
+
+    // Inputs in place: x in the heap's rows, the routing in the page-locked staging.
+    const rowsIn = engine.inputRows(T);
+    assert.deepEqual([rowsIn.rows, rowsIn.cols, rowsIn.owning], [T, 16, false]);
+    rowsIn.write(x);
+    const routingIn = engine.inputRouting(T);
+    assert.equal(routingIn.topkIdx.length, T * 4);
+    routingIn.topkIdx.set(topkIdx);
+    routingIn.topkWeights.set(topkWeights);
+    const inPlace = await engine.dispatch([{ x: rowsIn, ...routingIn }]);
+    assert.deepEqual(await inPlace.results[0].recv.read(), await w.recv.read());
+    assert.deepEqual(inPlace.results[0].srcK, w.srcK);
+    inPlace.handle.close();
+    for (const bad of [-1, 9, 1.5]) {
+      assert.throws(
+        () => engine.inputRows(bad),
+        (e: unknown) => e instanceof WeftError && e.field === "tokens",
+      );
+      assert.throws(
+        () => engine.inputRouting(bad),
+        (e: unknown) => e instanceof WeftError && e.field === "tokens",
+      );
+    }
+    await engine.synchronize();
+    engine.close();
+    await assert.rejects(rowsIn.read(), /view into a weft engine that was closed/);
   },
 });
 

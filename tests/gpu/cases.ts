@@ -532,12 +532,16 @@ export async function runCase(
     const mine = inputs[rank];
     const tokens = mine.topkIdx.length / plan.topK;
     let x = onSide(mine.x as HostRows, tokens);
+    let routing = { topkIdx: mine.topkIdx, topkWeights: mine.topkWeights };
     if (c.inPlace) {
       const rows = engine.inputRows(tokens);
       rows.write(mine.x as HostRows);
       x = rows;
+      routing = engine.inputRouting(tokens);
+      routing.topkIdx.set(mine.topkIdx);
+      routing.topkWeights.set(mine.topkWeights);
     }
-    const first = await engine.dispatch([{ ...mine, x }]);
+    const first = await engine.dispatch([{ x, ...routing }]);
     const want = oracle.results[rank];
     const problems: string[] = [];
     const d1 = await compareDispatch(first.results[0], want);
@@ -547,7 +551,7 @@ export async function runCase(
       return outcome(...await checkFailure(engine, plan, c, inputs, first, want, problems));
     }
 
-    const second = await engine.dispatch([{ ...mine, x }]);
+    const second = await engine.dispatch([{ x, ...routing }]);
     const again = await compareDispatch(second.results[0], first.results[0]);
     if (again) problems.push(`second dispatch differs from the first: ${again}`);
     second.handle.close();
@@ -588,7 +592,7 @@ export async function runCase(
     const [out2] = await engine.combine(first.handle, [y]);
     // A dispatch while that combine still runs on the GPU (its begin half
     // finds the tail in flight, settles it, then goes on).
-    const third = await engine.dispatch([{ ...mine, x }]);
+    const third = await engine.dispatch([{ x, ...routing }]);
     const overlapped = await compareDispatch(third.results[0], want);
     if (overlapped) problems.push(`dispatch right after combine: ${overlapped}`);
     third.handle.close();
