@@ -115,6 +115,9 @@ async function runGpuRank(): Promise<void> {
     const t0 = performance.now();
     const { results: [r], handle } = await engine.dispatch([{ ...mine, x }]);
     await engine.combine(handle, [r.recv], { out: [out] });
+    // combine returns with its work queued on the GPU: wait for it before
+    // reading the clock, so the time is the work's, not the enqueue's.
+    await engine.synchronize();
     times.push(performance.now() - t0);
     handle.close();
   }
