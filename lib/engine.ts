@@ -412,9 +412,12 @@ export class Engine implements ShuffleEngine {
 
   /**
    * Dispatches this rank's batch. `x` may be host rows or a DeviceTensor on
-   * this GPU. Returns this rank's rows: `recv` is a view owned by the handle
-   * (valid until the handle closes); the index arrays are copied from the
-   * device on first access.
+   * this GPU; {@link Engine.inputRows} and {@link Engine.inputRouting} (the
+   * inputs written where weft reads them) save the copies. Returns once the
+   * layout is known and the rows are queued: `recv` is a view owned by the
+   * handle (valid until the handle closes) that the GPU is still filling
+   * (`read()` waits for it); the index arrays are copied from the device on
+   * first access. The inputs may be reused as soon as this returns.
    */
   async dispatch(inputs: readonly RankInput[]): Promise<Dispatched> {
     const engine = this.#enter();
@@ -532,7 +535,9 @@ export class Engine implements ShuffleEngine {
   /**
    * Combines expert outputs `[y]` (R × H in the handle's receive layout) into
    * this rank's [T × H] output. The output is a new DeviceTensor the caller
-   * owns, or `options.out` (e.g. a poisoned tensor in tests).
+   * owns, or `options.out` (e.g. a poisoned tensor in tests). Returns once the
+   * work is queued: `read()` of the output waits for it; `y` must stay
+   * unchanged until then (or {@link Engine.synchronize}).
    *
    * A host-side error (shape, dtype) still enters the collective with NULL
    * buffers, which native rejects on every rank, so the peers fail at once
