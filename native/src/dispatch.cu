@@ -3,14 +3,16 @@
 // final receive row. No permutation pass exists: the layout says where each
 // row goes and the pull writes it there.
 //
-// One weft_dispatch, all on the comm stream (the call returns once step 6 is
-// enqueued; the next call on the comm settles it, see comm_settle):
+// One weft_dispatch, all on the comm stream. dispatch_begin enqueues steps
+// 1-4 without waiting (queued behind earlier calls' tails); dispatch_finish
+// makes the one host sync, settles those tails (comm_settle), and enqueues
+// 5-6, which become this call's tail:
 //   1. copy x (unless the caller wrote it in place, weft_engine_input_rows),
 //      topk_idx, topk_weights into this rank's heap staging;
 //   2. layout_source: check topk, resolve slots, ordinals, per-slot totals;
 //   3. barrier "dispatch staging" (error bits merged: one bad rank fails all);
-//   4. gather every rank's totals and token count; the one host sync; the
-//      host computes the receive-row base of each (source rank, slot);
+//   4. gather every rank's totals and token count; then, in dispatch_finish,
+//      the host sync and the receive-row base of each (source rank, slot);
 //   5. allocate the handle and outputs; layout_build; pull;
 //   6. barrier "dispatch end" (no rank restages while a peer still reads it).
 //
