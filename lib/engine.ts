@@ -464,14 +464,7 @@ export class Engine implements ShuffleEngine {
           topkIdx: r.topkIdx,
           topkWeights: r.topkWeights,
         });
-        if (tokens > this.maxTokens) {
-          throw new WeftError({
-            field: "tokens",
-            rank: this.rank,
-            problem: `${tokens} tokens exceed the engine's maxTokens ${this.maxTokens}`,
-            fix: `create the Engine with { maxTokens: ${tokens} } or more, or split the batch`,
-          });
-        }
+        this.#checkCapacity(tokens);
         ({ idx, weights } = this.#stageRouting(r.topkIdx, r.topkWeights));
       } catch (hostError) {
         await this.#rejectOnEveryRank(engine);
@@ -755,14 +748,7 @@ export class Engine implements ShuffleEngine {
       topkIdx: input.topkIdx,
       topkWeights: input.topkWeights,
     });
-    if (tokens > this.maxTokens) {
-      throw new WeftError({
-        field: "tokens",
-        rank: this.rank,
-        problem: `${tokens} tokens exceed the engine's maxTokens ${this.maxTokens}`,
-        fix: `create the Engine with { maxTokens: ${tokens} } or more, or split the batch`,
-      });
-    }
+    this.#checkCapacity(tokens);
     const { pointer, onDevice, keepAlive } = await this.#rowsPointer("x", input.x);
     // The routing always travels from the host: native copies each input with
     // cudaMemcpyDefault, so x on the device and routing on the host mix freely
@@ -870,6 +856,18 @@ export class Engine implements ShuffleEngine {
         });
       },
     );
+  }
+
+  /** A batch of `tokens` fits this engine's buffers. */
+  #checkCapacity(tokens: number): void {
+    if (tokens > this.maxTokens) {
+      throw new WeftError({
+        field: "tokens",
+        rank: this.rank,
+        problem: `${tokens} tokens exceed the engine's maxTokens ${this.maxTokens}`,
+        fix: `create the Engine with { maxTokens: ${tokens} } or more, or split the batch`,
+      });
+    }
   }
 
   #checkTokens(tokens: number): void {

@@ -3,7 +3,7 @@
 // timer.cu).
 #include "common.h"
 
-namespace {
+namespace weft {
 
 int32_t set_device(int32_t device) {
   int count = 0;
@@ -19,6 +19,12 @@ int32_t set_device(int32_t device) {
   return WEFT_OK;
 }
 
+}  // namespace weft
+
+namespace {
+
+using weft::set_device;
+
 // Engine calls return before their tails run on the comm stream, which does
 // not order itself with the legacy stream these copies use. Waiting for the
 // whole device first makes a copy see (and a free or overwrite not race) the
@@ -26,6 +32,17 @@ int32_t set_device(int32_t device) {
 // reported by the engine's next call, or weft_comm_sync.
 int32_t wait_for_engine_work() {
   WEFT_CUDA(cudaDeviceSynchronize());
+  return WEFT_OK;
+}
+
+// weft_copy_h2d and weft_copy_d2h: a copy that is complete when it returns.
+int32_t blocking_copy(int32_t device, void* dst, const void* src, uint64_t bytes) {
+  if (bytes == 0) return WEFT_OK;
+  if (dst == nullptr || src == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "dst or src is NULL");
+  WEFT_TRY(set_device(device));
+  WEFT_TRY(wait_for_engine_work());
+  WEFT_CUDA(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
+  WEFT_CUDA(cudaStreamSynchronize(cudaStreamLegacy));  // device-to-device copies return early
   return WEFT_OK;
 }
 
@@ -74,24 +91,12 @@ extern "C" int32_t weft_free(int32_t device, void* ptr) {
 
 extern "C" int32_t weft_copy_h2d(int32_t device, void* dst, const void* src, uint64_t bytes) {
   WEFT_API("weft_copy_h2d");
-  if (bytes == 0) return WEFT_OK;
-  if (dst == nullptr || src == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "dst or src is NULL");
-  WEFT_TRY(set_device(device));
-  WEFT_TRY(wait_for_engine_work());
-  WEFT_CUDA(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
-  WEFT_CUDA(cudaStreamSynchronize(cudaStreamLegacy));  // device-to-device copies return early
-  return WEFT_OK;
+  return blocking_copy(device, dst, src, bytes);
 }
 
 extern "C" int32_t weft_copy_d2h(int32_t device, void* dst, const void* src, uint64_t bytes) {
   WEFT_API("weft_copy_d2h");
-  if (bytes == 0) return WEFT_OK;
-  if (dst == nullptr || src == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "dst or src is NULL");
-  WEFT_TRY(set_device(device));
-  WEFT_TRY(wait_for_engine_work());
-  WEFT_CUDA(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
-  WEFT_CUDA(cudaStreamSynchronize(cudaStreamLegacy));  // device-to-device copies return early
-  return WEFT_OK;
+  return blocking_copy(device, dst, src, bytes);
 }
 
 extern "C" int32_t weft_memset(int32_t device, void* dst, int32_t value, uint64_t bytes) {

@@ -332,15 +332,8 @@ int32_t combine_impl(weft_handle* h, const void* y, void* out, bool ok, const st
   c->profile.mark(c->stream, "reduce");
   WEFT_TRY(comm_barrier_async(c, "combine end"));
   c->profile.mark(c->stream, "barrier: end");
-  if (ok) {
-    // Return while the partials move; the next call settles this one.
-    WEFT_TRY(comm_finish_async(c, "weft_combine"));
-    c->profile.end(c->stream);
-    return WEFT_OK;
-  }
-  WEFT_TRY(comm_sync_status(c));
-  c->profile.end(c->stream);
-  WEFT_TRY(comm_check_peers(c, "combine"));
+  // Return while the partials move; a later call settles this one.
+  WEFT_TRY(comm_end_call(c, "weft_combine", "combine", ok));
   if (!ok) {
     WEFT_FAIL(WEFT_ERR_INVALID, "%s (rank %d: y [%d x hidden], out [%d x hidden]). Every rank failed the call",
               why.c_str(), c->rank, h->recv_rows, h->tokens);

@@ -358,6 +358,13 @@ int32_t comm_finish_async(weft_comm* c, const char* call) {
   return WEFT_OK;
 }
 
+int32_t comm_end_call(weft_comm* c, const char* call, const char* stage, bool queue) {
+  const int32_t rc = queue ? comm_finish_async(c, call) : comm_sync_status(c);
+  c->profile.end(c->stream);
+  if (rc != WEFT_OK || queue) return rc;
+  return comm_check_peers(c, stage);
+}
+
 int32_t comm_check_not_begun(weft_comm* c) {
   if (c->begun.call != nullptr) {
     WEFT_FAIL(WEFT_ERR_INVALID, "a %s was begun (weft_dispatch_begin) and not finished: call weft_dispatch_finish first",
@@ -469,15 +476,7 @@ extern "C" int32_t weft_comm_create(int32_t device, int32_t rank, int32_t world,
     WEFT_FAIL(WEFT_ERR_INVALID, "world = %d; it must be in [1, %d]", world, weft::kMaxWorld);
   }
   if (rank < 0 || rank >= world) WEFT_FAIL(WEFT_ERR_INVALID, "rank = %d; it must be in [0, world = %d)", rank, world);
-  int count = 0;
-  cudaError_t e = cudaGetDeviceCount(&count);
-  if (e != cudaSuccess || count == 0) {
-    (void)cudaGetLastError();
-    WEFT_FAIL(WEFT_ERR_NO_DEVICE, "no CUDA device is visible (%s)", cudaGetErrorString(e));
-  }
-  if (device < 0 || device >= count) {
-    WEFT_FAIL(WEFT_ERR_INVALID, "device = %d; this process sees %d device(s)", device, count);
-  }
+  WEFT_TRY(weft::set_device(device));
   weft_comm* c = new weft_comm();
   c->device = device;
   c->rank = rank;

@@ -113,6 +113,11 @@ int32_t comm_sync_status(weft_comm* c);
 // status copy and an event) for comm_settle. With the queue full, settles
 // the oldest tail first.
 int32_t comm_finish_async(weft_comm* c, const char* call);
+// Ends a collective call, after its last barrier is enqueued. queue: the
+// call's outcome is for later (comm_finish_async, tail named `call`);
+// otherwise (it already failed on this rank) waits for the stream and
+// reports a peer's failure or timeout, naming `stage`. Closes the profile.
+int32_t comm_end_call(weft_comm* c, const char* call, const char* stage, bool queue);
 // Waits for every queued tail and reports, oldest first, what went wrong in
 // it (peer timeout, a peer's failure, a kernel fault). Called under the lock.
 int32_t comm_settle(weft_comm* c);

@@ -34,6 +34,8 @@ bool debug_enabled();
 void debug_log(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 // An integer tuning knob from the environment, or `fallback` when unset or not a positive integer.
 int tuning_knob(const char* name, int fallback);
+// Checks that `device` is a visible CUDA device and makes it current (api.cu).
+int32_t set_device(int32_t device);
 
 #define WEFT_API(name)      \
   weft::ApiScope weft_scope_(name); \

@@ -329,21 +329,15 @@ int32_t dispatch_finish(weft_engine* e, weft_handle** out) {
   }
   rc = comm_barrier_async(c, "dispatch end");
   c->profile.mark(c->stream, "barrier: end");
-  if (rc == WEFT_OK && alloc_rc == WEFT_OK) {
-    // Every host decision is made: return while the rows move. A peer that
-    // fails from here on is reported by the next call (comm_settle).
-    rc = comm_finish_async(c, move_rows ? "weft_dispatch" : "weft_dispatch_layout");
-    c->profile.end(c->stream);
-    if (rc != WEFT_OK) return fail(rc);
-    *out = h;
-    return WEFT_OK;
-  }
-  // This rank failed to allocate: wait, so every rank's error is in view.
-  if (rc == WEFT_OK) rc = comm_sync_status(c);
-  c->profile.end(c->stream);
-  if (rc == WEFT_OK) rc = comm_check_peers(c, "dispatch");
+  // Every host decision is made: return while the rows move; a peer that
+  // fails from here on is reported by a later call (comm_settle). A rank that
+  // failed to allocate waits instead, so every rank's error is in view.
+  if (rc == WEFT_OK) rc = comm_end_call(c, move_rows ? "weft_dispatch" : "weft_dispatch_layout", "dispatch",
+                                        alloc_rc == WEFT_OK);
   if (rc == WEFT_OK) rc = alloc_rc;
-  return fail(rc);
+  if (rc != WEFT_OK) return fail(rc);
+  *out = h;
+  return WEFT_OK;
 }
 
 int32_t redispatch_impl(weft_handle* h, const void* x) {
@@ -366,16 +360,9 @@ int32_t redispatch_impl(weft_handle* h, const void* x) {
   c->profile.mark(c->stream, "pull");
   WEFT_TRY(comm_barrier_async(c, "redispatch end"));
   c->profile.mark(c->stream, "barrier: end");
-  if (!bad) {
-    // x was staged in stream order; a peer's failure surfaces at the next call.
-    WEFT_TRY(comm_finish_async(c, "weft_redispatch"));
-    c->profile.end(c->stream);
-    return WEFT_OK;
-  }
-  WEFT_TRY(comm_sync_status(c));
-  c->profile.end(c->stream);
-  WEFT_TRY(comm_check_peers(c, "redispatch"));
-  if (c->h_status->local_bad != 0u) {
+  // x was staged in stream order; a peer's failure surfaces at a later call.
+  WEFT_TRY(comm_end_call(c, "weft_redispatch", "redispatch", !bad));
+  if (bad) {
     WEFT_FAIL(WEFT_ERR_INVALID, "x is NULL while the handle has %d tokens on rank %d. Every rank failed the call",
               h->tokens, c->rank);
   }
