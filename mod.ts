@@ -53,11 +53,13 @@ export type {
   LinkTraffic,
   PatternSpec,
   PlanSpec,
+  Quantize,
   RankLayout,
   ReceiveOrder,
   Replication,
+  TensorDType,
 } from "./dsl/types.ts";
-export { DTYPE_BYTES } from "./dsl/types.ts";
+export { DTYPE_BYTES, TENSOR_DTYPE_BYTES } from "./dsl/types.ts";
 export { type CompiledPlacement, compilePlacement, resolveSlot } from "./dsl/placement.ts";
 export {
   computeLayout,
@@ -107,5 +109,15 @@ export {
 
 // Data types, errors, reports.
 export { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, fromF32, toF32 } from "./lib/dtype.ts";
+export {
+  dequantizeRows,
+  E4M3_MAX,
+  e4m3Decode,
+  e4m3Encode,
+  QUANT_BLOCK,
+  type QuantizedRows,
+  quantizeRows,
+  scaleExponent,
+} from "./lib/fp8.ts";
 export { WeftError, type WeftErrorInfo } from "./lib/errors.ts";
 export { formatLinks, formatLoad, type TrafficTotals, trafficTotals } from "./lib/traffic.ts";

@@ -16,6 +16,13 @@ const SERIES: readonly {
 }[] = [
   { label: "weft", color: "#1f6fb4", dash: "", value: (r) => r.weftMs },
   { label: "NCCL baseline", color: "#c8342b", dash: "6 4", value: (r) => r.baselineMs },
+  // Drawn where measured (a different workload: FP8 dispatch bytes).
+  {
+    label: "weft, e4m3 dispatch",
+    color: "#2e8b57",
+    dash: "2 3",
+    value: (r) => r.weftE4m3Ms ?? NaN,
+  },
 ];
 
 const PANEL_W = 380;
@@ -165,7 +172,7 @@ export function latencyChart(result: BenchResult): string {
     ) + `</text>`,
   ];
   // Legend, centred under the subtitle.
-  const legendW = 250;
+  const legendW = 150 * SERIES.length;
   let lx = width / 2 - legendW / 2;
   out.push(`<g class="legend">`);
   for (const s of SERIES) {

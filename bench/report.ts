@@ -32,6 +32,15 @@ export interface BenchRow {
    * when not measured.
    */
   readonly weftCopyInMs: number | null;
+  /**
+   * weft dispatch + combine like {@link weftMs} with dispatch quantized to
+   * FP8 E4M3 + block scales (`.quantize("e4m3")`, about half the dispatch
+   * bytes; combine unchanged, bf16); absent or null when not measured. Not
+   * the same work as the baseline's bf16 rows: not in the speedup column.
+   */
+  readonly weftE4m3Ms?: number | null;
+  /** Output check of the E4M3 run (same check as {@link weftError}, y exact). */
+  readonly weftE4m3Error?: number | null;
   /** The NCCL baseline's dispatch + combine, ms, reduced like {@link weftMs}. */
   readonly baselineMs: number;
   /** A cached re-dispatch through a handle, ms (median, max over ranks); null when not measured. */
@@ -179,6 +188,7 @@ export const TABLE_COLUMNS: readonly string[] = Object.freeze([
   "baseline ms",
   "speedup",
   "weft ms, inputs copied in",
+  "weft ms, e4m3 dispatch",
   "weft remote MB/rank/dir",
   "achieved GB/s",
   "% of copy ceiling",
@@ -211,6 +221,7 @@ export function markdownTable(result: BenchResult): string {
           fixed(row.baselineMs, 3),
           `${fixed(d.speedup, 2)}×`,
           fixed(row.weftCopyInMs, 3),
+          fixed(row.weftE4m3Ms ?? null, 3),
           fixed(d.weftRemoteMBPerDir, 1),
           fixed(d.achievedGBps, 1),
           fixed(d.ceilingPercent, 1),

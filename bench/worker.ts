@@ -5,7 +5,8 @@
  *
  * For every (tokens per GPU, scenario) cell, in the same process and run:
  * weft's dispatch + combine with identity experts (y = recv), a cached
- * re-dispatch through the handle, and the NCCL baseline's dispatch + combine.
+ * re-dispatch through the handle, the same with dispatch quantized to E4M3,
+ * and the NCCL baseline's dispatch + combine.
  * Each is timed with CUDA events on the communicator's stream after warm-up,
  * each rank takes its median, and rank 0 keeps the maximum over ranks, as
  * anchors/moe_baseline.py does. Rank 0 also measures the GPU→GPU copy
@@ -13,9 +14,9 @@
  *
  * @module
  */
-import { experts } from "../dsl/mod.ts";
+import { experts, Plan } from "../dsl/mod.ts";
 import type { PlanSpec } from "../dsl/types.ts";
-import { DTYPE_BYTES } from "../dsl/types.ts";
+import { DTYPE_BYTES, TENSOR_DTYPE_BYTES } from "../dsl/types.ts";
 import { Communicator } from "../lib/communicator.ts";
 import { DeviceTensor } from "../lib/device_tensor.ts";
 import { bf16ToF32 } from "../lib/dtype.ts";
@@ -43,6 +44,8 @@ const CHECK_TOLERANCE = 1e-2;
 /** What a rank reports for one cell. */
 interface RankCell {
   readonly weftMs: number;
+  readonly weftE4m3Ms: number;
+  readonly weftE4m3Error: number;
   readonly weftDispatchMs: number;
   readonly weftCopyInMs: number;
   readonly baselineMs: number;
@@ -79,7 +82,7 @@ function randomBf16(count: number, seed: number): Uint16Array {
 
 /** Rows `rows` of a device bf16 tensor, copied one by one (a sample, not the whole tensor). */
 function readRows(t: DeviceTensor, rows: readonly number[]): Float32Array[] {
-  const rowBytes = t.cols * DTYPE_BYTES[t.dtype];
+  const rowBytes = t.cols * TENSOR_DTYPE_BYTES[t.dtype];
   return rows.map((r) => {
     const host = new Uint16Array(new ArrayBuffer(rowBytes));
     const src = Deno.UnsafePointer.offset(t.pointer!, r * rowBytes);
@@ -205,6 +208,7 @@ async function describeDevice(device: number, world: number): Promise<string> {
 async function runSize(
   comm: Communicator,
   plan: PlanSpec,
+  planE4m3: PlanSpec,
   tokens: number,
   scenarios: readonly Scenario[],
   options: BenchOptions,
@@ -219,12 +223,17 @@ async function runSize(
     maxTokens: tokens,
     combineWire: options.combineWire,
   });
+  // The same shape with dispatch quantized to E4M3 (its own heap regions are
+  // reused by whichever engine runs: every call ends with a barrier).
+  using engineE4m3 = await Engine.create(planE4m3, comm, {
+    maxTokens: tokens,
+    combineWire: options.combineWire,
+  });
   using baseline = NcclBaseline.create(comm, plan, { maxTokens: tokens });
   const xHost = randomBf16(tokens * hidden, options.seed * 65_537 + rank);
   using x = DeviceTensor.upload(device, dtype, tokens, hidden, xHost);
   // weft's input written in place, where the peers read it (no staging copy).
   const xInPlace = engine.inputRows(tokens);
-  xInPlace.write(xHost);
   using weftOut = DeviceTensor.alloc(device, dtype, tokens, hidden);
   using baselineOut = DeviceTensor.alloc(device, dtype, tokens, hidden);
 
@@ -246,6 +255,8 @@ async function runSize(
     routingInPlace.topkIdx.set(mine.topkIdx);
     routingInPlace.topkWeights.set(mine.topkWeights);
     const input = { x: xInPlace, ...routingInPlace };
+    // Rewritten every scenario: the E4M3 engine shares the heap.
+    xInPlace.write(xHost);
 
     weftOut.poison();
     // The last run's handle stays open for the re-dispatch runs.
@@ -284,6 +295,23 @@ async function runSize(
       await engine.redispatch(handle, [xInPlace]);
       return () => {};
     });
+
+    // E4M3 dispatch + combine. The experts' outputs are the exact bf16 rows
+    // (the bf16 handle's recv: same routing, same receive layout), so the
+    // output check is the same as weft's.
+    const keptRecv = (await engine.redispatch(handle, [xInPlace])).results[0].recv;
+    const xE4m3 = engineE4m3.inputRows(tokens);
+    xE4m3.write(xHost);
+    const routingE4m3 = engineE4m3.inputRouting(tokens);
+    routingE4m3.topkIdx.set(mine.topkIdx);
+    routingE4m3.topkWeights.set(mine.topkWeights);
+    weftOut.poison();
+    const e4m3Times = await timeRuns(comm, timer, options.warmup, options.iters, async () => {
+      const { handle } = await engineE4m3.dispatch([{ x: xE4m3, ...routingE4m3 }]);
+      await engineE4m3.combine(handle, [keptRecv], { out: [weftOut] });
+      return () => handle.close();
+    });
+    const weftE4m3Error = outputError(weftOut, xHost, mine, hidden, topK);
     handle.close();
 
     baselineOut.poison();
@@ -295,6 +323,8 @@ async function runSize(
 
     const cell: RankCell = {
       weftMs: median(weftTimes),
+      weftE4m3Ms: median(e4m3Times),
+      weftE4m3Error,
       weftDispatchMs: median(dispatchTimes),
       weftCopyInMs: median(copyInTimes),
       baselineMs: median(baselineTimes),
@@ -313,6 +343,8 @@ async function runSize(
       weftMs: max(cells.map((c) => c.weftMs)),
       weftDispatchMs: max(cells.map((c) => c.weftDispatchMs)),
       weftCopyInMs: max(cells.map((c) => c.weftCopyInMs)),
+      weftE4m3Ms: max(cells.map((c) => c.weftE4m3Ms)),
+      weftE4m3Error: max(cells.map((c) => c.weftE4m3Error)),
       baselineMs: max(cells.map((c) => c.baselineMs)),
       redispatchMs: max(cells.map((c) => c.redispatchMs)),
       layoutMs: median(layoutTimes),
@@ -333,7 +365,9 @@ async function runSize(
       `${tokens} ${scenario.name}: weft ${row.weftMs.toFixed(3)} ms (dispatch ` +
         `${row.weftDispatchMs!.toFixed(3)}; inputs copied in ${
           row.weftCopyInMs!.toFixed(3)
-        }), baseline ${row.baselineMs.toFixed(3)} ms, ` +
+        }; e4m3 dispatch ${row.weftE4m3Ms!.toFixed(3)}), baseline ${
+          row.baselineMs.toFixed(3)
+        } ms, ` +
         `redispatch ${row.redispatchMs!.toFixed(3)} ms, check ${
           row.weftError!.toExponential(1)
         } / ` +
@@ -362,15 +396,22 @@ function runNotes(
     `weft remote MB/rank/dir: dispatch bytes one rank sends to other GPUs (one row per (token, destination ` +
     `GPU)), max over ranks; achieved GB/s counts dispatch + combine outgoing bytes (combine partials in ` +
     `${options.combineWire === "f32" ? "f32, 4 B/element" : "the row dtype"}) over weft ms.`,
+    'weft ms, e4m3 dispatch: the same run with the pattern\'s .quantize("e4m3"): each row crosses as ' +
+    "E4M3 bytes + one f32 scale per 128 elements (7392 B instead of 14336), lands as e4m3 rows and scales; " +
+    "combine unchanged (bf16 expert outputs). Different work from the bf16 rows, so it has no speedup " +
+    "column; its output is checked like weft's.",
   ];
   if (ceiling === null) notes.push("copy ceiling: not measured (one GPU: no peer to copy to).");
-  const failed = rows.filter((r) =>
-    !((r.weftError ?? 0) <= CHECK_TOLERANCE) || !((r.baselineError ?? 0) <= CHECK_TOLERANCE)
-  );
-  const worst = Math.max(0, ...rows.flatMap((r) => [r.weftError ?? 0, r.baselineError ?? 0]));
+  const errors = (r: BenchRow): number[] => [
+    r.weftError ?? 0,
+    r.baselineError ?? 0,
+    r.weftE4m3Error ?? 0,
+  ];
+  const failed = rows.filter((r) => !errors(r).every((e) => e <= CHECK_TOLERANCE));
+  const worst = Math.max(0, ...rows.flatMap(errors));
   notes.push(
     failed.length === 0
-      ? `output check passed: out ≈ x·Σw on ${CHECK_ROWS} sampled rows per rank, both engines, every cell ` +
+      ? `output check passed: out ≈ x·Σw on ${CHECK_ROWS} sampled rows per rank, every engine, every cell ` +
         `(worst relative L2 error ${worst.toExponential(1)} ≤ ${CHECK_TOLERANCE}).`
       : `OUTPUT CHECK FAILED in ${failed.map((r) => `${r.tokens}/${r.scenario}`).join(", ")} ` +
         `(relative L2 error > ${CHECK_TOLERANCE}): those timings are of a wrong result.`,
@@ -388,13 +429,17 @@ export async function main(argv: readonly string[]): Promise<void> {
     SHAPE.hidden,
   )
     .compile({ world: env.world, gpusPerNode: env.localWorld });
+  const planE4m3 = Plan.compile({ ...plan.pattern, quantize: "e4m3" }, {
+    world: env.world,
+    gpusPerNode: env.localWorld,
+  });
   const maxTokens = Math.max(...options.sizes);
   // The heap must hold the largest size's engine regions and the copy-ceiling source.
-  const engineHeap = Engine.heapBytes(plan, {
-    maxTokens,
-    combineWire: options.combineWire,
-    rank: env.rank,
-  });
+  const heapOptions = { maxTokens, combineWire: options.combineWire, rank: env.rank };
+  const engineHeap = Math.max(
+    Engine.heapBytes(plan, heapOptions),
+    Engine.heapBytes(planE4m3, heapOptions),
+  );
   const heapBytes = engineHeap === undefined
     ? undefined
     : Math.max(engineHeap, COPY_CEILING_BYTES + HEAP_HEADROOM_BYTES);
@@ -412,7 +457,7 @@ export async function main(argv: readonly string[]): Promise<void> {
 
   const rows: BenchRow[] = [];
   for (const tokens of options.sizes) {
-    rows.push(...await runSize(comm, plan, tokens, scenarios, options, timer));
+    rows.push(...await runSize(comm, plan, planE4m3, tokens, scenarios, options, timer));
   }
   await comm.hostBarrier();
 

@@ -42,8 +42,10 @@ export type {
   LinkTraffic,
   PatternSpec,
   PlanSpec,
+  Quantize,
   RankLayout,
   ReceiveOrder,
   Replication,
+  TensorDType,
 } from "./types.ts";
-export { DTYPE_BYTES } from "./types.ts";
+export { DTYPE_BYTES, TENSOR_DTYPE_BYTES } from "./types.ts";

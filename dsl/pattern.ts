@@ -23,6 +23,7 @@ import type {
   Dedupe,
   DType,
   PatternSpec,
+  Quantize,
   ReceiveOrder,
 } from "./types.ts";
 import {
@@ -136,7 +137,7 @@ export type CompileContextFor<S extends PatternState> =
   & (S["sized"] extends false ? { readonly hidden: number } : unknown);
 
 /**
- * Steps every pattern has. Options (`dedupe`, `receive`, `combine`, `dtype`,
+ * Steps every pattern has. Options (`dedupe`, `receive`, `combine`, `dtype`, `quantize`,
  * `hidden`) may be set in any order and again; the last call wins.
  *
  * @example
@@ -157,6 +158,14 @@ export interface PatternSteps<S extends PatternState> {
   combine(op: CombineOp): Pattern<S>;
   /** Element type of the rows (default `"bf16"`). */
   dtype(dtype: DType): Pattern<S>;
+  /**
+   * Dispatch rows as FP8: `"e4m3"` quantizes each row at its source with one
+   * power-of-two scale per 128 elements (lib/fp8.ts), so about half the bytes
+   * of bf16 cross; the receiver gets `recv` in e4m3 and `recvScales`.
+   * Combine is unchanged. `"none"` (the default) moves rows in `dtype`.
+   * Needs a hidden size that is a multiple of 128.
+   */
+  quantize(format: Quantize | "none"): Pattern<S>;
   /** Hidden size H: a positive multiple of 8 elements (16-byte bf16 rows). */
   hidden(size: number): Pattern<Mark<S, "sized">>;
 }
@@ -324,6 +333,10 @@ class PatternBuilder {
 
   dtype(dtype: DType): PatternBuilder {
     return this.#with({ dtype });
+  }
+
+  quantize(format: Quantize | "none"): PatternBuilder {
+    return this.#with({ quantize: format as Quantize });
   }
 
   hidden(size: number): PatternBuilder {

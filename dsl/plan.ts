@@ -17,6 +17,7 @@ import type {
   DType,
   PatternSpec,
   PlanSpec,
+  Quantize,
   ReceiveOrder,
 } from "./types.ts";
 import {
@@ -109,6 +110,9 @@ export class Plan implements PlanSpec {
   readonly hidden: number;
   /** Element type of the rows. */
   readonly dtype: DType;
+  /** Dispatch's row format when quantized (absent: rows move in `dtype`). */
+  // `declare`: no own property unless set, so unquantized plans look as before.
+  declare readonly quantize?: Quantize;
   /** How many copies of a token cross the interconnect. */
   readonly dedupe: Dedupe;
   /** Row order of the dispatch output. */
@@ -135,6 +139,7 @@ export class Plan implements PlanSpec {
     this.topK = spec.topK;
     this.hidden = spec.hidden;
     this.dtype = spec.dtype;
+    if (spec.quantize !== undefined) (this as { quantize?: Quantize }).quantize = spec.quantize;
     this.dedupe = spec.dedupe;
     this.receive = spec.receive;
     this.combine = spec.combine;
@@ -229,8 +234,9 @@ export class Plan implements PlanSpec {
       world,
       gpusPerNode,
     });
+    const canonical = canonicalPattern(pattern);
     return new Plan({
-      pattern: canonicalPattern(pattern),
+      pattern: canonical,
       world,
       gpusPerNode,
       nodes: world / gpusPerNode,
@@ -238,6 +244,7 @@ export class Plan implements PlanSpec {
       topK: pattern.topK,
       hidden,
       dtype: pattern.dtype,
+      ...(canonical.quantize !== undefined ? { quantize: canonical.quantize } : {}),
       dedupe: pattern.dedupe,
       receive: pattern.receive,
       combine: pattern.combine,
@@ -282,6 +289,7 @@ export class Plan implements PlanSpec {
       topK: this.topK,
       hidden: this.hidden,
       dtype: this.dtype,
+      ...(this.quantize !== undefined ? { quantize: this.quantize } : {}),
       dedupe: this.dedupe,
       receive: this.receive,
       combine: this.combine,

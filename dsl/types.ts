@@ -24,6 +24,28 @@ export const DTYPE_BYTES: Readonly<Record<DType, number>> = Object.freeze({
 });
 
 /**
+ * Element type of a tensor weft hands out: a {@link DType}, or `e4m3` (FP8,
+ * one byte) for the rows of a quantized dispatch.
+ */
+export type TensorDType = DType | "e4m3";
+
+/** Bytes per element of each {@link TensorDType}. */
+export const TENSOR_DTYPE_BYTES: Readonly<Record<TensorDType, number>> = Object.freeze({
+  ...DTYPE_BYTES,
+  e4m3: 1,
+});
+
+/**
+ * How dispatch carries rows, when not in the pattern's dtype.
+ * - `e4m3`: each row is quantized at its source to FP8 E4M3 with one
+ *   power-of-two f32 scale per 128 elements (lib/fp8.ts defines the bits);
+ *   the bytes and scales cross the interconnect (about half of bf16) and
+ *   land as `recv` (e4m3) and `recvScales` ([R × H/128] f32). Combine is
+ *   unchanged: the experts' outputs come back in the pattern's dtype.
+ */
+export type Quantize = "e4m3";
+
+/**
  * How many copies of a token cross the interconnect.
  * - `none`: one per (token, expert);
  * - `device`: one per (token, destination device);
@@ -99,6 +121,8 @@ export interface PatternSpec {
   readonly combine: CombineOp;
   /** Element type of the rows. */
   readonly dtype: DType;
+  /** Dispatch's row format when quantized (absent: rows move in `dtype`). */
+  readonly quantize?: Quantize;
   /** Hidden size H (elements per row); undefined until given or taken from the compile context. */
   readonly hidden?: number;
 }
@@ -137,6 +161,8 @@ export interface PlanSpec {
   readonly hidden: number;
   /** Element type of the rows. */
   readonly dtype: DType;
+  /** Dispatch's row format when quantized (absent: rows move in `dtype`). */
+  readonly quantize?: Quantize;
   /** How many copies of a token cross the interconnect. */
   readonly dedupe: Dedupe;
   /** Row order of the dispatch output on each rank. */

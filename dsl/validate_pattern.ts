@@ -10,12 +10,14 @@
  * @module
  */
 import { WeftError } from "../lib/errors.ts";
+import { QUANT_BLOCK } from "../lib/fp8.ts";
 import type {
   BasePlacement,
   CombineOp,
   Dedupe,
   DType,
   PatternSpec,
+  Quantize,
   ReceiveOrder,
   Replication,
 } from "./types.ts";
@@ -77,6 +79,7 @@ const DEDUPES: readonly Dedupe[] = ["none", "device", "node"];
 const RECEIVE_ORDERS: readonly ReceiveOrder[] = ["expert-major", "rank-major"];
 const COMBINE_OPS: readonly CombineOp[] = ["weighted", "sum"];
 const DTYPES: readonly DType[] = ["bf16", "f16", "f32"];
+const QUANTIZES: readonly (Quantize | "none")[] = ["e4m3", "none"];
 const PLACEMENT_KINDS: readonly BasePlacement["kind"][] = ["byDevice", "roundRobin", "table"];
 
 const PATTERN_FIELDS = [
@@ -88,6 +91,7 @@ const PATTERN_FIELDS = [
   "receive",
   "combine",
   "dtype",
+  "quantize",
   "hidden",
 ] as const;
 
@@ -288,7 +292,15 @@ export function checkPatternDraft(draft: PatternDraft): void {
   checkEnum("receive", draft.receive, RECEIVE_ORDERS);
   checkEnum("combine", draft.combine, COMBINE_OPS);
   checkEnum("dtype", draft.dtype, DTYPES);
+  if (draft.quantize !== undefined) checkEnum("quantize", draft.quantize, QUANTIZES);
   if (draft.hidden !== undefined) checkHidden("hidden", draft.hidden);
+  if (draft.quantize === "e4m3" && draft.hidden !== undefined && draft.hidden % QUANT_BLOCK !== 0) {
+    throw new WeftError({
+      field: "hidden",
+      problem: `is ${draft.hidden}; quantize "e4m3" scales blocks of ${QUANT_BLOCK} elements`,
+      fix: `use a hidden size that is a multiple of ${QUANT_BLOCK}, or drop quantize`,
+    });
+  }
 }
 
 /**
@@ -327,6 +339,10 @@ export function canonicalPattern<D extends PatternDraft>(draft: D): D {
   out.receive = draft.receive;
   out.combine = draft.combine;
   out.dtype = draft.dtype;
+  // "none" is the absence of quantization: it is left out, like an unset field.
+  if (draft.quantize !== undefined && (draft.quantize as string) !== "none") {
+    out.quantize = draft.quantize;
+  }
   if (draft.hidden !== undefined) out.hidden = draft.hidden;
   return Object.freeze(out) as D;
 }
@@ -433,11 +449,13 @@ export function readPatternSpec(input: unknown): PatternSpec {
     receive: orDefault("receive"),
     combine: orDefault("combine"),
     dtype: orDefault("dtype"),
+    quantize: input.quantize,
     hidden: input.hidden,
   } as PatternSpec;
   // `experts: ~` must not read as "unset" (checkPatternDraft skips undefined).
   if ("experts" in input) checkExpertCount("experts", input.experts);
   if ("hidden" in input) checkHidden("hidden", input.hidden);
+  if ("quantize" in input) checkEnum("quantize", input.quantize, QUANTIZES);
   checkPatternDraft(draft);
   return canonicalPattern(draft);
 }

@@ -8,7 +8,8 @@
  * @module
  */
 import type { HostRows, Tensor } from "./engine_api.ts";
-import { type DType, DTYPE_BYTES } from "../dsl/types.ts";
+import { TENSOR_DTYPE_BYTES, type TensorDType } from "../dsl/types.ts";
+import { hostArrayType } from "./dtype.ts";
 import { WeftError } from "./errors.ts";
 import { hostPointer, pointerValue, readPointer } from "./ffi.ts";
 import { native, unwrap } from "./native.ts";
@@ -46,7 +47,7 @@ const leaks = new FinalizationRegistry<Allocation>((a) => {
  */
 export class DeviceTensor implements Tensor, Disposable {
   /** Element type. */
-  readonly dtype: DType;
+  readonly dtype: TensorDType;
   /** Row count. */
   readonly rows: number;
   /** Elements per row. */
@@ -60,7 +61,7 @@ export class DeviceTensor implements Tensor, Disposable {
 
   private constructor(
     deviceIndex: number,
-    dtype: DType,
+    dtype: TensorDType,
     rows: number,
     cols: number,
     pointer: Deno.PointerValue,
@@ -78,9 +79,9 @@ export class DeviceTensor implements Tensor, Disposable {
   }
 
   /** Allocates uninitialized memory for `rows × cols` elements of `dtype` on `device`. */
-  static alloc(device: number, dtype: DType, rows: number, cols: number): DeviceTensor {
+  static alloc(device: number, dtype: TensorDType, rows: number, cols: number): DeviceTensor {
     checkShape(dtype, rows, cols);
-    const bytes = rows * cols * DTYPE_BYTES[dtype];
+    const bytes = rows * cols * TENSOR_DTYPE_BYTES[dtype];
     // Zero bytes (a rank with no tokens) needs no allocation; NULL stands for it.
     if (bytes === 0) return new DeviceTensor(device, dtype, rows, cols, null, undefined);
     const out = new BigUint64Array(1);
@@ -93,7 +94,7 @@ export class DeviceTensor implements Tensor, Disposable {
   /** Allocates and copies host rows in (bf16/f16 as raw Uint16Array patterns). */
   static upload(
     device: number,
-    dtype: DType,
+    dtype: TensorDType,
     rows: number,
     cols: number,
     data: HostRows,
@@ -114,7 +115,7 @@ export class DeviceTensor implements Tensor, Disposable {
    */
   static view(
     device: number,
-    dtype: DType,
+    dtype: TensorDType,
     rows: number,
     cols: number,
     pointer: Deno.PointerValue,
@@ -131,7 +132,7 @@ export class DeviceTensor implements Tensor, Disposable {
 
   /** Bytes of data. */
   get byteLength(): number {
-    return this.rows * this.cols * DTYPE_BYTES[this.dtype];
+    return this.rows * this.cols * TENSOR_DTYPE_BYTES[this.dtype];
   }
 
   /** True when this tensor owns its memory (not a view). */
@@ -166,9 +167,7 @@ export class DeviceTensor implements Tensor, Disposable {
     this.#settle = undefined;
     if (settle !== undefined) await settle();
     this.#checkAlive();
-    const host = this.dtype === "f32"
-      ? new Float32Array(this.rows * this.cols)
-      : new Uint16Array(this.rows * this.cols);
+    const host = new (hostArrayType(this.dtype))(this.rows * this.cols);
     if (host.length > 0) {
       unwrap(
         native().weft_copy_d2h(this.deviceIndex, host, this.#pointer, BigInt(host.byteLength)),
@@ -181,7 +180,7 @@ export class DeviceTensor implements Tensor, Disposable {
   /** Overwrites the data with host rows of the same shape. */
   write(data: HostRows): void {
     this.#checkAlive();
-    const expected = this.dtype === "f32" ? Float32Array : Uint16Array;
+    const expected = hostArrayType(this.dtype);
     if (!(data instanceof expected) || data.length !== this.rows * this.cols) {
       throw new WeftError({
         field: "data",
@@ -191,6 +190,8 @@ export class DeviceTensor implements Tensor, Disposable {
         fix: `pass ${
           this.dtype === "f32"
             ? "a Float32Array"
+            : this.dtype === "e4m3"
+            ? "raw E4M3 bytes in a Uint8Array (lib/fp8.ts converts)"
             : "raw 16-bit patterns in a Uint16Array (lib/dtype.ts converts)"
         } of rows × cols elements`,
       });
@@ -262,12 +263,12 @@ export function hostRowsPointer(data: HostRows): Deno.PointerValue {
   return hostPointer(data);
 }
 
-function checkShape(dtype: DType, rows: number, cols: number): void {
-  if (!(dtype in DTYPE_BYTES)) {
+function checkShape(dtype: TensorDType, rows: number, cols: number): void {
+  if (!(dtype in TENSOR_DTYPE_BYTES)) {
     throw new WeftError({
       field: "dtype",
       problem: `is "${dtype}"`,
-      fix: 'use "bf16", "f16" or "f32"',
+      fix: 'use "bf16", "f16", "f32" or "e4m3"',
     });
   }
   for (const [name, v] of [["rows", rows], ["cols", cols]] as const) {

@@ -9,7 +9,7 @@
  *
  * @module
  */
-import type { DType } from "../dsl/types.ts";
+import type { DType, TensorDType } from "../dsl/types.ts";
 import type { HostRows } from "./engine_api.ts";
 import { WeftError } from "./errors.ts";
 
@@ -187,4 +187,26 @@ function typeMismatch(rows: unknown, dtype: DType): WeftError {
     }`,
     fix: `pass ${dtype} rows as a ${want}`,
   });
+}
+
+/** The typed array that holds host rows of each tensor dtype. */
+export type HostArrayType =
+  | Float32ArrayConstructor
+  | Uint16ArrayConstructor
+  | Uint8ArrayConstructor;
+
+/**
+ * The typed array class that holds host rows of `dtype`: Float32Array for
+ * f32, Uint16Array (raw bits) for bf16/f16, Uint8Array (raw bytes) for e4m3.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { hostArrayType } from "./dtype.ts";
+ * assert.equal(hostArrayType("e4m3"), Uint8Array);
+ * assert.ok(new (hostArrayType("bf16"))(2) instanceof Uint16Array);
+ * ```
+ */
+export function hostArrayType(dtype: TensorDType): HostArrayType {
+  return dtype === "f32" ? Float32Array : dtype === "e4m3" ? Uint8Array : Uint16Array;
 }

@@ -36,6 +36,7 @@ import type {
   Tensor,
 } from "./engine_api.ts";
 import { WeftError } from "./errors.ts";
+import { QUANT_BLOCK } from "./fp8.ts";
 import { checkRankShapes, checkRows } from "./input_check.ts";
 import {
   Codes,
@@ -102,6 +103,7 @@ export function planDescFields(
       combine: Codes.combine[plan.combine],
       max_tokens: maxTokens,
       combine_wire_f32: (options.combineWire ?? "dtype") === "f32" ? 1 : 0,
+      quantize: Codes.quantize[plan.quantize ?? "none"],
     },
     arrays: {
       local_experts: plan.localExperts,
@@ -519,6 +521,7 @@ export class Engine implements ShuffleEngine {
       );
       unwrap(status, "weft_redispatch", { rank: this.rank });
       this.#settleOnRead(h.result.recv);
+      if (h.result.recvScales !== undefined) this.#settleOnRead(h.result.recvScales);
       return { results: [h.result], handle: h };
     } finally {
       this.#leave();
@@ -837,23 +840,41 @@ export class Engine implements ShuffleEngine {
       this.#state,
       info,
       (h) => {
-        const recv = DeviceTensor.view(
-          this.device,
-          this.plan.dtype,
-          info.recvRows,
-          this.plan.hidden,
-          info.recv,
-          h,
-        );
-        this.#settleOnRead(recv);
-        return withLazyMetadata({ rank: this.rank, recv }, {
+        const lazy = {
           expertCounts: () => this.#readInt32(info.expertCounts, info.localExperts),
           recvWeights: () =>
             new Float32Array(this.#readInt32(info.recvWeights, info.recvRows).buffer),
           srcRank: () => this.#readInt32(info.srcRank, info.recvRows),
           srcToken: () => this.#readInt32(info.srcToken, info.recvRows),
           srcK: () => this.#readInt32(info.srcK, info.recvRows),
-        });
+        };
+        const quantized = this.plan.quantize === "e4m3";
+        const recv = DeviceTensor.view(
+          this.device,
+          quantized ? "e4m3" : this.plan.dtype,
+          info.recvRows,
+          this.plan.hidden,
+          info.recv,
+          h,
+        );
+        this.#settleOnRead(recv);
+        const base: Pick<DispatchResult, "rank" | "recv" | "recvScales"> = {
+          rank: this.rank,
+          recv,
+        };
+        if (quantized) {
+          const recvScales = DeviceTensor.view(
+            this.device,
+            "f32",
+            info.recvRows,
+            this.plan.hidden / QUANT_BLOCK,
+            info.recvScales,
+            h,
+          );
+          this.#settleOnRead(recvScales);
+          return withLazyMetadata({ ...base, recvScales }, lazy);
+        }
+        return withLazyMetadata(base, lazy);
       },
     );
   }
@@ -953,7 +974,7 @@ type Metadata = Pick<
  * inside the timed dispatch.
  */
 function withLazyMetadata(
-  base: Pick<DispatchResult, "rank" | "recv">,
+  base: Pick<DispatchResult, "rank" | "recv" | "recvScales">,
   read: { readonly [K in keyof Metadata]: () => Metadata[K] },
 ): DispatchResult {
   const out = { ...base } as DispatchResult;

@@ -10,7 +10,7 @@
  *
  * @module
  */
-import type { DType } from "../dsl/types.ts";
+import type { TensorDType } from "../dsl/types.ts";
 import type { RankRouting } from "./routing.ts";
 
 /** One rank's routing (dispatch's input without the rows), as `layout` takes it. */
@@ -18,14 +18,16 @@ export type { RankRouting };
 
 /**
  * Rows of hidden states on the host: f32 as Float32Array; bf16 and f16 as
- * their raw 16-bit patterns in a Uint16Array (see lib/dtype.ts to convert).
+ * their raw 16-bit patterns in a Uint16Array (see lib/dtype.ts to convert);
+ * e4m3 (a quantized dispatch's output only) as raw bytes in a Uint8Array
+ * (see lib/fp8.ts).
  */
-export type HostRows = Float32Array | Uint16Array;
+export type HostRows = Float32Array | Uint16Array | Uint8Array;
 
 /** A [rows × cols] matrix that lives on the host or on a GPU. */
 export interface Tensor {
   /** Element type. */
-  readonly dtype: DType;
+  readonly dtype: TensorDType;
   /** Number of rows. */
   readonly rows: number;
   /** Elements per row (the hidden size H for dispatch and combine tensors). */
@@ -50,8 +52,16 @@ export interface RankInput {
 export interface DispatchResult {
   /** The rank this result is for. */
   readonly rank: number;
-  /** [R × H] received rows, in the plan's receive order. */
+  /**
+   * [R × H] received rows, in the plan's receive order: in the plan's dtype,
+   * or e4m3 bytes when the pattern quantizes dispatch.
+   */
   readonly recv: Tensor;
+  /**
+   * [R × H/128] f32 scales of `recv` (row i's block b is recv · scale[i, b]),
+   * when the pattern quantizes dispatch; absent otherwise.
+   */
+  readonly recvScales?: Tensor;
   /** [L] rows per local expert. */
   readonly expertCounts: Int32Array;
   /** [R] the weight of each received (token, expert) pair. */

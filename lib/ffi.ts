@@ -12,7 +12,7 @@
  */
 
 /** The `weft_abi_version()` this binding was written against. */
-export const WEFT_ABI_VERSION = 3;
+export const WEFT_ABI_VERSION = 4;
 
 /** Status codes of weft.h. */
 export const Status: Readonly<{
@@ -48,11 +48,13 @@ export const Codes: Readonly<{
   dedupe: Readonly<{ none: 0; device: 1; node: 2 }>;
   receive: Readonly<{ "expert-major": 0; "rank-major": 1 }>;
   combine: Readonly<{ weighted: 0; sum: 1 }>;
+  quantize: Readonly<{ none: 0; e4m3: 1 }>;
 }> = Object.freeze({
   dtype: Object.freeze({ bf16: 0, f16: 1, f32: 2 } as const),
   dedupe: Object.freeze({ none: 0, device: 1, node: 2 } as const),
   receive: Object.freeze({ "expert-major": 0, "rank-major": 1 } as const),
   combine: Object.freeze({ weighted: 0, sum: 1 } as const),
+  quantize: Object.freeze({ none: 0, e4m3: 1 } as const),
 });
 
 /**
@@ -287,12 +289,12 @@ export function openLibrary(path: string): WeftLibrary {
 // aligned to its widest member and padded to a multiple of it.
 
 /**
- * `weft_plan_desc`: 12 int32 at offsets 0…44 end at 48, already a multiple
- * of 8, so the five pointers follow with no padding at 48, 56, 64, 72, 80;
- * 88 bytes in all.
+ * `weft_plan_desc`: 14 int32 at offsets 0…52 (the last, `pad_`, stays 0)
+ * end at 56, a multiple of 8, so the five pointers follow with no padding
+ * at 56, 64, 72, 80, 88; 96 bytes in all.
  */
 export const PLAN_DESC: Readonly<{
-  bytes: 88;
+  bytes: 96;
   ints: Readonly<{
     world: 0;
     rank: 4;
@@ -306,16 +308,17 @@ export const PLAN_DESC: Readonly<{
     combine: 36;
     max_tokens: 40;
     combine_wire_f32: 44;
+    quantize: 48;
   }>;
   pointers: Readonly<{
-    local_experts: 48;
-    slot_base: 56;
-    slot_expert: 64;
-    replica_start: 72;
-    replica_slots: 80;
+    local_experts: 56;
+    slot_base: 64;
+    slot_expert: 72;
+    replica_start: 80;
+    replica_slots: 88;
   }>;
 }> = Object.freeze({
-  bytes: 88,
+  bytes: 96,
   ints: Object.freeze(
     {
       world: 0,
@@ -330,15 +333,16 @@ export const PLAN_DESC: Readonly<{
       combine: 36,
       max_tokens: 40,
       combine_wire_f32: 44,
+      quantize: 48,
     } as const,
   ),
   pointers: Object.freeze(
     {
-      local_experts: 48,
-      slot_base: 56,
-      slot_expert: 64,
-      replica_start: 72,
-      replica_slots: 80,
+      local_experts: 56,
+      slot_base: 64,
+      slot_expert: 72,
+      replica_start: 80,
+      replica_slots: 88,
     } as const,
   ),
 });
@@ -361,7 +365,7 @@ export interface PlanDescFields {
  * const a = new Int32Array([1]);
  * const { bytes } = packPlanDesc({
  *   ints: { world: 2, rank: 1, gpus_per_node: 2, experts: 4, top_k: 2, hidden: 8, dtype: 0, dedupe: 1,
- *     receive: 0, combine: 0, max_tokens: 16, combine_wire_f32: 1 },
+ *     receive: 0, combine: 0, max_tokens: 16, combine_wire_f32: 1, quantize: 0 },
  *   arrays: { local_experts: a, slot_base: a, slot_expert: a, replica_start: a, replica_slots: a },
  * });
  * console.assert(bytes.length === PLAN_DESC.bytes && new DataView(bytes.buffer).getInt32(4, true) === 1);
@@ -386,10 +390,10 @@ export function packPlanDesc(
 
 /**
  * `weft_dispatch_info`: four int32 (tokens, recv_rows, local_experts, pad_)
- * at 0…12, then seven pointers at 16, 24, …, 64; 72 bytes.
+ * at 0…12, then eight pointers at 16, 24, …, 72; 80 bytes.
  */
 export const DISPATCH_INFO: Readonly<{
-  bytes: 72;
+  bytes: 80;
   ints: Readonly<{ tokens: 0; recv_rows: 4; local_experts: 8 }>;
   pointers: Readonly<{
     recv: 16;
@@ -399,9 +403,10 @@ export const DISPATCH_INFO: Readonly<{
     src_token: 48;
     src_k: 56;
     dest_row: 64;
+    recv_scales: 72;
   }>;
 }> = Object.freeze({
-  bytes: 72,
+  bytes: 80,
   ints: Object.freeze({ tokens: 0, recv_rows: 4, local_experts: 8 } as const),
   pointers: Object.freeze(
     {
@@ -412,6 +417,7 @@ export const DISPATCH_INFO: Readonly<{
       src_token: 48,
       src_k: 56,
       dest_row: 64,
+      recv_scales: 72,
     } as const,
   ),
 });
@@ -438,6 +444,8 @@ export interface DispatchInfo {
   readonly srcK: Deno.PointerValue;
   /** [T × K] int32 receive row of each of this rank's (t, k) on its destination, -1 none. */
   readonly destRow: Deno.PointerValue;
+  /** [R × H/128] f32 scales of recv when the plan quantizes dispatch, else NULL. */
+  readonly recvScales: Deno.PointerValue;
 }
 
 /**
@@ -467,6 +475,7 @@ export function decodeDispatchInfo(raw: Uint8Array): DispatchInfo {
     srcToken: ptr(p.src_token),
     srcK: ptr(p.src_k),
     destRow: ptr(p.dest_row),
+    recvScales: ptr(p.recv_scales),
   };
 }
 
@@ -488,7 +497,9 @@ export function readPointer(out: BigUint64Array): Deno.PointerValue {
  * always has a fixed, off-heap backing store, so its address stays valid
  * across a nonblocking call. Large views are already off-heap: no copy.
  */
-export function stableCopy<T extends Int32Array | Float32Array | Uint16Array>(view: T): T {
+export function stableCopy<T extends Int32Array | Float32Array | Uint16Array | Uint8Array>(
+  view: T,
+): T {
   if (view.byteLength > 64) return view;
   const copy = new (view.constructor as { new (buffer: ArrayBuffer): T })(
     new ArrayBuffer(view.byteLength),

@@ -4,9 +4,9 @@
  *
  * @module
  */
-import type { DType } from "../dsl/types.ts";
+import type { DType, TensorDType } from "../dsl/types.ts";
 import type { HostRows, Tensor } from "./engine_api.ts";
-import { fromF32, toF32 } from "./dtype.ts";
+import { fromF32, hostArrayType, toF32 } from "./dtype.ts";
 import { WeftError } from "./errors.ts";
 
 /**
@@ -26,7 +26,7 @@ export class HostTensor implements Tensor {
   /** Always "host". */
   readonly device = "host";
   /** Element type of `data`. */
-  readonly dtype: DType;
+  readonly dtype: TensorDType;
   /** Row count. */
   readonly rows: number;
   /** Elements per row. */
@@ -38,7 +38,7 @@ export class HostTensor implements Tensor {
    * Wrap `data` (or allocate zeros) as a rows × cols tensor of `dtype`.
    *
    * @throws {WeftError} `data` when its type or length does not fit dtype and shape. */
-  constructor(dtype: DType, rows: number, cols: number, data?: HostRows) {
+  constructor(dtype: TensorDType, rows: number, cols: number, data?: HostRows) {
     if (!Number.isInteger(rows) || rows < 0 || !Number.isInteger(cols) || cols < 0) {
       throw new WeftError({
         field: "shape",
@@ -47,8 +47,8 @@ export class HostTensor implements Tensor {
       });
     }
     const n = rows * cols;
-    const storage = data ?? (dtype === "f32" ? new Float32Array(n) : new Uint16Array(n));
-    const want = dtype === "f32" ? Float32Array : Uint16Array;
+    const want = hostArrayType(dtype);
+    const storage = data ?? new want(n);
     if (!(storage instanceof want) || storage.length !== n) {
       throw new WeftError({
         field: "data",
@@ -78,8 +78,18 @@ export class HostTensor implements Tensor {
     return this.data.subarray(i * this.cols, (i + 1) * this.cols);
   }
 
-  /** The values as f32 (a copy for 16-bit dtypes, the storage itself for f32). */
+  /**
+   * The values as f32 (a copy for 16-bit dtypes, the storage itself for
+   * f32). E4M3 bytes need their scales: see lib/fp8.ts `dequantizeRows`.
+   */
   toF32(): Float32Array {
+    if (this.dtype === "e4m3") {
+      throw new WeftError({
+        field: "dtype",
+        problem: "is e4m3: its values need the block scales that came with it",
+        fix: "use dequantizeRows({ q: tensor.data, scales }, hidden) from lib/fp8.ts",
+      });
+    }
     return toF32(this.data, this.dtype);
   }
 }

@@ -90,6 +90,14 @@ export function checkRows(
     x !== null && typeof x === "object" && "rows" in x && "cols" in x && "dtype" in x
   ) {
     const t = x as RowsShape;
+    if (t.dtype === "e4m3") {
+      bad(
+        field,
+        rank,
+        `is an e4m3 tensor (the recv of a quantized dispatch); rows here are ${plan.dtype}`,
+        `pass the experts' outputs as a ${plan.dtype} [rows × ${H}] tensor`,
+      );
+    }
     if (t.dtype !== plan.dtype) {
       bad(
         field,

@@ -2,7 +2,8 @@
  * The Simulator: every rank of a plan in one process, on the CPU. It is the
  * oracle the GPU engine is tested against, so it implements DESIGN.md's
  * Semantics literally: dispatch copies raw row bits into the layout's receive
- * order; combine reduces in true f32 arithmetic (every product and every sum
+ * order (with `quantize: e4m3`, the source rows' E4M3 bytes and block scales
+ * as lib/fp8.ts defines them); combine reduces in true f32 arithmetic (every product and every sum
  * rounded to f32) in the normative order, and rounds to the dtype once.
  *
  * @module
@@ -20,14 +21,17 @@ import type {
   Tensor,
 } from "./engine_api.ts";
 import { fromF32 } from "./dtype.ts";
+import { QUANT_BLOCK, type QuantizedRows, quantizeRows } from "./fp8.ts";
 import { HostTensor } from "./host_tensor.ts";
 import { checkRankInputs, checkRows } from "./input_check.ts";
 import { WeftError } from "./errors.ts";
 
-/** A Simulator dispatch result: `recv` is a {@link HostTensor}. */
+/** A Simulator dispatch result: `recv` (and `recvScales`) are {@link HostTensor}s. */
 export interface SimDispatchResult extends DispatchResult {
-  /** [R × H] received rows, in the plan's receive order, on the host. */
+  /** [R × H] received rows, in the plan's receive order, on the host (e4m3 bytes when quantized). */
   readonly recv: HostTensor;
+  /** [R × H/128] f32 block scales of `recv` when the pattern quantizes dispatch. */
+  readonly recvScales?: HostTensor;
 }
 
 /** What {@link Simulator.dispatch} returns: the results, the handle, and the layout for inspection. */
@@ -274,22 +278,39 @@ export class Simulator implements ShuffleEngine {
     return data;
   }
 
+  /**
+   * Every received row is its source row's bits: x as given, or, when the
+   * pattern quantizes dispatch, the source's E4M3 bytes and block scales
+   * (lib/fp8.ts), quantized once per source row whatever its fan-out.
+   */
   #scatter(layout: BatchLayout, weights: Float32Array[], xs: HostRows[]): SimDispatchResult[] {
     const { hidden: H, topK: K, dtype } = this.plan;
+    const quantized = this.plan.quantize === "e4m3";
+    const sent: QuantizedRows[] | undefined = quantized
+      ? xs.map((x) => quantizeRows(x, dtype, H))
+      : undefined;
+    const S = H / QUANT_BLOCK;
     return layout.ranks.map((rl) => {
       const R = rl.recvRows;
-      const recv = new HostTensor(dtype, R, H);
+      const recv = new HostTensor(quantized ? "e4m3" : dtype, R, H);
+      const recvScales = quantized ? new HostTensor("f32", R, S) : undefined;
       const out = recv.data;
       const recvWeights = new Float32Array(R);
       for (let i = 0; i < R; i++) {
         const s = rl.srcRank[i];
         const t = rl.srcToken[i];
-        out.set(xs[s].subarray(t * H, (t + 1) * H), i * H);
+        if (sent !== undefined) {
+          out.set(sent[s].q.subarray(t * H, (t + 1) * H), i * H);
+          recvScales!.data.set(sent[s].scales.subarray(t * S, (t + 1) * S), i * S);
+        } else {
+          out.set(xs[s].subarray(t * H, (t + 1) * H), i * H);
+        }
         recvWeights[i] = weights[s][t * K + rl.srcK[i]];
       }
       return {
         rank: rl.rank,
         recv,
+        ...(recvScales !== undefined ? { recvScales } : {}),
         expertCounts: rl.expertCounts.slice(),
         recvWeights,
         srcRank: rl.srcRank.slice(),

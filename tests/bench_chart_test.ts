@@ -156,3 +156,16 @@ Deno.test("escapeXml escapes the five markup characters", () => {
     "&lt;a href=&quot;x&quot;&gt;&apos;&amp;&apos;&lt;/a&gt;",
   );
 });
+
+Deno.test("the e4m3 series is drawn where rows carry it, and only there", () => {
+  const base = result(["uniform", "zipf"], [4096, 16384]);
+  const rows = base.rows.map((r) =>
+    r.scenario === "uniform" ? { ...r, weftE4m3Ms: r.weftMs * 0.8 } : r
+  );
+  const svg = latencyChart({ ...base, rows });
+  checkWellFormed(svg);
+  const series = [...svg.matchAll(/data-series="([^"]*)"/g)].map((m) => m[1]);
+  assert.equal(series.filter((s) => s === "weft, e4m3 dispatch").length, 1);
+  assert.equal(series.length, 5); // weft + baseline in both panels, e4m3 in one
+  assert.ok(svg.includes(">weft, e4m3 dispatch</text>"));
+});

@@ -104,18 +104,19 @@ Deno.test("ffi: weft_plan_desc offsets match the x86-64 layout computed by hand"
     "combine",
     "max_tokens",
     "combine_wire_f32",
+    "quantize",
   ];
   ints.forEach((name, i) =>
     assert.equal(PLAN_DESC.ints[name as keyof typeof PLAN_DESC.ints], 4 * i, name)
   );
   const ptrs = ["local_experts", "slot_base", "slot_expert", "replica_start", "replica_slots"];
   ptrs.forEach((name, i) =>
-    assert.equal(PLAN_DESC.pointers[name as keyof typeof PLAN_DESC.pointers], 48 + 8 * i, name)
+    assert.equal(PLAN_DESC.pointers[name as keyof typeof PLAN_DESC.pointers], 56 + 8 * i, name)
   );
-  assert.equal(PLAN_DESC.bytes, 88);
-  // weft_dispatch_info: 4 int32 (pad_ included) = 16, then 7 pointers: 16 + 56 = 72.
-  assert.deepEqual(Object.values(DISPATCH_INFO.pointers), [16, 24, 32, 40, 48, 56, 64]);
-  assert.equal(DISPATCH_INFO.bytes, 72);
+  assert.equal(PLAN_DESC.bytes, 96);
+  // weft_dispatch_info: 4 int32 (pad_ included) = 16, then 8 pointers: 16 + 64 = 80.
+  assert.deepEqual(Object.values(DISPATCH_INFO.pointers), [16, 24, 32, 40, 48, 56, 64, 72]);
+  assert.equal(DISPATCH_INFO.bytes, 80);
 });
 
 Deno.test("ffi: a packed plan desc holds the plan's values and points at its arrays", () => {
@@ -134,7 +135,7 @@ Deno.test("ffi: a packed plan desc holds the plan's values and points at its arr
     [2, 1, 2, 8, 2, 64],
   );
   assert.deepEqual([int("dtype"), int("dedupe"), int("receive"), int("combine")], [1, 0, 1, 1]);
-  assert.deepEqual([int("max_tokens"), int("combine_wire_f32")], [77, 0]);
+  assert.deepEqual([int("max_tokens"), int("combine_wire_f32"), int("quantize")], [77, 0, 0]);
   const arrays = [
     plan.localExperts,
     plan.slotBase,

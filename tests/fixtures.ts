@@ -12,6 +12,7 @@ import type {
   DType,
   PatternSpec,
   PlanSpec,
+  Quantize,
   ReceiveOrder,
   Replication,
 } from "../dsl/types.ts";
@@ -33,6 +34,7 @@ export interface PlanOptions {
   combine?: CombineOp;
   placement?: BasePlacement;
   replicas?: Replication;
+  quantize?: Quantize;
 }
 
 /** A PlanSpec as `compile` would produce it; defaults: 2 ranks, 8 experts byDevice, top-2, hidden 4, f32. */
@@ -56,6 +58,7 @@ export function makePlan(o: PlanOptions = {}): PlanSpec {
     receive,
     combine,
     dtype,
+    ...(o.quantize ? { quantize: o.quantize } : {}),
     hidden,
   };
   return {
@@ -67,6 +70,7 @@ export function makePlan(o: PlanOptions = {}): PlanSpec {
     topK,
     hidden,
     dtype,
+    ...(o.quantize ? { quantize: o.quantize } : {}),
     dedupe,
     receive,
     combine,

@@ -55,6 +55,10 @@ extern "C" {
 /* combine op codes */
 #define WEFT_WEIGHTED 0
 #define WEFT_SUM 1
+/* quantize codes: how dispatch carries rows */
+#define WEFT_QUANTIZE_NONE 0 /* in the plan's dtype, bit for bit */
+#define WEFT_QUANTIZE_E4M3 1 /* FP8 E4M3 + one power-of-two f32 scale per 128 elements (lib/fp8.ts) */
+#define WEFT_QUANT_BLOCK 128
 
 typedef struct weft_comm* weft_comm_t;
 typedef struct weft_engine* weft_engine_t;
@@ -68,7 +72,8 @@ typedef struct weft_timer* weft_timer_t;
 int32_t weft_last_error(char* buf, int32_t len);
 /* ABI version, bumped on any change of this header (2: weft_dispatch_layout;
  * 3: stream-ordered returns, weft_comm_sync, weft_engine_input_rows,
- * weft_engine_pin_host, weft_dispatch_begin/_finish). */
+ * weft_engine_pin_host, weft_dispatch_begin/_finish; 4: weft_plan_desc.quantize,
+ * weft_dispatch_info.recv_scales). */
 int32_t weft_abi_version(void);
 /* Number of visible CUDA devices (0 with WEFT_ERR_NO_DEVICE when there is no driver). */
 int32_t weft_device_count(int32_t* out);
@@ -122,6 +127,8 @@ typedef struct weft_plan_desc {
   int32_t dtype, dedupe, receive, combine;  /* codes above */
   int32_t max_tokens;                       /* capacity per rank per batch */
   int32_t combine_wire_f32;                 /* 1: partial sums cross in f32; 0: in dtype */
+  int32_t quantize;                         /* WEFT_QUANTIZE_*; E4M3 needs hidden % 128 == 0 */
+  int32_t pad_;                             /* 0 */
   const int32_t* local_experts;             /* [world] */
   const int32_t* slot_base;                 /* [world+1] */
   const int32_t* slot_expert;               /* [slots] */
@@ -216,13 +223,14 @@ typedef struct weft_dispatch_info {
   int32_t recv_rows;       /* R of this rank */
   int32_t local_experts;   /* L of this rank */
   int32_t pad_;
-  void* recv;              /* device [recv_rows × hidden], dtype; owned by the handle */
+  void* recv;              /* device [recv_rows × hidden], dtype (E4M3 bytes when quantized); owned by the handle */
   float* recv_weights;     /* device [recv_rows] */
   int32_t* expert_counts;  /* device [local_experts] */
   int32_t* src_rank;       /* device [recv_rows] */
   int32_t* src_token;      /* device [recv_rows] */
   int32_t* src_k;          /* device [recv_rows] */
   int32_t* dest_row;       /* device [tokens × top_k]: receive row of each of this rank's (t,k) on its destination, -1 none */
+  float* recv_scales;      /* device [recv_rows × hidden/128] when quantized (recv · scale), else NULL */
 } weft_dispatch_info;
 int32_t weft_handle_info(weft_handle_t handle, weft_dispatch_info* out);
 
@@ -231,12 +239,14 @@ int32_t weft_handle_info(weft_handle_t handle, weft_dispatch_info* out);
  * layout → out [tokens × hidden] (device, dtype), allocated by the caller.
  * Collective. Deterministic: partials per destination in ascending k,
  * then destinations in ascending rank, f32 accumulation. y and out must be
- * 16-byte aligned device memory of this GPU; y may be the handle's recv.
+ * 16-byte aligned device memory of this GPU; y may be the handle's recv
+ * unless the plan quantizes dispatch (recv then holds E4M3 bytes).
  */
 int32_t weft_combine(weft_handle_t handle, const void* y, void* out);
 int32_t weft_handle_destroy(weft_handle_t handle);
 
 /* ---- NCCL baseline (bench) -----------------------------------------------
+ * Plans with quantize other than NONE are refused.
  * The way PyTorch/Megatron users shuffle today, in the same process and run:
  * permute rows by destination expert (stable sort), exchange counts, NCCL
  * send/recv all-to-all, regroup by local expert; then the reverse and the

@@ -646,6 +646,10 @@ extern "C" int32_t weft_baseline_create(weft_comm_t c, const weft_plan_desc* pla
     WEFT_FAIL(WEFT_ERR_INVALID, "the plan is for rank %d of %d, the communicator is rank %d of %d", p.rank, p.world,
               c->rank, c->world);
   }
+  if (p.quantize != WEFT_QUANTIZE_NONE) {
+    WEFT_FAIL(WEFT_ERR_INVALID, "plan.quantize = %d; the NCCL baseline moves rows in the plan's dtype: pass "
+              "WEFT_QUANTIZE_NONE", p.quantize);
+  }
   weft_baseline* b = new weft_baseline();
   b->comm = c;
   weft::comm_retain(c);

@@ -302,6 +302,10 @@ bool combine_args_ok(const weft_handle* h, int device, const void* y, const void
     if (y == nullptr) {
       ok = false;
       why = "y is NULL";
+    } else if (h->engine->plan.fp8() && y == h->recv) {
+      ok = false;
+      why = "y is the handle's recv, which holds E4M3 bytes (the plan quantizes dispatch): pass the experts' outputs "
+            "in the plan's dtype";
     } else {
       ok = usable_device_pointer(y, device, "y", &why);
     }
@@ -320,7 +324,7 @@ bool combine_args_ok(const weft_handle* h, int device, const void* y, const void
 int32_t combine_impl(weft_handle* h, const void* y, void* out, bool ok, const std::string& why) {
   weft_engine* e = h->engine;
   weft_comm* c = e->comm;
-  c->profile.begin(c->stream, "combine");
+  c->profile.begin(c->stream, e->plan.fp8() ? "combine (e4m3 plan)" : "combine");
   WEFT_TRY(comm_reset_status(c));
   if (!ok) WEFT_TRY(comm_report_bad(c, 0, kBadArgument));
   c->profile.mark(c->stream, "checks");

@@ -8,7 +8,8 @@
 // makes the one host sync, settles those tails (comm_settle), and enqueues
 // 5-6, which become this call's tail:
 //   1. copy x (unless the caller wrote it in place, weft_engine_input_rows),
-//      topk_idx, topk_weights into this rank's heap staging;
+//      topk_idx, topk_weights into this rank's heap staging; with quantize
+//      E4M3, quantize the staged rows into the send rows (quantize.cu);
 //   2. layout_source: check topk, resolve slots, ordinals, per-slot totals;
 //   3. barrier "dispatch staging" (error bits merged: one bad rank fails all);
 //   4. gather every rank's totals and token count; then, in dispatch_finish,
@@ -39,18 +40,29 @@ struct PullArgs {
   PeerTable peers;
   TokenTable tok;
   uint64_t x_off;
-  unsigned row_vecs;
+  unsigned row_vecs;   // of a send row (what is copied)
+  unsigned src_vecs;   // the source's row stride
+  unsigned head_vecs;  // the first head_vecs land in recv, the rest in scales
+  unsigned tail_vecs;
   int top_k, world, rank, max_tokens, dedupe_none;
   const int* fan_rows;
   uint4* recv;
+  uint4* scales;
   const DevStatus* st;
 };
+
+// Where vector v of a send row lands for receive row `row`: its recv row, or
+// (quantized rows: the scales after the E4M3 bytes) its recv_scales row.
+__device__ __forceinline__ uint4* land(const PullArgs& a, int row, unsigned v) {
+  return v < a.head_vecs ? a.recv + static_cast<size_t>(row) * a.head_vecs + v
+                         : a.scales + static_cast<size_t>(row) * a.tail_vecs + (v - a.head_vecs);
+}
 
 // Copies one source row to the receive rows of the lanes in `mask` (each
 // lane k holds the row of pair k in my_row). All lanes run every iteration;
 // each lane keeps U 16-byte loads in flight before the first store.
 template <int U>
-__device__ __forceinline__ void copy_row(const uint4* __restrict__ src, uint4* __restrict__ recv, unsigned row_vecs,
+__device__ __forceinline__ void copy_row(const PullArgs& a, const uint4* __restrict__ src, unsigned row_vecs,
                                          int my_row, unsigned mask, int lane) {
   for (unsigned v0 = 0; v0 < row_vecs; v0 += 32u * U) {
     uint4 buf[U];
@@ -64,11 +76,10 @@ __device__ __forceinline__ void copy_row(const uint4* __restrict__ src, uint4* _
       const int k = __ffs(m) - 1;
       m &= m - 1u;
       const int row = __shfl_sync(0xffffffffu, my_row, k);
-      uint4* dst = recv + static_cast<size_t>(row) * row_vecs;
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const unsigned v = v0 + static_cast<unsigned>(lane) + 32u * u;
-        if (v < row_vecs) dst[v] = buf[u];
+        if (v < row_vecs) *land(a, row, v) = buf[u];
       }
     }
   }
@@ -87,15 +98,15 @@ __global__ void __launch_bounds__(kPullThreads) pull_kernel(PullArgs a) {
     const int my_row = lane < a.top_k ? a.fan_rows[item * a.top_k + lane] : -1;
     const unsigned mask = __ballot_sync(0xffffffffu, my_row >= 0);
     if (mask == 0u) continue;
-    const uint4* src = reinterpret_cast<const uint4*>(a.peers.base[r] + a.x_off) + static_cast<size_t>(t) * a.row_vecs;
+    const uint4* src = reinterpret_cast<const uint4*>(a.peers.base[r] + a.x_off) + static_cast<size_t>(t) * a.src_vecs;
     if (!a.dedupe_none) {
-      copy_row<U>(src, a.recv, a.row_vecs, my_row, mask, lane);
+      copy_row<U>(a, src, a.row_vecs, my_row, mask, lane);
     } else {
       unsigned m = mask;
       while (m != 0u) {
         const int k = __ffs(m) - 1;
         m &= m - 1u;
-        copy_row<U>(src, a.recv, a.row_vecs, my_row, 1u << k, lane);
+        copy_row<U>(a, src, a.row_vecs, my_row, 1u << k, lane);
       }
     }
   }
@@ -115,7 +126,8 @@ int32_t handle_alloc(weft_engine* e, weft_handle* h) {
     off = align256(at + (bytes > 0 ? bytes : 16));
     return at;
   };
-  const uint64_t o_recv = take(R * p.row_bytes());
+  const uint64_t o_recv = take(R * p.recv_row_bytes());
+  const uint64_t o_scales = take(R * p.scale_row_bytes());
   const uint64_t o_w = take(R * 4);
   const uint64_t o_cnt = take(static_cast<uint64_t>(h->local_experts) * 4);
   const uint64_t o_sr = take(R * 4);
@@ -135,6 +147,7 @@ int32_t handle_alloc(weft_engine* e, weft_handle* h) {
   }
   uint8_t* b = static_cast<uint8_t*>(block);
   h->recv = b + o_recv;
+  h->recv_scales = p.fp8() ? reinterpret_cast<float*>(b + o_scales) : nullptr;
   h->recv_weights = reinterpret_cast<float*>(b + o_w);
   h->expert_counts = reinterpret_cast<int*>(b + o_cnt);
   h->src_rank = reinterpret_cast<int*>(b + o_sr);
@@ -215,7 +228,7 @@ int32_t dispatch_begin(weft_engine* e, const void* x, const int32_t* idx, const 
   weft_comm* c = e->comm;
   const PlanHost& p = e->plan;
   const HeapLayout& hl = e->hl;
-  c->profile.begin(c->stream, "dispatch");
+  c->profile.begin(c->stream, p.fp8() ? "dispatch e4m3" : "dispatch");
   WEFT_TRY(comm_reset_status(c));
   if (tokens < 0 || tokens > p.max_tokens) {
     WEFT_TRY(comm_report_bad(c, tokens < 0 ? 0ull : static_cast<unsigned long long>(tokens), kBadCapacity));
@@ -233,6 +246,10 @@ int32_t dispatch_begin(weft_engine* e, const void* x, const int32_t* idx, const 
       WEFT_CUDA(cudaMemcpyAsync(c->heap + hl.w, w, pairs * sizeof(float), cudaMemcpyDefault, c->stream));
     }
     c->profile.mark(c->stream, "stage inputs");
+    if (move_rows && p.fp8()) {
+      WEFT_TRY(launch_quantize(e, tokens));
+      c->profile.mark(c->stream, "quantize");
+    }
     WEFT_TRY(layout_source(e, tokens));
   }
   c->profile.mark(c->stream, "layout: source side");
@@ -344,7 +361,7 @@ int32_t redispatch_impl(weft_handle* h, const void* x) {
   weft_engine* e = h->engine;
   weft_comm* c = e->comm;
   const PlanHost& p = e->plan;
-  c->profile.begin(c->stream, "redispatch");
+  c->profile.begin(c->stream, p.fp8() ? "redispatch e4m3" : "redispatch");
   WEFT_TRY(comm_reset_status(c));
   const bool bad = h->tokens > 0 && x == nullptr;
   if (bad) {
@@ -353,6 +370,7 @@ int32_t redispatch_impl(weft_handle* h, const void* x) {
     WEFT_CUDA(cudaMemcpyAsync(c->heap + e->hl.x, x, static_cast<size_t>(h->tokens) * p.row_bytes(), cudaMemcpyDefault,
                               c->stream));
   }
+  if (!bad) WEFT_TRY(launch_quantize(e, h->tokens));
   c->profile.mark(c->stream, "stage x");
   WEFT_TRY(comm_barrier_async(c, "redispatch staging"));
   c->profile.mark(c->stream, "barrier: staged");
@@ -392,8 +410,11 @@ int32_t launch_pull(weft_engine* e, weft_handle* h) {
   PullArgs a;
   a.peers = c->peers;
   a.tok = h->tok;
-  a.x_off = e->hl.x;
-  a.row_vecs = static_cast<unsigned>(p.row_bytes() / 16);
+  a.x_off = e->hl.xq;
+  a.row_vecs = static_cast<unsigned>(p.send_row_bytes() / 16);
+  a.src_vecs = static_cast<unsigned>(p.send_stride_bytes() / 16);
+  a.head_vecs = static_cast<unsigned>(p.recv_row_bytes() / 16);
+  a.tail_vecs = static_cast<unsigned>(p.scale_row_bytes() / 16);
   a.top_k = p.top_k;
   a.world = p.world;
   a.rank = p.rank;
@@ -401,6 +422,7 @@ int32_t launch_pull(weft_engine* e, weft_handle* h) {
   a.dedupe_none = p.dedupe == WEFT_DEDUPE_NONE ? 1 : 0;
   a.fan_rows = h->fan_rows;
   a.recv = static_cast<uint4*>(h->recv);
+  a.scales = reinterpret_cast<uint4*>(h->recv_scales);
   a.st = c->d_status;
   kernel<<<static_cast<unsigned>(blocks), kPullThreads, 0, c->stream>>>(a);
   WEFT_LAUNCHED("pull", c->stream);
@@ -492,6 +514,7 @@ extern "C" int32_t weft_handle_info(weft_handle_t h, weft_dispatch_info* out) {
   out->src_token = h->src_token;
   out->src_k = h->src_k;
   out->dest_row = h->dest_row;
+  out->recv_scales = h->recv_scales;
   return WEFT_OK;
 }
 

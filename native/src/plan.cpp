@@ -34,6 +34,7 @@ int32_t plan_from_desc(const weft_plan_desc* d, PlanHost* out) {
   p.combine = d->combine;
   p.max_tokens = d->max_tokens;
   p.wire_f32 = d->combine_wire_f32;
+  p.quantize = d->quantize;
 
   if (p.world < 1 || p.world > kMaxWorld) WEFT_FAIL(WEFT_ERR_INVALID, "plan.world = %d; must be in [1, %d]", p.world, kMaxWorld);
   if (p.rank < 0 || p.rank >= p.world) WEFT_FAIL(WEFT_ERR_INVALID, "plan.rank = %d; must be in [0, world = %d)", p.rank, p.world);
@@ -60,6 +61,13 @@ int32_t plan_from_desc(const weft_plan_desc* d, PlanHost* out) {
     WEFT_FAIL(WEFT_ERR_INVALID, "plan.combine = %d; must be WEFT_WEIGHTED or WEFT_SUM", p.combine);
   }
   if (p.wire_f32 != 0 && p.wire_f32 != 1) WEFT_FAIL(WEFT_ERR_INVALID, "plan.combine_wire_f32 = %d; must be 0 or 1", p.wire_f32);
+  if (p.quantize != WEFT_QUANTIZE_NONE && p.quantize != WEFT_QUANTIZE_E4M3) {
+    WEFT_FAIL(WEFT_ERR_INVALID, "plan.quantize = %d; must be WEFT_QUANTIZE_NONE or WEFT_QUANTIZE_E4M3", p.quantize);
+  }
+  if (p.fp8() && p.hidden % WEFT_QUANT_BLOCK != 0) {
+    WEFT_FAIL(WEFT_ERR_INVALID, "plan.hidden = %d; quantize E4M3 scales blocks of %d elements, so hidden must be a multiple of %d",
+              p.hidden, WEFT_QUANT_BLOCK, WEFT_QUANT_BLOCK);
+  }
   if (p.max_tokens < 0) WEFT_FAIL(WEFT_ERR_INVALID, "plan.max_tokens = %d; must be >= 0", p.max_tokens);
   // Receive rows and (rank, token, k) indices are int32.
   const long long most_rows = static_cast<long long>(p.world) * p.max_tokens * p.top_k;
@@ -139,6 +147,7 @@ HeapLayout heap_layout(const PlanHost& p) {
   const uint64_t pairs = T * static_cast<uint64_t>(p.top_k);
   h.meta = take(16);
   h.x = take(T * p.row_bytes());
+  h.xq = p.fp8() ? take(T * p.send_stride_bytes()) : h.x;
   h.idx = take(pairs * 4);
   h.w = take(pairs * 4);
   h.slot = take(pairs * 4);

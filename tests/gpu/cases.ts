@@ -282,6 +282,24 @@ export function gpuCases(world: number, gpusPerNode: number): GpuCase[] {
       failure: "over-capacity",
     },
   ];
+  // Quantized dispatch (E4M3 + block scales) of three cases above: the bytes
+  // and the scales must match the Simulator's bit for bit. Their rows span
+  // 2^±20 block to block (randomRows' spread), so the scales differ; dedupe
+  // none takes the SM-load pull with 16-byte rows split into bytes + scales.
+  const quantized = [
+    "deepseek-bf16-h7168-uneven-tokens",
+    "f16-h4096-roundRobin-rank-major-sum-dedupe-none",
+    "x-written-in-place-bf16-h2048",
+  ];
+  for (const [i, name] of quantized.entries()) {
+    const c = list.find((c) => c.name === name)!;
+    list.push({
+      ...c,
+      name: `e4m3-${name}`,
+      pattern: { ...c.pattern, quantize: "e4m3" },
+      seed: 16 + i,
+    });
+  }
   if (world >= 2) {
     list.push({
       name: "replicas-bf16-h1000-rank-major",
@@ -338,10 +356,17 @@ function tokensOf(c: GpuCase, rank: number): number {
   return c.tokens[rank % c.tokens.length];
 }
 
-/** Random nonzero values in ±[0.5, 2), rounded to `dtype`. */
-export function randomRows(rng: () => number, n: number, dtype: DType): HostRows {
+/**
+ * Random nonzero values in ±[0.5, 2), rounded to `dtype`; with `spread`, each
+ * run of 128 values scaled by its own 2^[-20, 20] (so block scales differ).
+ */
+export function randomRows(rng: () => number, n: number, dtype: DType, spread = false): HostRows {
   const f = new Float32Array(n);
-  for (let i = 0; i < n; i++) f[i] = (rng() < 0.5 ? -1 : 1) * (0.5 + 1.5 * rng());
+  let scale = 1;
+  for (let i = 0; i < n; i++) {
+    if (spread && i % 128 === 0) scale = 2 ** (Math.floor(rng() * 41) - 20);
+    f[i] = (rng() < 0.5 ? -1 : 1) * (0.5 + 1.5 * rng()) * scale;
+  }
   return fromF32(f, dtype);
 }
 
@@ -368,7 +393,11 @@ export function rankInput(plan: PlanSpec, c: GpuCase, rank: number, tokens: numb
     }
     for (let k = 0; k < K; k++) topkWeights[t * K + k] = 0.05 + 0.95 * rng();
   }
-  return { x: randomRows(rng, tokens * H, plan.dtype), topkIdx, topkWeights };
+  return {
+    x: randomRows(rng, tokens * H, plan.dtype, plan.quantize !== undefined),
+    topkIdx,
+    topkWeights,
+  };
 }
 
 /** Every rank's input of a case's (good) batch. */
@@ -406,7 +435,7 @@ function unitRoundoff(dtype: DType): number {
 
 // ---------------------------------------------------------------- checks
 
-function bits(rows: HostRows): Uint16Array | Uint32Array {
+function bits(rows: HostRows): Uint8Array | Uint16Array | Uint32Array {
   return rows instanceof Float32Array
     ? new Uint32Array(rows.buffer, rows.byteOffset, rows.length)
     : rows;
@@ -446,6 +475,15 @@ export async function compareDispatch(got: DispatchResult, want: DispatchResult)
       problems.push(
         `recv differs at row ${Math.floor(r / got.recv.cols)}, column ${r % got.recv.cols}`,
       );
+    }
+  }
+  if ((got.recvScales === undefined) !== (want.recvScales === undefined)) {
+    problems.push(`recvScales ${got.recvScales ? "present" : "absent"}, want the opposite`);
+  } else if (got.recvScales !== undefined && want.recvScales !== undefined) {
+    const s = firstDiff(bits(await got.recvScales.read()), bits(await want.recvScales.read()));
+    if (s >= 0) {
+      const cols = want.recvScales.cols;
+      problems.push(`recvScales differ at row ${Math.floor(s / cols)}, block ${s % cols}`);
     }
   }
   return problems.join("; ");
@@ -566,6 +604,8 @@ export async function runCase(
     // Every row of the receive buffer must be rewritten by a re-dispatch.
     const recv = first.results[0].recv;
     if (recv instanceof DeviceTensor) recv.poison();
+    const scales = first.results[0].recvScales;
+    if (scales instanceof DeviceTensor) scales.poison();
     await engine.redispatch(first.handle, [x]);
     const re = await compareDispatch(first.results[0], want);
     if (re) problems.push(`redispatch into a poisoned buffer: ${re}`);
