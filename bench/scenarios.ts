@@ -10,7 +10,7 @@
  */
 import type { PlanSpec } from "../dsl/types.ts";
 import { DTYPE_BYTES } from "../dsl/types.ts";
-import { computeLayout } from "../dsl/layout.ts";
+import { computeLayout, dispatchRowBytes } from "../dsl/layout.ts";
 import { WeftError } from "../lib/errors.ts";
 import type { LinkBytes } from "./report.ts";
 import { deviceLocal, hotMix, type RankRouting, uniform, zipf } from "../lib/routing.ts";
@@ -124,7 +124,10 @@ export function batchTraffic(
   topkIdx: readonly Int32Array[],
   combineRowBytes: number,
 ): BatchTraffic {
-  const rowBytes = plan.hidden * DTYPE_BYTES[plan.dtype];
+  // weft's rows cross as the plan says (E4M3 + scales when quantized); the
+  // baseline always moves rows in the dtype.
+  const rowBytes = dispatchRowBytes(plan);
+  const baselineRowBytes = plan.hidden * DTYPE_BYTES[plan.dtype];
   const layout = computeLayout(plan, topkIdx);
   const W = plan.world;
   const weftDispatchOut = new Array<number>(W).fill(0);
@@ -138,11 +141,11 @@ export function batchTraffic(
       src: l.src,
       dst: l.dst,
       weftBytes: rows * rowBytes,
-      baselineBytes: l.rowsNoDedupe * rowBytes,
+      baselineBytes: l.rowsNoDedupe * baselineRowBytes,
     });
     weftDispatchOut[l.src] += rows * rowBytes;
     weftCombineOut[l.dst] += rows * combineRowBytes;
-    baselineDispatchOut[l.src] += l.rowsNoDedupe * rowBytes;
+    baselineDispatchOut[l.src] += l.rowsNoDedupe * baselineRowBytes;
   }
   return { links, weftDispatchOut, weftCombineOut, baselineDispatchOut };
 }

@@ -33,6 +33,23 @@ function sortSmall(a: Int32Array, n: number): void {
 }
 
 /**
+ * Bytes one dispatched row crosses the interconnect as: hidden × the
+ * dtype's size, or with `quantize: "e4m3"` the E4M3 bytes plus one f32 scale
+ * per 128 elements (7392 B at hidden 7168, against 14 336 in bf16).
+ *
+ * @example
+ * ```ts
+ * import { dispatchRowBytes } from "./layout.ts";
+ * console.assert(dispatchRowBytes({ hidden: 7168, dtype: "bf16" }) === 14336);
+ * console.assert(dispatchRowBytes({ hidden: 7168, dtype: "bf16", quantize: "e4m3" }) === 7392);
+ * ```
+ */
+export function dispatchRowBytes(plan: Pick<PlanSpec, "hidden" | "dtype" | "quantize">): number {
+  if (plan.quantize === "e4m3") return plan.hidden + (plan.hidden / 128) * 4;
+  return plan.hidden * DTYPE_BYTES[plan.dtype];
+}
+
+/**
  * Compile one batch's layout.
  *
  * `topkIdx[r]` is rank r's [T_r × K] expert ids (`-1` = empty slot); T_r may
@@ -360,7 +377,7 @@ export function computeLayout(plan: PlanSpec, topkIdx: readonly Int32Array[]): B
     });
   }
 
-  const rowBytes = plan.hidden * DTYPE_BYTES[plan.dtype];
+  const rowBytes = dispatchRowBytes(plan);
   const links: LinkTraffic[] = [];
   for (let s = 0; s < W; s++) {
     for (let d = 0; d < W; d++) {

@@ -191,7 +191,7 @@ export interface LinkTraffic {
   readonly rows: number;
   /** Rows that would cross with dedupe `none` (one per (token, expert)). */
   readonly rowsNoDedupe: number;
-  /** `rows` in bytes (rows × hidden × element size). */
+  /** `rows` in bytes (rows × the bytes a row crosses as: `dispatchRowBytes` in layout.ts). */
   readonly bytes: number;
   /** `rowsNoDedupe` in bytes. */
   readonly bytesNoDedupe: number;

@@ -6,9 +6,11 @@
  * prints where the bytes went. On a machine with GPUs and a built engine
  * (`deno task build`) it relaunches itself with one process per GPU and runs
  * on the GPU engine; otherwise it runs 4 simulated ranks on the CPU
- * Simulator.
+ * Simulator. With --e4m3 the pattern quantizes dispatch to FP8
+ * (`.quantize("e4m3")`): the identity experts then dequantize what they
+ * receive (bytes · scales) and return bf16, as FP8 experts would.
  *
- *   deno task demo [--tokens N] [--ranks N] [--simulator]
+ *   deno task demo [--tokens N] [--ranks N] [--simulator] [--e4m3]
  */
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
@@ -18,7 +20,8 @@ import { uniform } from "../lib/routing.ts";
 import { f32ToBf16 } from "../lib/dtype.ts";
 import { formatLinks, formatLoad, trafficTotals } from "../lib/traffic.ts";
 import { availableGpus } from "../lib/gpus.ts";
-import type { RankInput } from "../lib/engine_api.ts";
+import type { DispatchResult, HostRows, RankInput, Tensor } from "../lib/engine_api.ts";
+import { dequantizeRows } from "../lib/fp8.ts";
 import type { PlanSpec } from "../dsl/types.ts";
 
 const { values } = parseArgs({
@@ -27,11 +30,35 @@ const { values } = parseArgs({
     tokens: { type: "string" },
     ranks: { type: "string", default: "4" },
     simulator: { type: "boolean", default: false },
+    e4m3: { type: "boolean", default: false },
   },
 });
 
 const HIDDEN = 7168;
-const pattern = experts(256).byDevice().topK(8).dtype("bf16").hidden(HIDDEN);
+const pattern = experts(256).byDevice().topK(8).dtype("bf16").hidden(HIDDEN)
+  .quantize(values.e4m3 ? "e4m3" : "none");
+
+/**
+ * Identity experts: the received rows as bf16 outputs. Quantized rows are
+ * dequantized first (byte · block scale); plain rows go back as they are.
+ */
+async function identityExperts(r: DispatchResult): Promise<HostRows | Tensor> {
+  if (r.recvScales === undefined) return r.recv;
+  const q = await r.recv.read() as Uint8Array;
+  const scales = await r.recvScales.read() as Float32Array;
+  // In chunks of rows, so no f32 copy of the whole buffer is ever held.
+  const out = new Uint16Array(q.length);
+  const CHUNK = 256, S = HIDDEN / 128;
+  for (let row = 0; row < r.recv.rows; row += CHUNK) {
+    const n = Math.min(CHUNK, r.recv.rows - row);
+    const f32 = dequantizeRows({
+      q: q.subarray(row * HIDDEN, (row + n) * HIDDEN),
+      scales: scales.subarray(row * S, (row + n) * S),
+    }, HIDDEN);
+    f32ToBf16(f32, out.subarray(row * HIDDEN, (row + n) * HIDDEN));
+  }
+  return out;
+}
 
 /** Random bf16 rows (never zeros: unwritten outputs must not look right). */
 function randomRows(tokens: number, seed: number): Uint16Array {
@@ -54,7 +81,9 @@ function report(plan: Plan, engine: string, tokens: number, ms: number): void {
   const t = trafficTotals(layout);
   console.log(`weft demo — ${engine}`);
   console.log(
-    `pattern: experts(256).byDevice().topK(8), hidden ${HIDDEN} bf16, ${plan.world} ranks × ${tokens} tokens, uniform routing\n`,
+    `pattern: experts(256).byDevice().topK(8)${
+      plan.quantize ? `.quantize("${plan.quantize}")` : ""
+    }, hidden ${HIDDEN} bf16, ${plan.world} ranks × ${tokens} tokens, uniform routing\n`,
   );
   console.log("Traffic per link (dispatch direction; combine sends the same rows back):\n");
   console.log(formatLinks(layout));
@@ -81,9 +110,12 @@ async function runSimulator(): Promise<void> {
   using sim = new Simulator(plan);
   const t0 = performance.now();
   const { results, handle } = await sim.dispatch(inputs);
-  // Identity experts: each expert returns its input rows.
-  const outs = await sim.combine(handle, results.map((r) => r.recv));
-  const ms = performance.now() - t0;
+  const t1 = performance.now();
+  // Identity experts: each expert returns its input rows (not timed).
+  const ys = await Promise.all(results.map(identityExperts));
+  const t2 = performance.now();
+  const outs = await sim.combine(handle, ys);
+  const ms = (t1 - t0) + (performance.now() - t2);
   handle.close();
   if (outs.length !== ranks) throw new Error("combine returned the wrong number of outputs");
   report(plan, `CPU Simulator (${ranks} simulated ranks)`, tokens, ms);
@@ -109,18 +141,28 @@ async function runGpuRank(): Promise<void> {
     mine.x as Uint16Array,
   );
   using out = DeviceTensor.alloc(engine.device, plan.dtype, tokens, plan.hidden);
+  // Quantized: the experts' bf16 outputs, made once from a first dispatch
+  // (same routing every iteration, so the same receive layout).
+  let y: HostRows | Tensor | undefined;
+  if (plan.quantize !== undefined) {
+    const { results: [r], handle } = await engine.dispatch([{ ...mine, x }]);
+    const rows = await identityExperts(r);
+    y = DeviceTensor.upload(engine.device, plan.dtype, r.recv.rows, plan.hidden, rows as HostRows);
+    handle.close();
+  }
   const times: number[] = [];
   for (let i = 0; i < 6; i++) { // the first call pays for pool growth and module load
     await comm.barrier();
     const t0 = performance.now();
     const { results: [r], handle } = await engine.dispatch([{ ...mine, x }]);
-    await engine.combine(handle, [r.recv], { out: [out] });
+    await engine.combine(handle, [y ?? r.recv], { out: [out] });
     // combine returns with its work queued on the GPU: wait for it before
     // reading the clock, so the time is the work's, not the enqueue's.
     await engine.synchronize();
     times.push(performance.now() - t0);
     handle.close();
   }
+  if (y instanceof DeviceTensor) y.close();
   const ms = times.slice(1).sort((a, b) => a - b)[2];
   if (comm.rank === 0) report(plan, `GPU engine (${world} GPUs)`, tokens, ms);
 }

@@ -49,10 +49,14 @@ function floorLog2(a: number): number {
   return e;
 }
 
+const scratchF32 = new Float32Array(1);
+const scratchU32 = new Uint32Array(scratchF32.buffer);
+
 /**
  * One value → its E4M3 byte: round to nearest even, saturate to ±448, NaN →
- * 0x7F. `v` may be any number (an f32 value times a power of two is exact
- * in a JS number).
+ * 0x7F. `v` is taken as an f32 first, as on the GPU (an f32 value times a
+ * power of two, what quantizeRows passes, is exact). Works on the f32 bits,
+ * the way native/src/quantize.cu's conversion and the mock's C code do.
  *
  * @example
  * ```ts
@@ -64,18 +68,24 @@ function floorLog2(a: number): number {
  * ```
  */
 export function e4m3Encode(v: number): number {
-  if (Number.isNaN(v)) return 0x7f;
-  const sign = v < 0 || Object.is(v, -0) ? 0x80 : 0;
-  const a = Math.abs(v);
-  if (a > E4M3_MAX) return sign | 0x7e;
+  scratchF32[0] = v;
+  const u = scratchU32[0];
+  const sign = (u >>> 24) & 0x80;
+  const mag = u & 0x7fffffff;
+  if (mag > 0x7f800000) return 0x7f; // NaN
+  if (mag > 0x43e00000) return sign | 0x7e; // beyond 448 (Inf included): saturate
   let code: number;
-  if (a < 2 ** -6) {
-    // Subnormal range: quantum 2^-9; 8 quanta carry into the least normal (code 8).
-    code = roundHalfEven(a * 2 ** 9);
+  if (mag < 0x3c800000) {
+    // Below 2^-6: subnormal quantum 2^-9; 8 quanta carry into the least normal (code 8).
+    code = roundHalfEven(Math.abs(scratchF32[0]) * 512);
   } else {
-    const e = floorLog2(a);
-    const n = roundHalfEven(a * 2 ** (3 - e)); // 8..16; 16 carries into the next binade
-    code = ((e + 7) << 3) + (n - 8);
+    // Normal: keep 3 mantissa bits, round the other 20 to nearest even; a
+    // carry out of the mantissa moves into the exponent by itself.
+    const e = (mag >>> 23) - 127;
+    let keep = (mag >>> 20) & 7;
+    const rest = mag & 0xfffff;
+    if (rest > 0x80000 || (rest === 0x80000 && (keep & 1) === 1)) keep++;
+    code = ((e + 7) << 3) + keep;
   }
   return sign | Math.min(code, 0x7e);
 }
@@ -99,6 +109,9 @@ export function e4m3Decode(b: number): number {
   if (exp === 0) return sign * man * 2 ** -9;
   return sign * (1 + man / 8) * 2 ** (exp - 7);
 }
+
+/** Every byte's value, for decoding whole rows. */
+const E4M3_VALUES = Float64Array.from({ length: 256 }, (_, b) => e4m3Decode(b));
 
 /**
  * The scale exponent of a block whose largest |x| is `amax`: the smallest
@@ -188,8 +201,12 @@ export function quantizeRows(rows: HostRows, dtype: DType, H: number): Quantized
 export function dequantizeRows(rows: QuantizedRows, H: number): Float32Array {
   checkQuantHidden(H);
   const out = new Float32Array(rows.q.length);
-  for (let i = 0; i < out.length; i++) {
-    out[i] = e4m3Decode(rows.q[i]) * rows.scales[Math.floor(i / QUANT_BLOCK)];
+  const blocks = out.length / QUANT_BLOCK;
+  for (let b = 0; b < blocks; b++) {
+    const scale = rows.scales[b];
+    for (let i = b * QUANT_BLOCK; i < (b + 1) * QUANT_BLOCK; i++) {
+      out[i] = E4M3_VALUES[rows.q[i]] * scale;
+    }
   }
   return out;
 }

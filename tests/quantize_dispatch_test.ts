@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { experts, fromYAML } from "../dsl/mod.ts";
 import { Simulator } from "../lib/simulator.ts";
+import { computeLayout } from "../dsl/layout.ts";
+import type { PlanSpec } from "../dsl/types.ts";
 import { dequantizeRows, quantizeRows } from "../lib/fp8.ts";
 import { toF32 } from "../lib/dtype.ts";
 import type { HostRows } from "../lib/engine_api.ts";
@@ -110,4 +112,20 @@ Deno.test("quantize: combine takes the experts' outputs in dtype, and rejects th
   got.forEach((t, r) => assert.deepEqual(t.data, want[r].data));
   d.handle.close();
   dr.handle.close();
+});
+
+Deno.test("quantize: the layout counts 7392 B a row at hidden 7168 (bytes + scales), not 14 336", () => {
+  const routing = [Int32Array.of(0, 5), Int32Array.of(1, 6)];
+  const quantized = makePlan({
+    world: 2,
+    experts: 8,
+    topK: 2,
+    hidden: 7168,
+    dtype: "bf16",
+    quantize: "e4m3",
+  });
+  const plain = makePlan({ world: 2, experts: 8, topK: 2, hidden: 7168, dtype: "bf16" });
+  const links = (p: PlanSpec) => computeLayout(p, routing).links.map((l) => [l.rows, l.bytes]);
+  assert.deepEqual(links(quantized), links(plain).map(([rows]) => [rows, rows * 7392]));
+  assert.deepEqual(links(plain).map(([rows, bytes]) => bytes / rows), [14336, 14336]);
 });
