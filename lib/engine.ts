@@ -418,8 +418,10 @@ export class Engine implements ShuffleEngine {
    * inputs written where weft reads them) save the copies. Returns once the
    * layout is known and the rows are queued: `recv` is a view owned by the
    * handle (valid until the handle closes) that the GPU is still filling
-   * (`read()` waits for it); the index arrays are copied from the device on
-   * first access. The inputs may be reused as soon as this returns.
+   * (`read()` waits for it); with a pattern that quantizes dispatch it holds
+   * e4m3 bytes and `recvScales` their block scales, another such view. The
+   * index arrays are copied from the device on first access. The inputs may
+   * be reused as soon as this returns.
    */
   async dispatch(inputs: readonly RankInput[]): Promise<Dispatched> {
     const engine = this.#enter();
@@ -602,7 +604,8 @@ export class Engine implements ShuffleEngine {
    * This rank's input rows in the engine's symmetric heap, `[tokens ×
    * hidden]` (tokens ≤ maxTokens): a batch written here and passed as `x` to
    * {@link Engine.dispatch} or {@link Engine.redispatch} is not copied — the
-   * peers read the rows from where they are. A view, valid while the engine is
+   * peers read the rows from where they are (a quantizing pattern's dispatch
+   * quantizes them from there). A view, valid while the engine is
    * open. Write the next batch only after the previous dispatch settled
    * ({@link DeviceTensor.write} waits for it; with your own kernels, call
    * {@link Engine.synchronize} first): until then peers may still read it.

@@ -148,7 +148,8 @@ int32_t weft_engine_create(weft_comm_t comm, const weft_plan_desc* plan, weft_en
 /* Where this rank's x rows are staged in its symmetric heap: [max_tokens ×
  * hidden] in the plan's dtype. A caller that writes its batch there and passes
  * this pointer as x to weft_dispatch / weft_redispatch saves the staging copy
- * (the peers read the rows from there). Write the next batch only after the
+ * (the peers read the rows from there; with quantize E4M3, dispatch quantizes
+ * them from there into the rows the peers read). Write the next batch only after the
  * previous dispatch settled (weft_comm_sync, or any later call on the comm):
  * until then peers may still be reading it. */
 int32_t weft_engine_input_rows(weft_engine_t engine, void** out);
