@@ -6,7 +6,8 @@ import type { PlanSpec } from "../dsl/types.ts";
 import { dequantizeRows, quantizeRows } from "../lib/fp8.ts";
 import { toF32 } from "../lib/dtype.ts";
 import type { HostRows } from "../lib/engine_api.ts";
-import { makeInputs, makePlan, weftError, weftErrorAsync } from "./fixtures.ts";
+import { arbBatch, makeInputs, makePlan, weftError, weftErrorAsync } from "./fixtures.ts";
+import fc from "fast-check";
 
 Deno.test("quantize: the step sets the field, 'none' removes it, YAML keeps it", () => {
   const p = experts(64).byDevice().topK(8).quantize("e4m3").hidden(7168);
@@ -128,4 +129,35 @@ Deno.test("quantize: the layout counts 7392 B a row at hidden 7168 (bytes + scal
   const links = (p: PlanSpec) => computeLayout(p, routing).links.map((l) => [l.rows, l.bytes]);
   assert.deepEqual(links(quantized), links(plain).map(([rows]) => [rows, rows * 7392]));
   assert.deepEqual(links(plain).map(([rows, bytes]) => bytes / rows), [14336, 14336]);
+});
+
+Deno.test("property: a quantized dispatch is the plain dispatch with each received row quantized", async () => {
+  await fc.assert(
+    fc.asyncProperty(arbBatch, async ({ plan, tokens, seed, empty }) => {
+      // Hidden sizes of one or two scale blocks; the rest of the plan as drawn.
+      const H = 128 * (1 + (seed % 2));
+      const plain: PlanSpec = { ...plan, hidden: H, pattern: { ...plan.pattern, hidden: H } };
+      const quantized: PlanSpec = {
+        ...plain,
+        quantize: "e4m3",
+        pattern: { ...plain.pattern, quantize: "e4m3" },
+      };
+      const inputs = makeInputs(plain, tokens, seed, empty);
+      using a = new Simulator(plain);
+      using b = new Simulator(quantized);
+      const want = await a.dispatch(inputs);
+      const got = await b.dispatch(inputs);
+      got.results.forEach((r, d) => {
+        const w = want.results[d];
+        const q = quantizeRows(w.recv.data, plain.dtype, H);
+        assert.deepEqual(r.recv.data, q.q);
+        assert.deepEqual(r.recvScales?.data, q.scales);
+        assert.deepEqual(r.srcToken, w.srcToken);
+        assert.deepEqual(r.recvWeights, w.recvWeights);
+      });
+      want.handle.close();
+      got.handle.close();
+    }),
+    { numRuns: 25 },
+  );
 });
