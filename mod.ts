@@ -75,6 +75,7 @@ export type {
   DispatchHandle,
   DispatchResult,
   HostRows,
+  QuantizedInput,
   RankInput,
   ShuffleEngine,
   Tensor,

@@ -30,6 +30,7 @@ import type {
   DispatchHandle,
   DispatchResult,
   HostRows,
+  QuantizedInput,
   RankInput,
   RankRouting,
   ShuffleEngine,
@@ -37,7 +38,14 @@ import type {
 } from "./engine_api.ts";
 import { WeftError } from "./errors.ts";
 import { QUANT_BLOCK } from "./fp8.ts";
-import { checkRankShapes, checkRows } from "./input_check.ts";
+import {
+  checkInputRows,
+  checkRankShapes,
+  checkRows,
+  isQuantizedInput,
+  type QuantizedShape,
+  type RowsShape,
+} from "./input_check.ts";
 import {
   Codes,
   decodeDispatchInfo,
@@ -256,6 +264,13 @@ export class GpuDispatchHandle implements DispatchHandle, ViewOwner {
   }
 }
 
+/** Where pre-quantized rows' parts are for a native call. */
+interface QuantizedAt {
+  readonly q: Deno.PointerValue;
+  readonly scales: Deno.PointerValue;
+  readonly keepAlive: unknown;
+}
+
 /** Where rows are for a native call; `host` when they are a host copy. */
 interface RowsAt {
   readonly pointer: Deno.PointerValue;
@@ -266,7 +281,10 @@ interface RowsAt {
 
 /** Pointers for one native call, and what must stay alive (or be freed) around it. */
 interface Prepared {
+  /** x's rows, or with `scales` set the pre-quantized bytes q. */
   readonly x: Deno.PointerValue;
+  /** The block scales of pre-quantized rows; undefined for rows in the dtype. */
+  readonly scales?: Deno.PointerValue;
   readonly idx: Deno.PointerValue;
   readonly weights: Deno.PointerValue;
   readonly tokens: number;
@@ -437,7 +455,9 @@ export class Engine implements ShuffleEngine {
       // The first half only enqueues (it never waits), so it runs on this
       // thread: the layout starts on the GPU now, while the second half,
       // which waits for its counts, makes the hop to Deno's thread pool.
-      const began = native().weft_dispatch_begin(engine, p.x, p.idx, p.weights, p.tokens);
+      const began = p.scales === undefined
+        ? native().weft_dispatch_begin(engine, p.x, p.idx, p.weights, p.tokens)
+        : native().weft_dispatch_begin_e4m3(engine, p.x, p.scales, p.idx, p.weights, p.tokens);
       unwrap(began, "weft_dispatch_begin", { rank: this.rank });
       const out = new BigUint64Array(1);
       const status = await holding(
@@ -500,26 +520,31 @@ export class Engine implements ShuffleEngine {
    */
   async redispatch(
     handle: DispatchHandle,
-    xs: readonly (HostRows | Tensor)[],
+    xs: readonly (HostRows | Tensor | QuantizedInput)[],
   ): Promise<Dispatched> {
     this.#enter();
     try {
       const h = this.#own(handle);
       const nativeHandle = h.pointerFor(this);
-      let rows: RowsAt;
+      let rows: RowsAt | QuantizedAt;
       try {
         const x = this.#one("xs", xs);
-        checkRows(this.plan, this.rank, "xs", shapeOf(x), h.tokens);
-        rows = await this.#rowsPointer("xs", x);
+        checkInputRows(this.plan, this.rank, "xs", shapeOf(x), h.tokens);
+        rows = isQuantizedInput(x)
+          ? await this.#quantizedPointers("xs", x)
+          : await this.#rowsPointer("xs", x);
       } catch (hostError) {
         // NULL rows for a handle with tokens fail the call on every rank.
         await holding([], () => native().weft_redispatch(nativeHandle, null, 0));
         throw hostError;
       }
-      const { pointer, onDevice, keepAlive } = rows;
+      const r = rows;
       const status = await holding(
-        [keepAlive],
-        () => native().weft_redispatch(nativeHandle, pointer, onDevice),
+        [r.keepAlive],
+        () =>
+          "scales" in r
+            ? native().weft_redispatch_e4m3(nativeHandle, r.q, r.scales)
+            : native().weft_redispatch(nativeHandle, r.pointer, r.onDevice),
       );
       unwrap(status, "weft_redispatch", { rank: this.rank });
       this.#settleOnRead(h.result.recv);
@@ -755,19 +780,39 @@ export class Engine implements ShuffleEngine {
       topkWeights: input.topkWeights,
     });
     this.#checkCapacity(tokens);
-    const { pointer, onDevice, keepAlive } = await this.#rowsPointer("x", input.x);
     // The routing always travels from the host: native copies each input with
     // cudaMemcpyDefault, so x on the device and routing on the host mix freely
     // (no per-call device allocation, whose free would synchronize the GPU).
     const { idx, weights } = this.#stageRouting(input.topkIdx, input.topkWeights);
-    return {
-      x: pointer,
-      idx: hostPointer(idx),
-      weights: hostPointer(weights),
-      tokens,
-      onDevice,
-      keepAlive: [keepAlive, idx, weights],
+    const routing = { idx: hostPointer(idx), weights: hostPointer(weights), tokens };
+    if (isQuantizedInput(input.x)) {
+      const { q, scales, keepAlive } = await this.#quantizedPointers("x", input.x);
+      return { ...routing, x: q, scales, onDevice: 1, keepAlive: [keepAlive, idx, weights] };
+    }
+    const { pointer, onDevice, keepAlive } = await this.#rowsPointer("x", input.x);
+    return { ...routing, x: pointer, onDevice, keepAlive: [keepAlive, idx, weights] };
+  }
+
+  /** Where pre-quantized rows' parts live for a native call (each on this GPU, else on the host). */
+  async #quantizedPointers(field: string, x: QuantizedInput): Promise<QuantizedAt> {
+    const part = async (v: Uint8Array | Float32Array | Tensor) => {
+      if (v instanceof DeviceTensor && v.deviceIndex === this.device) {
+        return { pointer: v.pointer, host: undefined, keep: v as unknown };
+      }
+      const host = stableCopy(
+        ArrayBuffer.isView(v) ? v : await v.read() as Uint8Array | Float32Array,
+      );
+      return { pointer: hostPointer(host), host, keep: host as unknown };
     };
+    const advertised = checkInputRows(this.plan, this.rank, field, shapeOf(x));
+    const q = await part(x.q);
+    const scales = await part(x.scales);
+    // Host copies of tensors must match the shapes they advertised.
+    checkInputRows(this.plan, this.rank, field, {
+      q: q.host as Uint8Array | undefined ?? shapeOf(x.q as Tensor) as RowsShape,
+      scales: scales.host as Float32Array | undefined ?? shapeOf(x.scales as Tensor) as RowsShape,
+    }, advertised);
+    return { q: q.pointer, scales: scales.pointer, keepAlive: [q.keep, scales.keep] };
   }
 
   /** Where rows live for a native call: this GPU as they are, else the host. */
@@ -961,8 +1006,16 @@ export class Engine implements ShuffleEngine {
 }
 
 /** The shape checks need; a Tensor is checked by its advertised shape. */
-function shapeOf(x: HostRows | Tensor): HostRows | Pick<Tensor, "rows" | "cols" | "dtype"> {
-  return ArrayBuffer.isView(x) ? x : { rows: x.rows, cols: x.cols, dtype: x.dtype };
+function shapeOf(x: HostRows | Tensor): HostRows | RowsShape;
+function shapeOf(x: HostRows | Tensor | QuantizedInput): HostRows | RowsShape | QuantizedShape;
+function shapeOf(x: HostRows | Tensor | QuantizedInput): HostRows | RowsShape | QuantizedShape {
+  if (isQuantizedInput(x)) {
+    return {
+      q: shapeOf(x.q) as Uint8Array | RowsShape,
+      scales: shapeOf(x.scales) as Float32Array | RowsShape,
+    };
+  }
+  return ArrayBuffer.isView(x) ? x as HostRows : { rows: x.rows, cols: x.cols, dtype: x.dtype };
 }
 
 type Metadata = Pick<

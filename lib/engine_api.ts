@@ -38,10 +38,27 @@ export interface Tensor {
   read(): Promise<HostRows>;
 }
 
+/**
+ * Rows already in the wire format of a pattern that quantizes dispatch
+ * (`.quantize("e4m3")`), e.g. from a kernel that quantizes as it writes its
+ * output: they are sent as given, bit for bit, and skip weft's quantize
+ * pass. Any finite positive scales may be used (not only weft's powers of
+ * two); row t's block b is q[t, b·128 …] · scales[t, b].
+ */
+export interface QuantizedInput {
+  /** [T × H] E4M3 bytes: a Uint8Array or an e4m3 tensor. */
+  readonly q: Uint8Array | Tensor;
+  /** [T × H/128] f32 block scales: a Float32Array or an f32 tensor. */
+  readonly scales: Float32Array | Tensor;
+}
+
 /** One rank's input to dispatch. */
 export interface RankInput {
-  /** [T × H] rows; host rows or a device tensor on this rank's GPU. */
-  readonly x: HostRows | Tensor;
+  /**
+   * [T × H] rows; host rows or a device tensor on this rank's GPU; or, for a
+   * pattern that quantizes dispatch, rows already quantized.
+   */
+  readonly x: HostRows | Tensor | QuantizedInput;
   /** [T × K] global expert ids, -1 for an empty slot. */
   readonly topkIdx: Int32Array;
   /** [T × K] routing weights. */
@@ -109,7 +126,10 @@ export interface ShuffleEngine extends Disposable {
    */
   layout(routing: readonly RankRouting[]): Promise<DispatchHandle>;
   /** Re-dispatch new rows through a handle's cached layout (same routing). */
-  redispatch(handle: DispatchHandle, xs: readonly (HostRows | Tensor)[]): Promise<Dispatched>;
+  redispatch(
+    handle: DispatchHandle,
+    xs: readonly (HostRows | Tensor | QuantizedInput)[],
+  ): Promise<Dispatched>;
   /**
    * Combine expert outputs: one [R × H] y per driven rank, in the handle's
    * receive layout. Returns one [T × H] output per driven rank.

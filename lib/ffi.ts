@@ -12,7 +12,7 @@
  */
 
 /** The `weft_abi_version()` this binding was written against. */
-export const WEFT_ABI_VERSION = 4;
+export const WEFT_ABI_VERSION = 5;
 
 /** Status codes of weft.h. */
 export const Status: Readonly<{
@@ -174,6 +174,12 @@ export const symbols = {
     parameters: ["pointer", "pointer", "pointer", "pointer", "i32"],
     result: "i32",
   },
+  weft_dispatch_begin_e4m3: {
+    // weft_engine_t engine, const void* q, const float* scales, const int32_t* topk_idx,
+    // const float* topk_weights, int32_t tokens — rows already quantized; blocking, like weft_dispatch_begin.
+    parameters: ["pointer", "pointer", "pointer", "pointer", "pointer", "i32"],
+    result: "i32",
+  },
   weft_dispatch_finish: {
     // weft_engine_t engine, weft_handle_t* out
     parameters: ["pointer", "buffer"],
@@ -197,6 +203,12 @@ export const symbols = {
   weft_redispatch: {
     // weft_handle_t handle, const void* x, int32_t inputs_on_device
     parameters: ["pointer", "pointer", "i32"],
+    result: "i32",
+    nonblocking: true,
+  },
+  weft_redispatch_e4m3: {
+    // weft_handle_t handle, const void* q, const float* scales
+    parameters: ["pointer", "pointer", "pointer"],
     result: "i32",
     nonblocking: true,
   },

@@ -8,21 +8,27 @@
  * @module
  */
 import type { DType, PlanSpec } from "../dsl/types.ts";
-import type { HostRows, Tensor } from "./engine_api.ts";
+import type { HostRows, QuantizedInput, Tensor } from "./engine_api.ts";
 import { WeftError } from "./errors.ts";
 
 /** Anything with a row count, a column count and a dtype: a {@link Tensor} or a shape descriptor. */
 export type RowsShape = Pick<Tensor, "rows" | "cols" | "dtype">;
 
+/** Pre-quantized rows as the checks see them: arrays, or tensors by their shape. */
+export interface QuantizedShape {
+  readonly q: Uint8Array | RowsShape;
+  readonly scales: Float32Array | RowsShape;
+}
+
 /** The parts of a rank's input that can be checked on the host; `x` may be left out (e.g. a device tensor checked elsewhere). */
 export interface RankInputLike {
-  readonly x?: HostRows | RowsShape;
+  readonly x?: HostRows | RowsShape | QuantizedShape;
   readonly topkIdx: Int32Array;
   readonly topkWeights: Float32Array;
 }
 
 /** The parts of a {@link PlanSpec} the input checks read. */
-export type PlanShape = Pick<PlanSpec, "experts" | "topK" | "hidden" | "dtype">;
+export type PlanShape = Pick<PlanSpec, "experts" | "topK" | "hidden" | "dtype" | "quantize">;
 
 function bad(field: string, rank: number, problem: string, fix: string): never {
   throw new WeftError({ field, rank, problem, fix });
@@ -125,6 +131,112 @@ export function checkRows(
       `has ${n} rows, expected ${rows} (${rows} × ${H} elements)`,
       `pass exactly ${rows} rows`,
     );
+  }
+  return n;
+}
+
+/**
+ * True for pre-quantized rows (`{ q, scales }`), as opposed to rows in the
+ * plan's dtype.
+ *
+ * @example
+ * ```ts
+ * import { isQuantizedInput } from "./input_check.ts";
+ * console.assert(isQuantizedInput({ q: new Uint8Array(128), scales: new Float32Array(1) }));
+ * console.assert(!isQuantizedInput(new Float32Array(4)));
+ * ```
+ */
+export function isQuantizedInput(x: unknown): x is QuantizedInput {
+  return x !== null && typeof x === "object" && !ArrayBuffer.isView(x) && "q" in x &&
+    "scales" in x;
+}
+
+/** Rows or elements of one part of a pre-quantized input, checked against its expected type and width. */
+function quantizedPart(
+  rank: number,
+  field: string,
+  part: unknown,
+  array: Uint8ArrayConstructor | Float32ArrayConstructor,
+  dtype: "e4m3" | "f32",
+  cols: number,
+): number {
+  if (part instanceof array) {
+    if (part.length % cols !== 0) {
+      bad(
+        field,
+        rank,
+        `has ${part.length} values, not a multiple of ${cols}`,
+        `pass rows × ${cols} values`,
+      );
+    }
+    return part.length / cols;
+  }
+  if (
+    part !== null && typeof part === "object" && "rows" in part && "dtype" in part && "cols" in part
+  ) {
+    const t = part as RowsShape;
+    if (t.dtype !== dtype || t.cols !== cols) {
+      bad(
+        field,
+        rank,
+        `is a ${t.dtype} tensor of ${t.cols} columns`,
+        `pass a ${dtype} [rows × ${cols}] tensor`,
+      );
+    }
+    return t.rows;
+  }
+  return bad(
+    field,
+    rank,
+    `must be a ${array.name} or a ${dtype} tensor, got ${describe(part)}`,
+    `pass a ${array.name}`,
+  );
+}
+
+/**
+ * Check rows given to dispatch or re-dispatch: rows in the plan's dtype
+ * ({@link checkRows}), or, for a plan that quantizes dispatch, pre-quantized
+ * `{ q, scales }` ([T × H] e4m3, [T × H/128] f32 with the same T). Returns T.
+ *
+ * @throws {WeftError} `field` (or `field.q`, `field.scales`) for a wrong type, width or row count,
+ *   or pre-quantized rows for a plan that does not quantize.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { checkInputRows } from "./input_check.ts";
+ * const plan = { experts: 4, topK: 2, hidden: 128, dtype: "bf16" as const, quantize: "e4m3" as const };
+ * assert.ok(checkInputRows(plan, 0, "x", { q: new Uint8Array(256), scales: new Float32Array(2) }) === 2);
+ * ```
+ */
+export function checkInputRows(
+  plan: Pick<PlanSpec, "hidden" | "dtype" | "quantize">,
+  rank: number,
+  field: string,
+  x: unknown,
+  rows?: number,
+): number {
+  if (!isQuantizedInput(x)) return checkRows(plan, rank, field, x, rows);
+  const H = plan.hidden;
+  if (plan.quantize !== "e4m3") {
+    bad(
+      field,
+      rank,
+      "is pre-quantized ({ q, scales }) but the plan does not quantize dispatch",
+      `pass ${plan.dtype} rows, or compile the pattern with .quantize("e4m3")`,
+    );
+  }
+  const n = quantizedPart(rank, `${field}.q`, x.q, Uint8Array, "e4m3", H);
+  const s = quantizedPart(rank, `${field}.scales`, x.scales, Float32Array, "f32", H / 128);
+  if (s !== n) {
+    bad(
+      `${field}.scales`,
+      rank,
+      `has ${s} rows, q has ${n}`,
+      "pass one row of scales per row of q",
+    );
+  }
+  if (rows !== undefined && n !== rows) {
+    bad(field, rank, `has ${n} rows, expected ${rows}`, `pass exactly ${rows} rows`);
   }
   return n;
 }
@@ -299,7 +411,7 @@ export function checkRankInput(
       "pass one RankInput per rank",
     );
   }
-  if (input.x !== undefined) tokens = checkRows(plan, rank, "x", input.x, tokens);
+  if (input.x !== undefined) tokens = checkInputRows(plan, rank, "x", input.x, tokens);
   tokens = checkTopkIdx(plan, rank, input.topkIdx, tokens);
   checkTopkWeights(plan, rank, input.topkIdx, input.topkWeights);
   return tokens;
@@ -336,7 +448,7 @@ export function checkRankShapes(
       "pass one RankInput per rank",
     );
   }
-  const tokens = input.x !== undefined ? checkRows(plan, rank, "x", input.x) : undefined;
+  const tokens = input.x !== undefined ? checkInputRows(plan, rank, "x", input.x) : undefined;
   const K = plan.topK;
   const pairs = (
     field: string,

@@ -15,6 +15,7 @@ import type {
   DispatchHandle,
   DispatchResult,
   HostRows,
+  QuantizedInput,
   RankInput,
   RankRouting,
   ShuffleEngine,
@@ -23,7 +24,7 @@ import type {
 import { fromF32 } from "./dtype.ts";
 import { QUANT_BLOCK, type QuantizedRows, quantizeRows } from "./fp8.ts";
 import { HostTensor } from "./host_tensor.ts";
-import { checkRankInputs, checkRows } from "./input_check.ts";
+import { checkInputRows, checkRankInputs, checkRows, isQuantizedInput } from "./input_check.ts";
 import { WeftError } from "./errors.ts";
 
 /** A Simulator dispatch result: `recv` (and `recvScales`) are {@link HostTensor}s. */
@@ -157,7 +158,7 @@ export class Simulator implements ShuffleEngine {
   async dispatch(inputs: readonly RankInput[]): Promise<SimDispatched> {
     this.#checkOpen();
     checkRankInputs(this.plan, inputs);
-    const xs = await this.#readRows("x", inputs.map((i) => i.x), null);
+    const xs = await this.#readInputs("x", inputs.map((i) => i.x), null);
     const layout = computeLayout(this.plan, inputs.map((i) => i.topkIdx));
     const weights = inputs.map((i) => i.topkWeights.slice());
     this.#lastLayout = layout;
@@ -184,11 +185,11 @@ export class Simulator implements ShuffleEngine {
   /** Dispatch new rows (same shapes) through a handle's cached layout; returns the same handle. */
   async redispatch(
     handle: DispatchHandle,
-    xs: readonly (HostRows | Tensor)[],
+    xs: readonly (HostRows | Tensor | QuantizedInput)[],
   ): Promise<SimDispatched> {
     this.#checkOpen();
     const { layout, weights } = this.#handle(handle).open(this);
-    const rows = await this.#readRows("xs", xs, layout.ranks.map((r) => r.tokens));
+    const rows = await this.#readInputs("xs", xs, layout.ranks.map((r) => r.tokens));
     return {
       results: this.#scatter(layout, weights, rows),
       handle: handle as SimulatorHandle,
@@ -250,15 +251,8 @@ export class Simulator implements ShuffleEngine {
     return handle;
   }
 
-  /**
-   * Check every rank's rows first (count, dtype, width, row count), then read
-   * them; `rows` null means the counts were already checked by the caller.
-   */
-  async #readRows(
-    field: string,
-    xs: readonly (HostRows | Tensor)[],
-    rows: readonly number[] | null,
-  ): Promise<HostRows[]> {
+  /** One entry per rank, or a WeftError naming `field`. */
+  #checkCount(field: string, xs: readonly unknown[]): void {
     const W = this.plan.world;
     if (!Array.isArray(xs) || xs.length !== W) {
       throw new WeftError({
@@ -269,25 +263,67 @@ export class Simulator implements ShuffleEngine {
         fix: `pass ${W} row arrays or tensors in rank order`,
       });
     }
+  }
+
+  /**
+   * Check every rank's rows first (count, dtype, width, row count), then read
+   * them; `rows` null means the counts were already checked by the caller.
+   */
+  async #readRows(
+    field: string,
+    xs: readonly (HostRows | Tensor)[],
+    rows: readonly number[] | null,
+  ): Promise<HostRows[]> {
+    this.#checkCount(field, xs);
     const counts = xs.map((x, r) => checkRows(this.plan, r, field, x, rows?.[r]));
-    const data = await Promise.all(
-      xs.map((x) => (x instanceof HostTensor ? x.data : ArrayBuffer.isView(x) ? x : x.read())),
-    );
+    const data = await Promise.all(xs.map(hostData));
     // A device tensor's host copy must agree with the shape it advertised.
     data.forEach((d, r) => checkRows(this.plan, r, field, d, counts[r]));
     return data;
   }
 
   /**
+   * Dispatch's rows for every rank, checked for all ranks before any is
+   * read: rows in the dtype, or pre-quantized `{ q, scales }`.
+   */
+  async #readInputs(
+    field: string,
+    xs: readonly (HostRows | Tensor | QuantizedInput)[],
+    rows: readonly number[] | null,
+  ): Promise<(HostRows | QuantizedRows)[]> {
+    this.#checkCount(field, xs);
+    const counts = xs.map((x, r) => checkInputRows(this.plan, r, field, x, rows?.[r]));
+    const data = await Promise.all(
+      xs.map(async (x): Promise<HostRows | QuantizedRows> =>
+        isQuantizedInput(x)
+          ? {
+            q: await hostData(x.q) as Uint8Array,
+            scales: await hostData(x.scales) as Float32Array,
+          }
+          : await hostData(x)
+      ),
+    );
+    data.forEach((d, r) => checkInputRows(this.plan, r, field, d, counts[r]));
+    return data;
+  }
+
+  /**
    * Every received row is its source row's bits: x as given, or, when the
    * pattern quantizes dispatch, the source's E4M3 bytes and block scales
-   * (lib/fp8.ts), quantized once per source row whatever its fan-out.
+   * (lib/fp8.ts, quantized once per source row whatever its fan-out; or as
+   * given, when the rows came pre-quantized).
    */
-  #scatter(layout: BatchLayout, weights: Float32Array[], xs: HostRows[]): SimDispatchResult[] {
+  #scatter(
+    layout: BatchLayout,
+    weights: Float32Array[],
+    xs: (HostRows | QuantizedRows)[],
+  ): SimDispatchResult[] {
     const { hidden: H, topK: K, dtype } = this.plan;
     const quantized = this.plan.quantize === "e4m3";
     const sent: QuantizedRows[] | undefined = quantized
-      ? xs.map((x) => quantizeRows(x, dtype, H))
+      ? xs.map((x) =>
+        isQuantizedInput(x) ? x as QuantizedRows : quantizeRows(x as HostRows, dtype, H)
+      )
       : undefined;
     const S = H / QUANT_BLOCK;
     return layout.ranks.map((rl) => {
@@ -303,7 +339,7 @@ export class Simulator implements ShuffleEngine {
           out.set(sent[s].q.subarray(t * H, (t + 1) * H), i * H);
           recvScales!.data.set(sent[s].scales.subarray(t * S, (t + 1) * S), i * S);
         } else {
-          out.set(xs[s].subarray(t * H, (t + 1) * H), i * H);
+          out.set((xs[s] as HostRows).subarray(t * H, (t + 1) * H), i * H);
         }
         recvWeights[i] = weights[s][t * K + rl.srcK[i]];
       }
@@ -448,4 +484,10 @@ function fmaF32(
 ): void {
   if (init) { for (let j = 0; j < H; j++) dst[j] = Math.fround(w * y[off + j]) + 0; }
   else for (let j = 0; j < H; j++) dst[j] += Math.fround(w * y[off + j]);
+}
+
+/** Host data of rows: a HostTensor's storage or a typed array as they are, a device tensor read back. */
+function hostData(x: HostRows | Tensor): Promise<HostRows> {
+  if (x instanceof HostTensor) return Promise.resolve(x.data);
+  return ArrayBuffer.isView(x) ? Promise.resolve(x) : x.read();
 }

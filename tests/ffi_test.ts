@@ -84,13 +84,14 @@ Deno.test("ffi: every function of weft.h is in the symbol table, and nothing els
     "weft_dispatch_finish",
     "weft_dispatch_layout",
     "weft_redispatch",
+    "weft_redispatch_e4m3",
     "weft_timer_stop",
   ]);
 });
 
 Deno.test("ffi: weft_plan_desc offsets match the x86-64 layout computed by hand", () => {
-  // 12 int32 fields, 4 bytes each, from 0; 12·4 = 48 is 8-aligned, so the
-  // 5 pointers (8 bytes, 8-aligned) follow without padding; 48 + 5·8 = 88.
+  // 13 int32 fields and pad_, 4 bytes each, from 0; 14·4 = 56 is 8-aligned,
+  // so the 5 pointers (8 bytes, 8-aligned) follow without padding; 56 + 5·8 = 96.
   const ints = [
     "world",
     "rank",

@@ -1,12 +1,20 @@
 import assert from "node:assert/strict";
 import { experts, fromYAML } from "../dsl/mod.ts";
 import { Simulator } from "../lib/simulator.ts";
+import { HostTensor } from "../lib/host_tensor.ts";
 import { computeLayout } from "../dsl/layout.ts";
 import type { PlanSpec } from "../dsl/types.ts";
 import { dequantizeRows, quantizeRows } from "../lib/fp8.ts";
 import { toF32 } from "../lib/dtype.ts";
 import type { HostRows } from "../lib/engine_api.ts";
-import { arbBatch, makeInputs, makePlan, weftError, weftErrorAsync } from "./fixtures.ts";
+import {
+  arbBatch,
+  makeInputs,
+  makePlan,
+  type PlanOptions,
+  weftError,
+  weftErrorAsync,
+} from "./fixtures.ts";
 import fc from "fast-check";
 
 Deno.test("quantize: the step sets the field, 'none' removes it, YAML keeps it", () => {
@@ -34,6 +42,9 @@ Deno.test("quantize: bad values and hidden sizes off the 128 grid name their fie
   weftError(() => fromYAML("placement: {kind: byDevice}\ntopK: 2\nquantize: fp8\n"), "quantize");
   base.quantize("e4m3").compile({ world: 2, hidden: 256 });
 });
+
+/** A bf16 plan that quantizes dispatch. */
+const bf16E4m3 = (o: PlanOptions): PlanSpec => makePlan({ ...o, dtype: "bf16", quantize: "e4m3" });
 
 /** Row t of rank r's x quantized on its own, as the source does. */
 function sourceRow(x: HostRows, dtype: "bf16" | "f16" | "f32", H: number, t: number) {
@@ -160,4 +171,57 @@ Deno.test("property: a quantized dispatch is the plain dispatch with each receiv
     }),
     { numRuns: 25 },
   );
+});
+
+Deno.test("quantize: pre-quantized rows ({ q, scales }) are sent as given, any scales", async () => {
+  const H = 256;
+  const plan = bf16E4m3({ world: 2, experts: 4, topK: 2, hidden: H });
+  const inputs = makeInputs(plan, [6, 3], 9);
+  // The caller's own bytes and scales (not weft's quantization: arbitrary bytes, scales 0.3…).
+  const own = inputs.map((input, r) => {
+    const T = input.topkIdx.length / plan.topK;
+    const q = Uint8Array.from({ length: T * H }, (_, i) => (i * 37 + r * 11) & 0xff);
+    const scales = Float32Array.from({ length: T * 2 }, (_, i) => 0.3 + i);
+    return { ...input, x: { q, scales: new HostTensor("f32", T, 2, scales) } };
+  });
+  using sim = new Simulator(plan);
+  const d = await sim.dispatch(own);
+  for (const r of d.results) {
+    for (let i = 0; i < r.recv.rows; i++) {
+      const src = own[r.srcRank[i]].x;
+      const t = r.srcToken[i];
+      assert.deepEqual(r.recv.row(i), src.q.subarray(t * H, (t + 1) * H));
+      assert.deepEqual(r.recvScales!.row(i), src.scales.data.subarray(t * 2, (t + 1) * 2));
+    }
+  }
+  const again = await sim.redispatch(d.handle, own.map((o) => o.x));
+  again.results.forEach((r, k) => assert.deepEqual(r.recv.data, d.results[k].recv.data));
+  d.handle.close();
+});
+
+Deno.test("quantize: pre-quantized rows with a wrong shape, or for a plan that does not quantize, name their field", async () => {
+  const H = 128;
+  const plan = bf16E4m3({ world: 1, experts: 2, topK: 1, hidden: H });
+  const routing = { topkIdx: Int32Array.of(0, 1), topkWeights: Float32Array.of(1, 1) };
+  using sim = new Simulator(plan);
+  const q = new Uint8Array(2 * H);
+  await weftErrorAsync(
+    () => sim.dispatch([{ ...routing, x: { q, scales: new Float32Array(3) } }]),
+    "x.scales",
+  );
+  await weftErrorAsync(
+    () =>
+      sim.dispatch([{
+        ...routing,
+        x: { q: new Uint16Array(2 * H) as unknown as Uint8Array, scales: new Float32Array(2) },
+      }]),
+    "x.q",
+  );
+  const plain = makePlan({ world: 1, experts: 2, topK: 1, hidden: H, dtype: "bf16" });
+  using sim2 = new Simulator(plain);
+  const e = await weftErrorAsync(
+    () => sim2.dispatch([{ ...routing, x: { q, scales: new Float32Array(2) } }]),
+    "x",
+  );
+  assert.match(e.message, /does not quantize/);
 });

@@ -73,7 +73,7 @@ int32_t weft_last_error(char* buf, int32_t len);
 /* ABI version, bumped on any change of this header (2: weft_dispatch_layout;
  * 3: stream-ordered returns, weft_comm_sync, weft_engine_input_rows,
  * weft_engine_pin_host, weft_dispatch_begin/_finish; 4: weft_plan_desc.quantize,
- * weft_dispatch_info.recv_scales). */
+ * weft_dispatch_info.recv_scales; 5: weft_dispatch_begin_e4m3, weft_redispatch_e4m3). */
 int32_t weft_abi_version(void);
 /* Number of visible CUDA devices (0 with WEFT_ERR_NO_DEVICE when there is no driver). */
 int32_t weft_device_count(int32_t* out);
@@ -205,6 +205,16 @@ int32_t weft_dispatch_begin(weft_engine_t engine, const void* x, const int32_t* 
                             const float* topk_weights, int32_t tokens);
 int32_t weft_dispatch_finish(weft_engine_t engine, weft_handle_t* out);
 /*
+ * weft_dispatch_begin with rows already quantized, for plans with quantize
+ * E4M3 (e.g. from a kernel that quantizes as it writes): q [tokens × hidden]
+ * E4M3 bytes and scales [tokens × hidden/128] f32, host or device memory.
+ * They are sent as given, bit for bit (any scales, not only powers of two),
+ * with no quantize pass. Finish with weft_dispatch_finish. NULL parts while
+ * tokens > 0, or a plan without quantize E4M3, fail the call on every rank.
+ */
+int32_t weft_dispatch_begin_e4m3(weft_engine_t engine, const void* q, const float* scales, const int32_t* topk_idx,
+                                 const float* topk_weights, int32_t tokens);
+/*
  * The layout step of weft_dispatch alone: stages the routing, runs the device
  * checks and the index generation, allocates the handle and its outputs, and
  * moves no rows (recv stays unwritten until weft_redispatch fills it). Lets a
@@ -218,6 +228,8 @@ int32_t weft_dispatch_layout(weft_engine_t engine, const int32_t* topk_idx, cons
  * layout work). Collective. x has the handle's token count of rows; the rows
  * land in the handle's own recv buffer (weft_handle_info), overwriting it. */
 int32_t weft_redispatch(weft_handle_t handle, const void* x, int32_t inputs_on_device);
+/* weft_redispatch with rows already quantized (see weft_dispatch_begin_e4m3). */
+int32_t weft_redispatch_e4m3(weft_handle_t handle, const void* q, const float* scales);
 
 typedef struct weft_dispatch_info {
   int32_t tokens;          /* T of this rank */

@@ -48,7 +48,7 @@ int32_t blocking_copy(int32_t device, void* dst, const void* src, uint64_t bytes
 
 }  // namespace
 
-extern "C" int32_t weft_abi_version(void) { return 4; }
+extern "C" int32_t weft_abi_version(void) { return 5; }
 
 extern "C" int32_t weft_device_count(int32_t* out) {
   WEFT_API("weft_device_count");

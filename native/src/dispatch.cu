@@ -219,11 +219,64 @@ int32_t finish_collective(weft_comm* c, int32_t rc) {
   return rc;
 }
 
-// `move_rows` false: the layout alone (weft_dispatch_layout); x is not read
-// and the handle's recv stays unwritten until weft_redispatch.
+// The rows a dispatch or re-dispatch sends: x in the plan's dtype, or (plans
+// with quantize E4M3) q and scales already quantized, sent as given.
+struct Rows {
+  const void* x = nullptr;
+  const void* q = nullptr;
+  const float* scales = nullptr;
+  bool quantized = false;  // q and scales, not x
+  static Rows of_x(const void* x) {
+    Rows r;
+    r.x = x;
+    return r;
+  }
+  // NULL parts, or a plan that does not quantize, fail the call on every rank.
+  static Rows of_e4m3(const void* q, const float* scales) {
+    Rows r;
+    r.q = q;
+    r.scales = scales;
+    r.quantized = true;
+    return r;
+  }
+  bool given() const { return quantized ? (q != nullptr && scales != nullptr) : x != nullptr; }
+  // Pre-quantized rows need a quantizing plan.
+  bool usable(const PlanHost& p) const { return !quantized || p.fp8(); }
+};
+
+// Stages a batch's rows where the peers read them: x copied into the heap
+// (unless written in place, weft_engine_input_rows) and quantized when the
+// plan says so; pre-quantized rows copied into the send rows as they are.
+int32_t stage_rows(weft_engine* e, const Rows& rows, int tokens) {
+  weft_comm* c = e->comm;
+  const PlanHost& p = e->plan;
+  if (tokens <= 0) return WEFT_OK;
+  if (rows.quantized) {
+    const size_t H = static_cast<size_t>(p.hidden);
+    const size_t pitch = p.send_stride_bytes();
+    uint8_t* dst = c->heap + e->hl.xq;
+    WEFT_CUDA(cudaMemcpy2DAsync(dst, pitch, rows.q, H, H, tokens, cudaMemcpyDefault, c->stream));
+    WEFT_CUDA(cudaMemcpy2DAsync(dst + H, pitch, rows.scales, p.scale_row_bytes(), p.scale_row_bytes(), tokens,
+                                cudaMemcpyDefault, c->stream));
+    return WEFT_OK;
+  }
+  if (rows.x != c->heap + e->hl.x) {
+    WEFT_CUDA(cudaMemcpyAsync(c->heap + e->hl.x, rows.x, static_cast<size_t>(tokens) * p.row_bytes(),
+                              cudaMemcpyDefault, c->stream));
+  }
+  c->profile.mark(c->stream, "stage x");
+  if (p.fp8()) {
+    WEFT_TRY(launch_quantize(e, tokens));
+    c->profile.mark(c->stream, "quantize");
+  }
+  return WEFT_OK;
+}
+
+// `move_rows` false: the layout alone (weft_dispatch_layout); no rows are
+// read and the handle's recv stays unwritten until weft_redispatch.
 // The first half of a dispatch: everything up to the one host sync, all
 // enqueued without waiting. dispatch_finish does the rest.
-int32_t dispatch_begin(weft_engine* e, const void* x, const int32_t* idx, const float* w, int32_t tokens,
+int32_t dispatch_begin(weft_engine* e, const Rows& rows, const int32_t* idx, const float* w, int32_t tokens,
                        bool move_rows) {
   weft_comm* c = e->comm;
   const PlanHost& p = e->plan;
@@ -232,24 +285,16 @@ int32_t dispatch_begin(weft_engine* e, const void* x, const int32_t* idx, const 
   WEFT_TRY(comm_reset_status(c));
   if (tokens < 0 || tokens > p.max_tokens) {
     WEFT_TRY(comm_report_bad(c, tokens < 0 ? 0ull : static_cast<unsigned long long>(tokens), kBadCapacity));
-  } else if (tokens > 0 && ((move_rows && x == nullptr) || idx == nullptr || w == nullptr)) {
+  } else if (!rows.usable(p) || (tokens > 0 && ((move_rows && !rows.given()) || idx == nullptr || w == nullptr))) {
     WEFT_TRY(comm_report_bad(c, 0, kBadArgument));
   } else {
     if (tokens > 0) {
       const size_t pairs = static_cast<size_t>(tokens) * p.top_k;
-      // x written in place (weft_engine_input_rows) needs no staging copy.
-      if (move_rows && x != c->heap + hl.x) {
-        WEFT_CUDA(cudaMemcpyAsync(c->heap + hl.x, x, static_cast<size_t>(tokens) * p.row_bytes(), cudaMemcpyDefault,
-                                  c->stream));
-      }
       WEFT_CUDA(cudaMemcpyAsync(c->heap + hl.idx, idx, pairs * sizeof(int32_t), cudaMemcpyDefault, c->stream));
       WEFT_CUDA(cudaMemcpyAsync(c->heap + hl.w, w, pairs * sizeof(float), cudaMemcpyDefault, c->stream));
     }
-    c->profile.mark(c->stream, "stage inputs");
-    if (move_rows && p.fp8()) {
-      WEFT_TRY(launch_quantize(e, tokens));
-      c->profile.mark(c->stream, "quantize");
-    }
+    c->profile.mark(c->stream, "stage routing");
+    if (move_rows) WEFT_TRY(stage_rows(e, rows, tokens));
     WEFT_TRY(layout_source(e, tokens));
   }
   c->profile.mark(c->stream, "layout: source side");
@@ -282,7 +327,8 @@ int32_t dispatch_finish(weft_engine* e, weft_handle** out) {
     const unsigned kind = static_cast<unsigned>(c->h_status->bad_key & 15ull);
     const std::string msg =
         bad_input_message(p, *c->h_status, c->rank, tokens, reinterpret_cast<const int*>(c->heap + hl.idx),
-                          "x, topk_idx or topk_weights is NULL while tokens > 0");
+                          "x, topk_idx or topk_weights is NULL while tokens > 0, or q and scales are not both "
+                          "given, or given to a plan without quantize E4M3");
     WEFT_FAIL(bad_input_code(kind), "%s", msg.c_str());
   }
 
@@ -357,21 +403,18 @@ int32_t dispatch_finish(weft_engine* e, weft_handle** out) {
   return WEFT_OK;
 }
 
-int32_t redispatch_impl(weft_handle* h, const void* x) {
+int32_t redispatch_impl(weft_handle* h, const Rows& rows) {
   weft_engine* e = h->engine;
   weft_comm* c = e->comm;
   const PlanHost& p = e->plan;
   c->profile.begin(c->stream, p.fp8() ? "redispatch e4m3" : "redispatch");
   WEFT_TRY(comm_reset_status(c));
-  const bool bad = h->tokens > 0 && x == nullptr;
+  const bool bad = !rows.usable(p) || (h->tokens > 0 && !rows.given());
   if (bad) {
     WEFT_TRY(comm_report_bad(c, 0, kBadArgument));
-  } else if (h->tokens > 0 && x != c->heap + e->hl.x) {
-    WEFT_CUDA(cudaMemcpyAsync(c->heap + e->hl.x, x, static_cast<size_t>(h->tokens) * p.row_bytes(), cudaMemcpyDefault,
-                              c->stream));
+  } else {
+    WEFT_TRY(stage_rows(e, rows, h->tokens));
   }
-  if (!bad) WEFT_TRY(launch_quantize(e, h->tokens));
-  c->profile.mark(c->stream, "stage x");
   WEFT_TRY(comm_barrier_async(c, "redispatch staging"));
   c->profile.mark(c->stream, "barrier: staged");
   WEFT_TRY(launch_pull(e, h));
@@ -381,7 +424,9 @@ int32_t redispatch_impl(weft_handle* h, const void* x) {
   // x was staged in stream order; a peer's failure surfaces at a later call.
   WEFT_TRY(comm_end_call(c, "weft_redispatch", "redispatch", !bad));
   if (bad) {
-    WEFT_FAIL(WEFT_ERR_INVALID, "x is NULL while the handle has %d tokens on rank %d. Every rank failed the call",
+    WEFT_FAIL(WEFT_ERR_INVALID,
+              "x is NULL while the handle has %d tokens on rank %d, or q and scales are not both given, or given to "
+              "a plan without quantize E4M3. Every rank failed the call",
               h->tokens, c->rank);
   }
   return WEFT_OK;
@@ -434,13 +479,33 @@ int32_t launch_pull(weft_engine* e, weft_handle* h) {
 namespace weft {
 namespace {
 
+// weft_dispatch_begin and weft_dispatch_begin_e4m3.
+int32_t begin_entry(weft_engine* e, const Rows& rows, const int32_t* idx, const float* w, int32_t tokens) {
+  WEFT_TRY(engine_enter(e));
+  CommLock lock(e->comm);
+  weft_comm* c = e->comm;
+  WEFT_TRY(comm_check_not_begun(c));
+  const int32_t rc = dispatch_begin(e, rows, idx, w, tokens, true);
+  if (rc != WEFT_OK) c->begun = {};
+  return finish_collective(c, rc);
+}
+
+// weft_redispatch and weft_redispatch_e4m3.
+int32_t redispatch_entry(weft_handle* h, const Rows& rows) {
+  if (h == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "the handle is NULL");
+  WEFT_TRY(engine_enter(h->engine));
+  CommLock lock(h->engine->comm);
+  WEFT_TRY(comm_check_not_begun(h->engine->comm));
+  return finish_collective(h->engine->comm, redispatch_impl(h, rows));
+}
+
 // Both halves in one call (weft_dispatch, weft_dispatch_layout).
 int32_t dispatch_whole(weft_engine* e, const void* x, const int32_t* idx, const float* w, int32_t tokens,
                        bool move_rows, weft_handle** out) {
   WEFT_TRY(engine_enter(e));
   CommLock lock(e->comm);
   WEFT_TRY(comm_check_not_begun(e->comm));
-  int32_t rc = dispatch_begin(e, x, idx, w, tokens, move_rows);
+  int32_t rc = dispatch_begin(e, Rows::of_x(x), idx, w, tokens, move_rows);
   if (rc == WEFT_OK) rc = dispatch_finish(e, out);
   e->comm->begun = {};
   return finish_collective(e->comm, rc);
@@ -463,13 +528,13 @@ extern "C" int32_t weft_dispatch(weft_engine_t e, const void* x, const int32_t* 
 extern "C" int32_t weft_dispatch_begin(weft_engine_t e, const void* x, const int32_t* topk_idx,
                                        const float* topk_weights, int32_t tokens) {
   WEFT_API("weft_dispatch_begin");
-  WEFT_TRY(weft::engine_enter(e));
-  weft::CommLock lock(e->comm);
-  weft_comm* c = e->comm;
-  WEFT_TRY(weft::comm_check_not_begun(c));
-  const int32_t rc = weft::dispatch_begin(e, x, topk_idx, topk_weights, tokens, true);
-  if (rc != WEFT_OK) c->begun = {};
-  return weft::finish_collective(c, rc);
+  return weft::begin_entry(e, weft::Rows::of_x(x), topk_idx, topk_weights, tokens);
+}
+
+extern "C" int32_t weft_dispatch_begin_e4m3(weft_engine_t e, const void* q, const float* scales,
+                                            const int32_t* topk_idx, const float* topk_weights, int32_t tokens) {
+  WEFT_API("weft_dispatch_begin_e4m3");
+  return weft::begin_entry(e, weft::Rows::of_e4m3(q, scales), topk_idx, topk_weights, tokens);
 }
 
 extern "C" int32_t weft_dispatch_finish(weft_engine_t e, weft_handle_t* out) {
@@ -493,11 +558,12 @@ extern "C" int32_t weft_dispatch_layout(weft_engine_t e, const int32_t* topk_idx
 extern "C" int32_t weft_redispatch(weft_handle_t h, const void* x, int32_t inputs_on_device) {
   WEFT_API("weft_redispatch");
   (void)inputs_on_device;
-  if (h == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "the handle is NULL");
-  WEFT_TRY(weft::engine_enter(h->engine));
-  weft::CommLock lock(h->engine->comm);
-  WEFT_TRY(weft::comm_check_not_begun(h->engine->comm));
-  return weft::finish_collective(h->engine->comm, weft::redispatch_impl(h, x));
+  return weft::redispatch_entry(h, weft::Rows::of_x(x));
+}
+
+extern "C" int32_t weft_redispatch_e4m3(weft_handle_t h, const void* q, const float* scales) {
+  WEFT_API("weft_redispatch_e4m3");
+  return weft::redispatch_entry(h, weft::Rows::of_e4m3(q, scales));
 }
 
 extern "C" int32_t weft_handle_info(weft_handle_t h, weft_dispatch_info* out) {

@@ -14,9 +14,11 @@ import type { DType, PatternSpec, PlanSpec } from "../../dsl/types.ts";
 import { Plan } from "../../dsl/mod.ts";
 import type { DispatchResult, HostRows, RankInput } from "../../lib/engine_api.ts";
 import { fromF32, toF32 } from "../../lib/dtype.ts";
+import { quantizeRows } from "../../lib/fp8.ts";
 import { mulberry32 } from "../../lib/routing.ts";
 import { Simulator } from "../../lib/simulator.ts";
 import { WeftError } from "../../lib/errors.ts";
+import { isQuantizedInput } from "../../lib/input_check.ts";
 import type { Communicator } from "../../lib/communicator.ts";
 import { DeviceTensor } from "../../lib/device_tensor.ts";
 import { Engine } from "../../lib/engine.ts";
@@ -45,6 +47,11 @@ export interface GpuCase {
   readonly onDevice?: boolean;
   /** Write x in place into the engine's heap (Engine.inputRows): no staging copy. */
   readonly inPlace?: boolean;
+  /**
+   * Pass x pre-quantized ({ q, scales }, quantizing patterns only), with
+   * scales that are not powers of two: dispatch must move them bit for bit.
+   */
+  readonly preQuantized?: boolean;
   /**
    * A batch that must fail on every rank, leaving earlier outputs untouched
    * and the engine usable: an out-of-range expert id on the last rank, or
@@ -300,6 +307,18 @@ export function gpuCases(world: number, gpusPerNode: number): GpuCase[] {
       seed: 16 + i,
     });
   }
+  // Rows quantized by the caller: from the host, and from device tensors.
+  const deepseek = list.find((c) => c.name === "deepseek-bf16-h7168-uneven-tokens")!;
+  for (const onDevice of [false, true]) {
+    list.push({
+      ...deepseek,
+      name: `e4m3-prequantized-${onDevice ? "device" : "host"}-bf16-h7168`,
+      pattern: { ...deepseek.pattern, quantize: "e4m3" },
+      seed: 19 + Number(onDevice),
+      preQuantized: true,
+      onDevice,
+    });
+  }
   if (world >= 2) {
     list.push({
       name: "replicas-bf16-h1000-rank-major",
@@ -402,7 +421,17 @@ export function rankInput(plan: PlanSpec, c: GpuCase, rank: number, tokens: numb
 
 /** Every rank's input of a case's (good) batch. */
 export function caseInputs(plan: PlanSpec, c: GpuCase): RankInput[] {
-  return Array.from({ length: plan.world }, (_, r) => rankInput(plan, c, r, tokensOf(c, r)));
+  const inputs = Array.from(
+    { length: plan.world },
+    (_, r) => rankInput(plan, c, r, tokensOf(c, r)),
+  );
+  if (!c.preQuantized) return inputs;
+  // The caller's own quantization: weft's bytes, scales times 1.37 (no longer
+  // powers of two), so only a bitwise move reproduces them.
+  return inputs.map((input) => {
+    const { q, scales } = quantizeRows(input.x as HostRows, plan.dtype, plan.hidden);
+    return { ...input, x: { q, scales: scales.map((s) => s * 1.37) } };
+  });
 }
 
 /** The bad batch of a failure case: the good one with one rank's input spoiled. */
@@ -566,10 +595,25 @@ export async function runCase(
     temporaries.push(t);
     return t;
   };
+  // Pre-quantized x: both parts on the device too, when the case says so.
+  const xOnSide = (x: RankInput["x"], n: number): RankInput["x"] => {
+    if (!isQuantizedInput(x)) return onSide(x as HostRows, n);
+    if (!c.onDevice) return x;
+    const q = DeviceTensor.upload(engine.device, "e4m3", n, plan.hidden, x.q as Uint8Array);
+    const scales = DeviceTensor.upload(
+      engine.device,
+      "f32",
+      n,
+      plan.hidden / 128,
+      x.scales as Float32Array,
+    );
+    temporaries.push(q, scales);
+    return { q, scales };
+  };
   try {
     const mine = inputs[rank];
     const tokens = mine.topkIdx.length / plan.topK;
-    let x = onSide(mine.x as HostRows, tokens);
+    let x = xOnSide(mine.x, tokens);
     let routing = { topkIdx: mine.topkIdx, topkWeights: mine.topkWeights };
     if (c.inPlace) {
       const rows = engine.inputRows(tokens);
