@@ -41,6 +41,12 @@ export interface BenchRow {
   readonly weftE4m3Ms?: number | null;
   /** Output check of the E4M3 run (same check as {@link weftError}, y exact). */
   readonly weftE4m3Error?: number | null;
+  /**
+   * Like {@link weftE4m3Ms} with the rows quantized beforehand and written in
+   * place (`Engine.inputQuantizedRows`): dispatch neither copies nor
+   * quantizes them, as when a model's kernel quantizes its own output.
+   */
+  readonly weftE4m3InPlaceMs?: number | null;
   /** The NCCL baseline's dispatch + combine, ms, reduced like {@link weftMs}. */
   readonly baselineMs: number;
   /** A cached re-dispatch through a handle, ms (median, max over ranks); null when not measured. */
@@ -189,6 +195,7 @@ export const TABLE_COLUMNS: readonly string[] = Object.freeze([
   "speedup",
   "weft ms, inputs copied in",
   "weft ms, e4m3 dispatch",
+  "e4m3, pre-quantized in place",
   "weft remote MB/rank/dir",
   "achieved GB/s",
   "% of copy ceiling",
@@ -222,6 +229,7 @@ export function markdownTable(result: BenchResult): string {
           `${fixed(d.speedup, 2)}×`,
           fixed(row.weftCopyInMs, 3),
           fixed(row.weftE4m3Ms ?? null, 3),
+          fixed(row.weftE4m3InPlaceMs ?? null, 3),
           fixed(d.weftRemoteMBPerDir, 1),
           fixed(d.achievedGBps, 1),
           fixed(d.ceilingPercent, 1),

@@ -650,21 +650,73 @@ export class Engine implements ShuffleEngine {
     unwrap(native().weft_engine_input_rows(handle, out), "weft_engine_input_rows", {
       rank: this.rank,
     });
-    const isClosed = () => this.#handle === null;
-    const owner: ViewOwner = {
-      get closed() {
-        return isClosed();
-      },
-      description: "weft engine",
-    };
     return DeviceTensor.view(
       this.device,
       this.plan.dtype,
       tokens,
       this.plan.hidden,
       readPointer(out),
-      owner,
+      this.#viewOwner(),
     );
+  }
+
+  /** The owner of views into this engine's heap: they die with the engine. */
+  #viewOwner(): ViewOwner {
+    const isClosed = () => this.#handle === null;
+    return {
+      get closed() {
+        return isClosed();
+      },
+      description: "weft engine",
+    };
+  }
+
+  /**
+   * For a pattern that quantizes dispatch: where this rank's sent rows are
+   * staged in the symmetric heap, `q` `[tokens × hidden]` e4m3 and `scales`
+   * `[tokens × hidden/128]` f32. Rows quantized straight into these views
+   * (by your own kernel, any positive scales) and passed as `x` to
+   * {@link Engine.dispatch} or {@link Engine.redispatch} are neither copied
+   * nor quantized: the peers read them there. Views, valid while the engine
+   * is open; the same rule as {@link Engine.inputRows} for the next batch.
+   */
+  inputQuantizedRows(tokens: number = this.maxTokens): { q: DeviceTensor; scales: DeviceTensor } {
+    this.#checkTokens(tokens);
+    const handle = this.#handle;
+    if (handle === null) {
+      throw new WeftError({
+        field: "engine",
+        rank: this.rank,
+        problem: "is closed",
+        fix: "create a new Engine",
+      });
+    }
+    if (this.plan.quantize !== "e4m3") {
+      throw new WeftError({
+        field: "plan.quantize",
+        rank: this.rank,
+        problem: "is not set: this engine sends rows in their dtype",
+        fix: 'compile the pattern with .quantize("e4m3"), or write rows to Engine.inputRows',
+      });
+    }
+    const q = new BigUint64Array(1);
+    const scales = new BigUint64Array(1);
+    unwrap(native().weft_engine_input_e4m3(handle, q, scales), "weft_engine_input_e4m3", {
+      rank: this.rank,
+    });
+    const owner = this.#viewOwner();
+    const H = this.plan.hidden;
+    return {
+      q: DeviceTensor.view(this.device, "e4m3", tokens, H, readPointer(q), owner),
+      scales: DeviceTensor.view(
+        this.device,
+        "f32",
+        tokens,
+        H / QUANT_BLOCK,
+        readPointer(scales),
+        owner,
+      ),
+    };
   }
 
   /**

@@ -174,6 +174,11 @@ export const symbols = {
     parameters: ["pointer", "pointer", "pointer", "pointer", "i32"],
     result: "i32",
   },
+  weft_engine_input_e4m3: {
+    // weft_engine_t engine, void** q, float** scales
+    parameters: ["pointer", "buffer", "buffer"],
+    result: "i32",
+  },
   weft_dispatch_begin_e4m3: {
     // weft_engine_t engine, const void* q, const float* scales, const int32_t* topk_idx,
     // const float* topk_weights, int32_t tokens — rows already quantized; blocking, like weft_dispatch_begin.

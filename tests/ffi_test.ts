@@ -479,6 +479,11 @@ Deno.test({
         (e: unknown) => e instanceof WeftError && e.field === "tokens",
       );
     }
+    // This plan sends rows in their dtype: no quantized staging to hand out.
+    assert.throws(
+      () => engine.inputQuantizedRows(),
+      (e: unknown) => e instanceof WeftError && e.field === "plan.quantize",
+    );
     await engine.synchronize();
     engine.close();
     await assert.rejects(rowsIn.read(), /view into a weft engine that was closed/);

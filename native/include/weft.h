@@ -73,7 +73,8 @@ int32_t weft_last_error(char* buf, int32_t len);
 /* ABI version, bumped on any change of this header (2: weft_dispatch_layout;
  * 3: stream-ordered returns, weft_comm_sync, weft_engine_input_rows,
  * weft_engine_pin_host, weft_dispatch_begin/_finish; 4: weft_plan_desc.quantize,
- * weft_dispatch_info.recv_scales; 5: weft_dispatch_begin_e4m3, weft_redispatch_e4m3). */
+ * weft_dispatch_info.recv_scales; 5: weft_dispatch_begin_e4m3, weft_redispatch_e4m3,
+ * weft_engine_input_e4m3). */
 int32_t weft_abi_version(void);
 /* Number of visible CUDA devices (0 with WEFT_ERR_NO_DEVICE when there is no driver). */
 int32_t weft_device_count(int32_t* out);
@@ -153,6 +154,13 @@ int32_t weft_engine_create(weft_comm_t comm, const weft_plan_desc* plan, weft_en
  * previous dispatch settled (weft_comm_sync, or any later call on the comm):
  * until then peers may still be reading it. */
 int32_t weft_engine_input_rows(weft_engine_t engine, void** out);
+/* Plans with quantize E4M3: where this rank's sent rows are staged, dense:
+ * q [max_tokens × hidden] E4M3 bytes and scales [max_tokens × hidden/128]
+ * f32. Rows written there and passed as q and scales to
+ * weft_dispatch_begin_e4m3 / weft_redispatch_e4m3 are neither copied nor
+ * quantized (the peers read them there). Same rule as weft_engine_input_rows
+ * for the next batch. WEFT_ERR_INVALID for a plan that does not quantize. */
+int32_t weft_engine_input_e4m3(weft_engine_t engine, void** q, float** scales);
 /* Page-locks caller-owned host memory (cudaHostRegister) until the engine is
  * destroyed: topk_idx and topk_weights staged from there reach the GPU by DMA,
  * without the CPU bounce a pageable copy pays. One range per engine; it must

@@ -7,9 +7,11 @@
 // 1-4 without waiting (queued behind earlier calls' tails); dispatch_finish
 // makes the one host sync, settles those tails (comm_settle), and enqueues
 // 5-6, which become this call's tail:
-//   1. copy x (unless the caller wrote it in place, weft_engine_input_rows),
-//      topk_idx, topk_weights into this rank's heap staging; with quantize
-//      E4M3, quantize the staged rows into the send rows (quantize.cu);
+//   1. copy topk_idx, topk_weights and x (unless the caller wrote it in
+//      place, weft_engine_input_rows) into this rank's heap staging; with
+//      quantize E4M3, quantize the staged rows into the sent bytes and scales
+//      (quantize.cu), or copy rows the caller quantized (unless written in
+//      place, weft_engine_input_e4m3);
 //   2. layout_source: check topk, resolve slots, ordinals, per-slot totals;
 //   3. barrier "dispatch staging" (error bits merged: one bad rank fails all);
 //   4. gather every rank's totals and token count; then, in dispatch_finish,
@@ -36,14 +38,15 @@ namespace {
 constexpr int kPullThreads = 256;
 constexpr int kPullUnroll = 4;  // 2 and 8 measured no faster on 4xH200
 
+// A sent row is a head (x's row, or a quantized row's E4M3 bytes) and a
+// tail (a quantized row's scales; none otherwise), each in a dense region of
+// the source's heap and landing in a dense output: recv and recv_scales.
 struct PullArgs {
   PeerTable peers;
   TokenTable tok;
-  uint64_t x_off;
-  unsigned row_vecs;   // of a send row (what is copied)
-  unsigned src_vecs;   // the source's row stride
-  unsigned head_vecs;  // the first head_vecs land in recv, the rest in scales
-  unsigned tail_vecs;
+  uint64_t head_off, tail_off;  // heap offsets of the regions (hl.xq, hl.xs)
+  unsigned head_vecs;           // 16-byte vectors of a row's head
+  unsigned tail_vecs;           // ... and of its tail (0 when unquantized)
   int top_k, world, rank, max_tokens, dedupe_none;
   const int* fan_rows;
   uint4* recv;
@@ -51,25 +54,35 @@ struct PullArgs {
   const DevStatus* st;
 };
 
-// Where vector v of a send row lands for receive row `row`: its recv row, or
-// (quantized rows: the scales after the E4M3 bytes) its recv_scales row.
+// Vector v of token t's sent row on source `base`: v < head_vecs in the
+// head, the rest in the tail.
+__device__ __forceinline__ const uint4* take(const PullArgs& a, const uint8_t* base, int t, unsigned v) {
+  return v < a.head_vecs
+             ? reinterpret_cast<const uint4*>(base + a.head_off) + static_cast<size_t>(t) * a.head_vecs + v
+             : reinterpret_cast<const uint4*>(base + a.tail_off) + static_cast<size_t>(t) * a.tail_vecs +
+                   (v - a.head_vecs);
+}
+
+// Where vector v of a sent row lands for receive row `row`.
 __device__ __forceinline__ uint4* land(const PullArgs& a, int row, unsigned v) {
   return v < a.head_vecs ? a.recv + static_cast<size_t>(row) * a.head_vecs + v
                          : a.scales + static_cast<size_t>(row) * a.tail_vecs + (v - a.head_vecs);
 }
 
-// Copies one source row to the receive rows of the lanes in `mask` (each
-// lane k holds the row of pair k in my_row). All lanes run every iteration;
-// each lane keeps U 16-byte loads in flight before the first store.
+// Copies token t's row from source `base` to the receive rows of the lanes
+// in `mask` (each lane k holds the row of pair k in my_row). All lanes run
+// every iteration; each lane keeps U 16-byte loads in flight before the
+// first store.
 template <int U>
-__device__ __forceinline__ void copy_row(const PullArgs& a, const uint4* __restrict__ src, unsigned row_vecs,
-                                         int my_row, unsigned mask, int lane) {
+__device__ __forceinline__ void copy_row(const PullArgs& a, const uint8_t* base, int t, int my_row, unsigned mask,
+                                         int lane) {
+  const unsigned row_vecs = a.head_vecs + a.tail_vecs;
   for (unsigned v0 = 0; v0 < row_vecs; v0 += 32u * U) {
     uint4 buf[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const unsigned v = v0 + static_cast<unsigned>(lane) + 32u * u;
-      if (v < row_vecs) buf[u] = __ldg(src + v);
+      if (v < row_vecs) buf[u] = __ldg(take(a, base, t, v));
     }
     unsigned m = mask;
     while (m != 0u) {
@@ -98,15 +111,15 @@ __global__ void __launch_bounds__(kPullThreads) pull_kernel(PullArgs a) {
     const int my_row = lane < a.top_k ? a.fan_rows[item * a.top_k + lane] : -1;
     const unsigned mask = __ballot_sync(0xffffffffu, my_row >= 0);
     if (mask == 0u) continue;
-    const uint4* src = reinterpret_cast<const uint4*>(a.peers.base[r] + a.x_off) + static_cast<size_t>(t) * a.src_vecs;
+    const uint8_t* base = a.peers.base[r];
     if (!a.dedupe_none) {
-      copy_row<U>(a, src, a.row_vecs, my_row, mask, lane);
+      copy_row<U>(a, base, t, my_row, mask, lane);
     } else {
       unsigned m = mask;
       while (m != 0u) {
         const int k = __ffs(m) - 1;
         m &= m - 1u;
-        copy_row<U>(a, src, a.row_vecs, my_row, 1u << k, lane);
+        copy_row<U>(a, base, t, my_row, 1u << k, lane);
       }
     }
   }
@@ -252,12 +265,16 @@ int32_t stage_rows(weft_engine* e, const Rows& rows, int tokens) {
   const PlanHost& p = e->plan;
   if (tokens <= 0) return WEFT_OK;
   if (rows.quantized) {
-    const size_t H = static_cast<size_t>(p.hidden);
-    const size_t pitch = p.send_stride_bytes();
-    uint8_t* dst = c->heap + e->hl.xq;
-    WEFT_CUDA(cudaMemcpy2DAsync(dst, pitch, rows.q, H, H, tokens, cudaMemcpyDefault, c->stream));
-    WEFT_CUDA(cudaMemcpy2DAsync(dst + H, pitch, rows.scales, p.scale_row_bytes(), p.scale_row_bytes(), tokens,
-                                cudaMemcpyDefault, c->stream));
+    // Written in place (weft_engine_input_e4m3) needs no copy.
+    const size_t T = static_cast<size_t>(tokens);
+    if (rows.q != c->heap + e->hl.xq) {
+      WEFT_CUDA(cudaMemcpyAsync(c->heap + e->hl.xq, rows.q, T * p.recv_row_bytes(), cudaMemcpyDefault, c->stream));
+    }
+    if (reinterpret_cast<const uint8_t*>(rows.scales) != c->heap + e->hl.xs) {
+      WEFT_CUDA(cudaMemcpyAsync(c->heap + e->hl.xs, rows.scales, T * p.scale_row_bytes(), cudaMemcpyDefault,
+                                c->stream));
+    }
+    c->profile.mark(c->stream, "stage q, scales");
     return WEFT_OK;
   }
   if (rows.x != c->heap + e->hl.x) {
@@ -455,9 +472,8 @@ int32_t launch_pull(weft_engine* e, weft_handle* h) {
   PullArgs a;
   a.peers = c->peers;
   a.tok = h->tok;
-  a.x_off = e->hl.xq;
-  a.row_vecs = static_cast<unsigned>(p.send_row_bytes() / 16);
-  a.src_vecs = static_cast<unsigned>(p.send_stride_bytes() / 16);
+  a.head_off = e->hl.xq;
+  a.tail_off = e->hl.xs;
   a.head_vecs = static_cast<unsigned>(p.recv_row_bytes() / 16);
   a.tail_vecs = static_cast<unsigned>(p.scale_row_bytes() / 16);
   a.top_k = p.top_k;

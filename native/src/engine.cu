@@ -118,6 +118,19 @@ extern "C" int32_t weft_engine_input_rows(weft_engine_t e, void** out) {
   return WEFT_OK;
 }
 
+extern "C" int32_t weft_engine_input_e4m3(weft_engine_t e, void** q, float** scales) {
+  WEFT_API("weft_engine_input_e4m3");
+  if (e == nullptr || q == nullptr || scales == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "engine, q or scales is NULL");
+  if (e->closed) WEFT_FAIL(WEFT_ERR_INVALID, "the engine was destroyed");
+  if (!e->plan.fp8()) {
+    WEFT_FAIL(WEFT_ERR_INVALID, "the plan does not quantize dispatch (quantize = %d): use weft_engine_input_rows",
+              e->plan.quantize);
+  }
+  *q = e->comm->heap + e->hl.xq;
+  *scales = reinterpret_cast<float*>(e->comm->heap + e->hl.xs);
+  return WEFT_OK;
+}
+
 extern "C" int32_t weft_engine_pin_host(weft_engine_t e, void* ptr, uint64_t bytes) {
   WEFT_API("weft_engine_pin_host");
   if (e == nullptr || ptr == nullptr || bytes == 0) WEFT_FAIL(WEFT_ERR_INVALID, "engine or ptr is NULL, or bytes is 0");

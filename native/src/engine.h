@@ -31,18 +31,14 @@ struct PlanHost {
   int wire_dtype() const { return wire_f32 ? WEFT_F32 : dtype; }
   uint64_t row_bytes() const { return static_cast<uint64_t>(hidden) * elem_bytes(); }
   uint64_t wire_row_bytes() const { return static_cast<uint64_t>(hidden) * dtype_bytes(wire_dtype()); }
-  // Dispatch's row format. Quantized, a row is sent as [hidden E4M3 bytes |
-  // hidden/128 f32 scales] and lands split: bytes in recv, scales in
-  // recv_scales. Otherwise it is the x row itself.
+  // Dispatch's row format. Quantized, a row is sent as hidden E4M3 bytes
+  // (the "head", from hl.xq) plus hidden/128 f32 scales (the "tail", from
+  // hl.xs), and lands the same way split: bytes in recv, scales in
+  // recv_scales. Otherwise it is the x row itself, with no tail.
   bool fp8() const { return quantize == WEFT_QUANTIZE_E4M3; }
   uint64_t recv_row_bytes() const { return fp8() ? static_cast<uint64_t>(hidden) : row_bytes(); }
   uint64_t scale_row_bytes() const { return fp8() ? static_cast<uint64_t>(hidden / WEFT_QUANT_BLOCK) * 4 : 0; }
   uint64_t send_row_bytes() const { return recv_row_bytes() + scale_row_bytes(); }
-  // Stride of the send rows in the heap: quantized rows are padded to 128
-  // bytes (7392 → 7424 at hidden 7168) so each starts on a 128-byte line and
-  // a warp's 512-byte load touches 4 lines, not 5 (the bulk-copy pull
-  // measured the same either way: bench/NOTES-fp8.md).
-  uint64_t send_stride_bytes() const { return fp8() ? (send_row_bytes() + 127) & ~127ull : row_bytes(); }
   // Partials a token can receive back in combine: one per destination device
   // (dedupe device/node), or one per k (dedupe none).
   int parts() const { return dedupe == WEFT_DEDUPE_NONE ? top_k : (top_k < world ? top_k : world); }
@@ -55,7 +51,8 @@ int32_t plan_from_desc(const weft_plan_desc* d, PlanHost* out);
 struct HeapLayout {
   uint64_t meta;        // int32 tokens of this batch
   uint64_t x;           // [max_tokens][row_bytes] staged rows
-  uint64_t xq;          // [max_tokens][send_stride_bytes] quantized rows (quantize E4M3 only; else = x)
+  uint64_t xq;          // [max_tokens][hidden] E4M3 bytes of the rows sent (quantize E4M3 only; else = x)
+  uint64_t xs;          // [max_tokens][hidden/128] f32 scales of those rows (quantize E4M3 only)
   uint64_t idx;         // [max_tokens][K] int32 staged topk_idx
   uint64_t w;           // [max_tokens][K] f32 staged topk_weights
   uint64_t slot;        // [max_tokens][K] int32 resolved global slot, -1 none

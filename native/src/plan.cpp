@@ -147,7 +147,8 @@ HeapLayout heap_layout(const PlanHost& p) {
   const uint64_t pairs = T * static_cast<uint64_t>(p.top_k);
   h.meta = take(16);
   h.x = take(T * p.row_bytes());
-  h.xq = p.fp8() ? take(T * p.send_stride_bytes()) : h.x;
+  h.xq = p.fp8() ? take(T * p.recv_row_bytes()) : h.x;
+  h.xs = p.fp8() ? take(T * p.scale_row_bytes()) : h.x;
   h.idx = take(pairs * 4);
   h.w = take(pairs * 4);
   h.slot = take(pairs * 4);

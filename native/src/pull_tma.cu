@@ -1,7 +1,7 @@
 // The pull on Hopper's bulk-copy engine (TMA, cp.async.bulk): the default on
 // sm_90 for dedupe device/node and unquantized rows; WEFT_PULL=sm selects the
 // SM-load pull in dispatch.cu instead (the only one on sm_80, for dedupe
-// none and for E4M3 rows).
+// none, and for E4M3 rows, whose bytes and scales come from two regions).
 //
 // Why: a bulk copy moves a whole row (or a ≤16 KiB chunk of one) per
 // instruction, so one thread keeps several rows in flight with no register
@@ -34,13 +34,10 @@ struct TmaPullArgs {
   PeerTable peers;
   TokenTable tok;
   uint64_t x_off;
-  uint32_t row_bytes, chunk_bytes;  // of a send row (what is copied)
-  uint32_t src_stride;              // the source's row stride
-  uint32_t head_bytes, tail_bytes;  // the first head_bytes land in recv, the rest in scales
+  uint32_t row_bytes, chunk_bytes;
   int chunks, top_k, world, rank, max_tokens;
   const int* fan_rows;
   uint8_t* recv;
-  uint8_t* scales;
   const DevStatus* st;
 };
 
@@ -145,7 +142,7 @@ __global__ void __launch_bounds__(32, 1) pull_tma_kernel(TmaPullArgs a) {
       if (issued >= kStages) wait_groups_read(static_cast<int>(retired - 1 - (issued - kStages)));
       const uint32_t off = static_cast<uint32_t>(chunk) * a.chunk_bytes;
       const uint32_t bytes = min(a.chunk_bytes, a.row_bytes - off);
-      const uint8_t* src = a.peers.base[r] + a.x_off + static_cast<size_t>(t) * a.src_stride + off;
+      const uint8_t* src = a.peers.base[r] + a.x_off + static_cast<size_t>(t) * a.row_bytes + off;
       bulk_load(stage0 + static_cast<uint32_t>(s) * a.chunk_bytes, src, bytes, smem_u32(bars + s));
       ring_item[s] = item;
       ring_chunk[s] = chunk;
@@ -157,18 +154,10 @@ __global__ void __launch_bounds__(32, 1) pull_tma_kernel(TmaPullArgs a) {
     wait_parity(smem_u32(bars + s), (parity >> s) & 1u);
     parity ^= 1u << s;
     const uint32_t src = stage0 + static_cast<uint32_t>(s) * a.chunk_bytes;
-    // The stage holds send-row bytes [lo, hi): the part below head_bytes goes
-    // to the recv row, the rest (a quantized row's scales) to the scales row.
-    const uint32_t lo = static_cast<uint32_t>(ring_chunk[s]) * a.chunk_bytes;
-    const uint32_t hi = lo + ring_bytes[s];
-    const uint32_t mid = max(lo, min(hi, a.head_bytes));
+    const size_t off = static_cast<size_t>(ring_chunk[s]) * a.chunk_bytes;
     for (int k = 0; k < a.top_k; ++k) {
       const int row = a.fan_rows[ring_item[s] * a.top_k + k];
-      if (row < 0) continue;
-      if (mid > lo) bulk_store(a.recv + static_cast<size_t>(row) * a.head_bytes + lo, src, mid - lo);
-      if (hi > mid) {
-        bulk_store(a.scales + static_cast<size_t>(row) * a.tail_bytes + (mid - a.head_bytes), src + (mid - lo), hi - mid);
-      }
+      if (row >= 0) bulk_store(a.recv + static_cast<size_t>(row) * a.row_bytes + off, src, ring_bytes[s]);
     }
     asm volatile("cp.async.bulk.commit_group;" ::: "memory");
     ++retired;
@@ -185,23 +174,21 @@ bool pull_tma_wanted(const weft_engine* e) {
     const char* v = getenv("WEFT_PULL");
     return v != nullptr && std::string(v) == "sm";
   }();
-  // Quantized rows (half the bytes per row) pull faster with SM loads:
+  // Quantized rows (half the bytes per row) pulled faster with SM loads:
   // 16384 tokens uniform on 4xH200, e4m3 dispatch + combine 3.58 ms with SM
-  // loads against 3.77 with the bulk-copy ring (bench/NOTES-fp8.md).
+  // loads against 3.77 with this ring (bench/NOTES-fp8.md).
   return !refused && e->comm->cc_major >= 9 && e->plan.dedupe != WEFT_DEDUPE_NONE && !e->plan.fp8();
 }
 
 int32_t launch_pull_tma(weft_engine* e, weft_handle* h, int max_tokens_now) {
   weft_comm* c = e->comm;
   const PlanHost& p = e->plan;
+  if (p.fp8()) WEFT_FAIL(WEFT_ERR_INVALID, "internal error: the bulk-copy pull moves unquantized rows only");
   TmaPullArgs a;
   a.peers = c->peers;
   a.tok = h->tok;
-  a.x_off = e->hl.xq;
-  a.row_bytes = static_cast<uint32_t>(p.send_row_bytes());
-  a.src_stride = static_cast<uint32_t>(p.send_stride_bytes());
-  a.head_bytes = static_cast<uint32_t>(p.recv_row_bytes());
-  a.tail_bytes = static_cast<uint32_t>(p.scale_row_bytes());
+  a.x_off = e->hl.x;
+  a.row_bytes = static_cast<uint32_t>(p.row_bytes());
   a.chunks = static_cast<int>((a.row_bytes + kMaxChunk - 1) / kMaxChunk);
   a.chunk_bytes = ((a.row_bytes + a.chunks - 1) / a.chunks + 15u) & ~15u;
   a.top_k = p.top_k;
@@ -210,7 +197,6 @@ int32_t launch_pull_tma(weft_engine* e, weft_handle* h, int max_tokens_now) {
   a.max_tokens = max_tokens_now;
   a.fan_rows = h->fan_rows;
   a.recv = static_cast<uint8_t*>(h->recv);
-  a.scales = reinterpret_cast<uint8_t*>(h->recv_scales);
   a.st = c->d_status;
   const size_t smem = kHeader + static_cast<size_t>(kStages) * a.chunk_bytes;
   WEFT_CUDA(cudaFuncSetAttribute(pull_tma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));

@@ -1,6 +1,6 @@
-// Quantize E4M3: this rank's staged x rows → the rows dispatch sends,
-// [hidden E4M3 bytes | hidden/128 f32 scales] each, in the heap (hl.xq),
-// where the peers pull them. It runs at the source, before the staging
+// Quantize E4M3: this rank's staged x rows → the rows dispatch sends: the
+// E4M3 bytes in the heap at hl.xq ([tokens × hidden]) and the f32 scales at
+// hl.xs ([tokens × hidden/128]), where the peers pull them. It runs at the source, before the staging
 // barrier, so about half the bytes of bf16 cross NVLink.
 //
 // The bits follow lib/fp8.ts exactly (the Simulator is the oracle): per
@@ -42,8 +42,8 @@ __device__ __forceinline__ int scale_exponent(float amax) {
 // then reduces and converts block by block.
 template <int DT>
 __global__ void __launch_bounds__(kThreads) quantize_kernel(const uint8_t* __restrict__ x, uint8_t* __restrict__ xq,
-                                                            long long teams, int teams_per_row, int blocks_per_row,
-                                                            uint32_t row_bytes, uint32_t send_stride, int hidden,
+                                                            float* __restrict__ xs, long long teams, int teams_per_row,
+                                                            int blocks_per_row, uint32_t row_bytes, int hidden,
                                                             const DevStatus* st) {
   if (call_aborted(st)) return;
   const long long team = (static_cast<long long>(blockIdx.x) * kThreads + threadIdx.x) / kLanesPerBlock;
@@ -63,7 +63,8 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(const uint8_t* __res
       for (int i = 0; i < 8; ++i) f[u][i] = 0.0f;
     }
   }
-  uint8_t* row = xq + token * send_stride;
+  uint8_t* row = xq + token * hidden;
+  float* scales = xs + token * blocks_per_row;
 #pragma unroll
   for (int u = 0; u < kBlocksPerTeam; ++u) {
     float amax = 0.0f;
@@ -83,7 +84,7 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(const uint8_t* __res
     }
     *reinterpret_cast<uint2*>(row + static_cast<size_t>(blk) * WEFT_QUANT_BLOCK + lane * 8) =
         make_uint2(q[0] | (static_cast<unsigned>(q[1]) << 16), q[2] | (static_cast<unsigned>(q[3]) << 16));
-    if (lane == 0) reinterpret_cast<float*>(row + hidden)[blk] = __uint_as_float(static_cast<unsigned>(127 + e) << 23);
+    if (lane == 0) scales[blk] = __uint_as_float(static_cast<unsigned>(127 + e) << 23);
   }
 }
 
@@ -99,20 +100,20 @@ int32_t launch_quantize(weft_engine* e, int tokens) {
   const unsigned blocks = grid_for(teams * kLanesPerBlock, kThreads);
   const uint8_t* x = c->heap + e->hl.x;
   uint8_t* xq = c->heap + e->hl.xq;
+  float* xs = reinterpret_cast<float*>(c->heap + e->hl.xs);
   const uint32_t rb = static_cast<uint32_t>(p.row_bytes());
-  const uint32_t sb = static_cast<uint32_t>(p.send_stride_bytes());
   switch (p.dtype) {
     case WEFT_BF16:
-      quantize_kernel<WEFT_BF16><<<blocks, kThreads, 0, c->stream>>>(x, xq, teams, teams_per_row, blocks_per_row, rb,
-                                                                     sb, p.hidden, c->d_status);
+      quantize_kernel<WEFT_BF16><<<blocks, kThreads, 0, c->stream>>>(x, xq, xs, teams, teams_per_row, blocks_per_row,
+                                                                     rb, p.hidden, c->d_status);
       break;
     case WEFT_F16:
-      quantize_kernel<WEFT_F16><<<blocks, kThreads, 0, c->stream>>>(x, xq, teams, teams_per_row, blocks_per_row, rb,
-                                                                    sb, p.hidden, c->d_status);
+      quantize_kernel<WEFT_F16><<<blocks, kThreads, 0, c->stream>>>(x, xq, xs, teams, teams_per_row, blocks_per_row,
+                                                                    rb, p.hidden, c->d_status);
       break;
     default:
-      quantize_kernel<WEFT_F32><<<blocks, kThreads, 0, c->stream>>>(x, xq, teams, teams_per_row, blocks_per_row, rb,
-                                                                    sb, p.hidden, c->d_status);
+      quantize_kernel<WEFT_F32><<<blocks, kThreads, 0, c->stream>>>(x, xq, xs, teams, teams_per_row, blocks_per_row,
+                                                                    rb, p.hidden, c->d_status);
       break;
   }
   WEFT_LAUNCHED("quantize", c->stream);

@@ -307,16 +307,18 @@ export function gpuCases(world: number, gpusPerNode: number): GpuCase[] {
       seed: 16 + i,
     });
   }
-  // Rows quantized by the caller: from the host, and from device tensors.
+  // Rows quantized by the caller: from the host, from device tensors, and
+  // written in place (Engine.inputQuantizedRows: no copy at all).
   const deepseek = list.find((c) => c.name === "deepseek-bf16-h7168-uneven-tokens")!;
-  for (const onDevice of [false, true]) {
+  for (const [i, where] of (["host", "device", "in-place"] as const).entries()) {
     list.push({
       ...deepseek,
-      name: `e4m3-prequantized-${onDevice ? "device" : "host"}-bf16-h7168`,
+      name: `e4m3-prequantized-${where}-bf16-h7168`,
       pattern: { ...deepseek.pattern, quantize: "e4m3" },
-      seed: 19 + Number(onDevice),
+      seed: 19 + i,
       preQuantized: true,
-      onDevice,
+      onDevice: where === "device",
+      inPlace: where === "in-place",
     });
   }
   if (world >= 2) {
@@ -615,7 +617,12 @@ export async function runCase(
     const tokens = mine.topkIdx.length / plan.topK;
     let x = xOnSide(mine.x, tokens);
     let routing = { topkIdx: mine.topkIdx, topkWeights: mine.topkWeights };
-    if (c.inPlace) {
+    if (c.inPlace && isQuantizedInput(mine.x)) {
+      const views = engine.inputQuantizedRows(tokens);
+      views.q.write(mine.x.q as Uint8Array);
+      views.scales.write(mine.x.scales as Float32Array);
+      x = views;
+    } else if (c.inPlace) {
       const rows = engine.inputRows(tokens);
       rows.write(mine.x as HostRows);
       x = rows;
