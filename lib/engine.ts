@@ -637,15 +637,7 @@ export class Engine implements ShuffleEngine {
    */
   inputRows(tokens: number = this.maxTokens): DeviceTensor {
     this.#checkTokens(tokens);
-    const handle = this.#handle;
-    if (handle === null) {
-      throw new WeftError({
-        field: "engine",
-        rank: this.rank,
-        problem: "is closed",
-        fix: "create a new Engine",
-      });
-    }
+    const handle = this.#openHandle();
     const out = new BigUint64Array(1);
     unwrap(native().weft_engine_input_rows(handle, out), "weft_engine_input_rows", {
       rank: this.rank,
@@ -658,6 +650,19 @@ export class Engine implements ShuffleEngine {
       readPointer(out),
       this.#viewOwner(),
     );
+  }
+
+  /** The native engine, or a WeftError once closed. */
+  #openHandle(): Deno.PointerValue {
+    if (this.#handle === null) {
+      throw new WeftError({
+        field: "engine",
+        rank: this.rank,
+        problem: "is closed",
+        fix: "create a new Engine",
+      });
+    }
+    return this.#handle;
   }
 
   /** The owner of views into this engine's heap: they die with the engine. */
@@ -682,15 +687,7 @@ export class Engine implements ShuffleEngine {
    */
   inputQuantizedRows(tokens: number = this.maxTokens): { q: DeviceTensor; scales: DeviceTensor } {
     this.#checkTokens(tokens);
-    const handle = this.#handle;
-    if (handle === null) {
-      throw new WeftError({
-        field: "engine",
-        rank: this.rank,
-        problem: "is closed",
-        fix: "create a new Engine",
-      });
-    }
+    const handle = this.#openHandle();
     if (this.plan.quantize !== "e4m3") {
       throw new WeftError({
         field: "plan.quantize",
