@@ -298,7 +298,7 @@ int32_t dispatch_begin(weft_engine* e, const Rows& rows, const int32_t* idx, con
   weft_comm* c = e->comm;
   const PlanHost& p = e->plan;
   const HeapLayout& hl = e->hl;
-  c->profile.begin(c->stream, p.fp8() ? "dispatch e4m3" : "dispatch");
+  c->profile.begin(c->stream, !p.fp8() ? "dispatch" : rows.quantized ? "dispatch e4m3, rows given" : "dispatch e4m3");
   WEFT_TRY(comm_reset_status(c));
   if (tokens < 0 || tokens > p.max_tokens) {
     WEFT_TRY(comm_report_bad(c, tokens < 0 ? 0ull : static_cast<unsigned long long>(tokens), kBadCapacity));

@@ -1,6 +1,6 @@
 /**
  * `deno task test:gpu`: the GPU engine against the CPU Simulator, in worlds
- * of 2 and 4 processes (as many as there are GPUs), plus a world where one
+ * of 2, 4 and 8 processes (those there are GPUs for), plus a world where one
  * rank dies mid-run. Prints one line per case and ends with `N passed, M
  * failed`; exits non-zero on any failure. Without a GPU it prints
  * `SKIPPED: no GPU present (<reason>)` and exits 0.
@@ -8,7 +8,7 @@
  * With 4 GPUs it also runs 4 ranks as 2 emulated nodes (distinct
  * NCCL_HOSTID), for the multi-node paths and dedupe `node`.
  *
- * Options: `--worlds 2,4` (which world sizes), `--no-nodes`, `--no-dead-peer`.
+ * Options: `--worlds 2,4,8` (which world sizes), `--no-nodes`, `--no-dead-peer`.
  *
  * @module
  */
@@ -57,7 +57,9 @@ if (typeof devices === "string") {
   Deno.exit(0);
 }
 
-const worlds = (worldsArg?.split(",").map(Number) ?? [2, 4]).filter((w) => w >= 1 && w <= devices);
+const worlds = (worldsArg?.split(",").map(Number) ?? [2, 4, 8]).filter((w) =>
+  w >= 1 && w <= devices
+);
 if (worlds.length === 0) {
   console.log(
     `SKIPPED: no GPU present (only ${devices} GPU${devices === 1 ? "" : "s"}; the tests need 2)`,
