@@ -49,13 +49,18 @@ async function identityExperts(r: DispatchResult): Promise<HostRows | Tensor> {
   // In chunks of rows, so no f32 copy of the whole buffer is ever held.
   const out = new Uint16Array(q.length);
   const CHUNK = 256, S = HIDDEN / 128;
+  const f32 = new Float32Array(CHUNK * HIDDEN);
   for (let row = 0; row < r.recv.rows; row += CHUNK) {
     const n = Math.min(CHUNK, r.recv.rows - row);
-    const f32 = dequantizeRows({
-      q: q.subarray(row * HIDDEN, (row + n) * HIDDEN),
-      scales: scales.subarray(row * S, (row + n) * S),
-    }, HIDDEN);
-    f32ToBf16(f32, out.subarray(row * HIDDEN, (row + n) * HIDDEN));
+    const part = dequantizeRows(
+      {
+        q: q.subarray(row * HIDDEN, (row + n) * HIDDEN),
+        scales: scales.subarray(row * S, (row + n) * S),
+      },
+      HIDDEN,
+      f32.subarray(0, n * HIDDEN),
+    );
+    f32ToBf16(part, out.subarray(row * HIDDEN, (row + n) * HIDDEN));
   }
   return out;
 }

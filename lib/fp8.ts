@@ -167,27 +167,41 @@ export function quantizeRows(rows: HostRows, dtype: DType, H: number): Quantized
       fix: "quantize the rows of the plan's dtype (bf16, f16 or f32)",
     });
   }
-  const x = toF32(rows, dtype);
-  const n = x.length;
+  const n = rows.length;
+  if (n % H !== 0) {
+    throw new WeftError({
+      field: "rows",
+      problem: `has ${n} values, not a whole number of rows of ${H}`,
+      fix: `pass rows × ${H} values`,
+    });
+  }
   const q = new Uint8Array(n);
   const scales = new Float32Array(n / QUANT_BLOCK);
-  for (let b = 0; b < scales.length; b++) {
-    const lo = b * QUANT_BLOCK;
-    let amax = 0;
-    for (let i = lo; i < lo + QUANT_BLOCK; i++) {
-      const v = Math.abs(x[i]);
-      if (v > amax) amax = v; // NaN compares false: ignored
+  // Converted to f32 a chunk at a time: no full-size copy of the rows.
+  const CHUNK = QUANT_BLOCK * 64;
+  const x = new Float32Array(CHUNK);
+  for (let lo0 = 0; lo0 < n; lo0 += CHUNK) {
+    const len = Math.min(CHUNK, n - lo0);
+    const part = x.subarray(0, len);
+    toF32(rows.subarray(lo0, lo0 + len) as HostRows, dtype, part);
+    for (let lo = 0; lo < len; lo += QUANT_BLOCK) {
+      let amax = 0;
+      for (let i = lo; i < lo + QUANT_BLOCK; i++) {
+        const v = Math.abs(part[i]);
+        if (v > amax) amax = v; // NaN compares false: ignored
+      }
+      const e = scaleExponent(amax);
+      scales[(lo0 + lo) / QUANT_BLOCK] = 2 ** e;
+      const inv = 2 ** -e;
+      for (let i = lo; i < lo + QUANT_BLOCK; i++) q[lo0 + i] = e4m3Encode(part[i] * inv);
     }
-    const e = scaleExponent(amax);
-    scales[b] = 2 ** e;
-    const inv = 2 ** -e;
-    for (let i = lo; i < lo + QUANT_BLOCK; i++) q[i] = e4m3Encode(x[i] * inv);
   }
   return { q, scales };
 }
 
 /**
- * E4M3 rows and their block scales back to f32 (q · scale, exact).
+ * E4M3 rows and their block scales back to f32 (q · scale, exact), into
+ * `out` when given (same length as q).
  *
  * @example
  * ```ts
@@ -198,9 +212,19 @@ export function quantizeRows(rows: HostRows, dtype: DType, H: number): Quantized
  * assert.ok(Math.abs(y[200] - x[200]) <= x[200] / 16);
  * ```
  */
-export function dequantizeRows(rows: QuantizedRows, H: number): Float32Array {
+export function dequantizeRows(
+  rows: QuantizedRows,
+  H: number,
+  out: Float32Array = new Float32Array(rows.q.length),
+): Float32Array {
   checkQuantHidden(H);
-  const out = new Float32Array(rows.q.length);
+  if (out.length !== rows.q.length) {
+    throw new WeftError({
+      field: "out",
+      problem: `has ${out.length} elements, the rows have ${rows.q.length}`,
+      fix: "pass an output array of the same length",
+    });
+  }
   const blocks = out.length / QUANT_BLOCK;
   for (let b = 0; b < blocks; b++) {
     const scale = rows.scales[b];
