@@ -22,6 +22,7 @@ import { DeviceTensor } from "../lib/device_tensor.ts";
 import { bf16ToF32 } from "../lib/dtype.ts";
 import { quantizeRows } from "../lib/fp8.ts";
 import { Engine } from "../lib/engine.ts";
+import type { RankInput, Tensor } from "../lib/engine_api.ts";
 import { readLaunchEnv } from "../lib/env.ts";
 import { native, unwrap } from "../lib/native.ts";
 import type { RankRouting } from "../lib/routing.ts";
@@ -240,6 +241,15 @@ async function runSize(
   using weftOut = DeviceTensor.alloc(device, dtype, tokens, hidden);
   using baselineOut = DeviceTensor.alloc(device, dtype, tokens, hidden);
 
+  // Timed runs of one dispatch + combine into weftOut; y is the experts'
+  // outputs (by default the received rows: identity experts).
+  const timeShuffle = (eng: Engine, input: RankInput, y?: Tensor) =>
+    timeRuns(comm, timer, options.warmup, options.iters, async () => {
+      const { results: [result], handle } = await eng.dispatch([input]);
+      await eng.combine(handle, [y ?? result.recv], { out: [weftOut] });
+      return () => handle.close();
+    });
+
   for (const scenario of scenarios) {
     const routing = scenario.route(plan, tokens, options.seed);
     const mine = routing[rank];
@@ -275,11 +285,7 @@ async function runSize(
     });
     // The same with the inputs where a caller has them: x in a tensor of its
     // own (copied into the heap by dispatch), the routing in plain arrays.
-    const copyInTimes = await timeRuns(comm, timer, options.warmup, options.iters, async () => {
-      const { results: [result], handle } = await engine.dispatch([{ x, ...mine }]);
-      await engine.combine(handle, [result.recv], { out: [weftOut] });
-      return () => handle.close();
-    });
+    const copyInTimes = await timeShuffle(engine, { x, ...mine });
     // The layout step alone (routing staged, checked, indexed; no rows moved).
     const layoutTimes = await timeRuns(comm, timer, options.warmup, options.iters, async () => {
       const planned = await engine.layout([routingInPlace]);
@@ -309,27 +315,17 @@ async function runSize(
     routingE4m3.topkIdx.set(mine.topkIdx);
     routingE4m3.topkWeights.set(mine.topkWeights);
     weftOut.poison();
-    const e4m3Times = await timeRuns(comm, timer, options.warmup, options.iters, async () => {
-      const { handle } = await engineE4m3.dispatch([{ x: xE4m3, ...routingE4m3 }]);
-      await engineE4m3.combine(handle, [keptRecv], { out: [weftOut] });
-      return () => handle.close();
-    });
+    const e4m3Times = await timeShuffle(engineE4m3, { x: xE4m3, ...routingE4m3 }, keptRecv);
     const weftE4m3Error = outputError(weftOut, xHost, mine, hidden, topK);
     // The same rows quantized beforehand, written where the peers read them.
     const qIn = engineE4m3.inputQuantizedRows(tokens);
     qIn.q.write(xQuantized.q);
     qIn.scales.write(xQuantized.scales);
     weftOut.poison();
-    const e4m3InPlaceTimes = await timeRuns(
-      comm,
-      timer,
-      options.warmup,
-      options.iters,
-      async () => {
-        const { handle } = await engineE4m3.dispatch([{ x: qIn, ...routingE4m3 }]);
-        await engineE4m3.combine(handle, [keptRecv], { out: [weftOut] });
-        return () => handle.close();
-      },
+    const e4m3InPlaceTimes = await timeShuffle(
+      engineE4m3,
+      { x: qIn, ...routingE4m3 },
+      keptRecv,
     );
     const weftE4m3InPlaceError = outputError(weftOut, xHost, mine, hidden, topK);
     handle.close();

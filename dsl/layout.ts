@@ -18,6 +18,7 @@ import { DTYPE_BYTES } from "./types.ts";
 import { resolveSlot, slotRankTable } from "./placement.ts";
 import { checkTopkIdx } from "../lib/input_check.ts";
 import { WeftError } from "../lib/errors.ts";
+import { QUANT_BLOCK } from "../lib/fp8.ts";
 
 /** Sort the first n entries of a by value (n ≤ K, tiny: insertion sort). */
 function sortSmall(a: Int32Array, n: number): void {
@@ -45,7 +46,7 @@ function sortSmall(a: Int32Array, n: number): void {
  * ```
  */
 export function dispatchRowBytes(plan: Pick<PlanSpec, "hidden" | "dtype" | "quantize">): number {
-  if (plan.quantize === "e4m3") return plan.hidden + (plan.hidden / 128) * 4;
+  if (plan.quantize === "e4m3") return plan.hidden + (plan.hidden / QUANT_BLOCK) * 4;
   return plan.hidden * DTYPE_BYTES[plan.dtype];
 }
 

@@ -21,7 +21,7 @@ import { f32ToBf16 } from "../lib/dtype.ts";
 import { formatLinks, formatLoad, trafficTotals } from "../lib/traffic.ts";
 import { availableGpus } from "../lib/gpus.ts";
 import type { DispatchResult, HostRows, RankInput, Tensor } from "../lib/engine_api.ts";
-import { dequantizeRows } from "../lib/fp8.ts";
+import { dequantizeRows, QUANT_BLOCK } from "../lib/fp8.ts";
 import type { PlanSpec } from "../dsl/types.ts";
 
 const { values } = parseArgs({
@@ -48,7 +48,7 @@ async function identityExperts(r: DispatchResult): Promise<HostRows | Tensor> {
   const scales = await r.recvScales.read() as Float32Array;
   // In chunks of rows, so no f32 copy of the whole buffer is ever held.
   const out = new Uint16Array(q.length);
-  const CHUNK = 256, S = HIDDEN / 128;
+  const CHUNK = 256, S = HIDDEN / QUANT_BLOCK;
   const f32 = new Float32Array(CHUNK * HIDDEN);
   for (let row = 0; row < r.recv.rows; row += CHUNK) {
     const n = Math.min(CHUNK, r.recv.rows - row);

@@ -531,7 +531,7 @@ export class Engine implements ShuffleEngine {
         const x = this.#one("xs", xs);
         checkInputRows(this.plan, this.rank, "xs", shapeOf(x), h.tokens);
         rows = isQuantizedInput(x)
-          ? await this.#quantizedPointers("xs", x)
+          ? await this.#quantizedPointers("xs", x, h.tokens)
           : await this.#rowsPointer("xs", x);
       } catch (hostError) {
         // NULL rows for a handle with tokens fail the call on every rank.
@@ -835,7 +835,7 @@ export class Engine implements ShuffleEngine {
     const { idx, weights } = this.#stageRouting(input.topkIdx, input.topkWeights);
     const routing = { idx: hostPointer(idx), weights: hostPointer(weights), tokens };
     if (isQuantizedInput(input.x)) {
-      const { q, scales, keepAlive } = await this.#quantizedPointers("x", input.x);
+      const { q, scales, keepAlive } = await this.#quantizedPointers("x", input.x, tokens);
       return { ...routing, x: q, scales, onDevice: 1, keepAlive: [keepAlive, idx, weights] };
     }
     const { pointer, onDevice, keepAlive } = await this.#rowsPointer("x", input.x);
@@ -843,25 +843,22 @@ export class Engine implements ShuffleEngine {
   }
 
   /** Where pre-quantized rows' parts live for a native call (each on this GPU, else on the host). */
-  async #quantizedPointers(field: string, x: QuantizedInput): Promise<QuantizedAt> {
-    const part = async (v: Uint8Array | Float32Array | Tensor) => {
-      if (v instanceof DeviceTensor && v.deviceIndex === this.device) {
-        return { pointer: v.pointer, host: undefined, keep: v as unknown };
-      }
-      const host = stableCopy(
-        ArrayBuffer.isView(v) ? v : await v.read() as Uint8Array | Float32Array,
-      );
-      return { pointer: hostPointer(host), host, keep: host as unknown };
-    };
-    const advertised = checkInputRows(this.plan, this.rank, field, shapeOf(x));
-    const q = await part(x.q);
-    const scales = await part(x.scales);
-    // Host copies of tensors must match the shapes they advertised.
-    checkInputRows(this.plan, this.rank, field, {
-      q: q.host as Uint8Array | undefined ?? shapeOf(x.q as Tensor) as RowsShape,
-      scales: scales.host as Float32Array | undefined ?? shapeOf(x.scales as Tensor) as RowsShape,
-    }, advertised);
-    return { q: q.pointer, scales: scales.pointer, keepAlive: [q.keep, scales.keep] };
+  async #quantizedPointers(
+    field: string,
+    x: QuantizedInput,
+    rows: number,
+  ): Promise<QuantizedAt> {
+    const q = await this.#placed(x.q);
+    const scales = await this.#placed(x.scales);
+    if (q.host !== undefined || scales.host !== undefined) {
+      // Host copies of tensors must match the shapes they advertised.
+      checkInputRows(this.plan, this.rank, field, {
+        q: (q.host as Uint8Array | undefined) ?? shapeOf(x.q as Tensor) as RowsShape,
+        scales: (scales.host as Float32Array | undefined) ??
+          shapeOf(x.scales as Tensor) as RowsShape,
+      }, rows);
+    }
+    return { q: q.pointer, scales: scales.pointer, keepAlive: [q.keepAlive, scales.keepAlive] };
   }
 
   /** Where rows live for a native call: this GPU as they are, else the host. */
@@ -869,13 +866,20 @@ export class Engine implements ShuffleEngine {
     field: string,
     x: HostRows | Tensor,
   ): Promise<RowsAt> {
+    const at = await this.#placed(x);
+    // A tensor's host copy must match the shape it advertised.
+    if (at.host !== undefined) {
+      checkRows(this.plan, this.rank, field, at.host, ArrayBuffer.isView(x) ? undefined : x.rows);
+    }
+    return at;
+  }
+
+  /** A device tensor of this GPU as it is; anything else as a stable host copy. */
+  async #placed(x: HostRows | Tensor): Promise<RowsAt> {
     if (x instanceof DeviceTensor && x.deviceIndex === this.device) {
       return { pointer: x.pointer, onDevice: 1, keepAlive: x };
     }
-    const host = ArrayBuffer.isView(x) ? x : await x.read();
-    // A tensor's host copy must match the shape it advertised.
-    checkRows(this.plan, this.rank, field, host, ArrayBuffer.isView(x) ? undefined : x.rows);
-    const stable = stableCopy(host);
+    const stable = stableCopy(ArrayBuffer.isView(x) ? x : await x.read());
     return { pointer: hostPointer(stable), onDevice: 0, keepAlive: stable, host: stable };
   }
 

@@ -10,6 +10,7 @@
 import type { DType, PlanSpec } from "../dsl/types.ts";
 import type { HostRows, QuantizedInput, Tensor } from "./engine_api.ts";
 import { WeftError } from "./errors.ts";
+import { QUANT_BLOCK } from "./fp8.ts";
 
 /** Anything with a row count, a column count and a dtype: a {@link Tensor} or a shape descriptor. */
 export type RowsShape = Pick<Tensor, "rows" | "cols" | "dtype">;
@@ -226,7 +227,7 @@ export function checkInputRows(
     );
   }
   const n = quantizedPart(rank, `${field}.q`, x.q, Uint8Array, "e4m3", H);
-  const s = quantizedPart(rank, `${field}.scales`, x.scales, Float32Array, "f32", H / 128);
+  const s = quantizedPart(rank, `${field}.scales`, x.scales, Float32Array, "f32", H / QUANT_BLOCK);
   if (s !== n) {
     bad(
       `${field}.scales`,

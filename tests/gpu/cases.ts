@@ -14,7 +14,7 @@ import type { DType, PatternSpec, PlanSpec } from "../../dsl/types.ts";
 import { Plan } from "../../dsl/mod.ts";
 import type { DispatchResult, HostRows, RankInput } from "../../lib/engine_api.ts";
 import { fromF32, toF32 } from "../../lib/dtype.ts";
-import { quantizeRows } from "../../lib/fp8.ts";
+import { QUANT_BLOCK, quantizeRows } from "../../lib/fp8.ts";
 import { mulberry32 } from "../../lib/routing.ts";
 import { Simulator } from "../../lib/simulator.ts";
 import { WeftError } from "../../lib/errors.ts";
@@ -606,7 +606,7 @@ export async function runCase(
       engine.device,
       "f32",
       n,
-      plan.hidden / 128,
+      plan.hidden / QUANT_BLOCK,
       x.scales as Float32Array,
     );
     temporaries.push(q, scales);
