@@ -10,7 +10,9 @@
  * whose object is newer than them and every header are not recompiled; the
  * link is skipped when the library is newer than every object. `--tests` also
  * builds native/build/weft_engine_test (native/tests/engine_test.cpp), the
- * multi-process check and benchmark of the C ABI on the GPUs.
+ * multi-process check and benchmark of the C ABI on the GPUs, and
+ * native/build/fabric_probe (bench/fabric_probe.cu), the NVLink rate of each
+ * way to move bytes between the GPUs.
  *
  * @module
  */
@@ -235,7 +237,22 @@ async function main(): Promise<void> {
   } else {
     await link(nvcc, objects);
   }
-  if (opts.tests) await buildTests(nvcc);
+  if (opts.tests) {
+    await buildTests(nvcc);
+    await buildFabricProbe(nvcc);
+  }
+}
+
+/** bench/fabric_probe.cu: the NVLink rates of every way to move bytes (no engine; sm_90 only, for its bulk copies). */
+async function buildFabricProbe(nvcc: string): Promise<void> {
+  const src = `${ROOT}bench/fabric_probe.cu`;
+  const exe = `${OUT}/fabric_probe`;
+  if ((await mtime(exe)) > (await mtime(src))) {
+    console.log(`${exe.slice(ROOT.length)} is up to date`);
+    return;
+  }
+  const args = ["-O3", "-std=c++17", "-Xcompiler", "-Wall,-Wextra", "-arch=sm_90", src, "-o", exe];
+  await produce(nvcc, args, "building", exe);
 }
 
 async function buildTests(nvcc: string): Promise<void> {
