@@ -74,9 +74,12 @@ export type {
   Dispatched,
   DispatchHandle,
   DispatchResult,
+  HostArray,
+  HostArrayOf,
   HostRows,
   QuantizedInput,
   RankInput,
+  RoutingInput,
   ShuffleEngine,
   Tensor,
 } from "./lib/engine_api.ts";

@@ -89,14 +89,15 @@ export class NcclBaseline implements Disposable {
   }
 
   /**
-   * One dispatch + combine with identity experts: `x` [T × H], `topkIdx` and
-   * `topkWeights` [T × K] (all device memory on this rank's GPU) → `out`
-   * [T × H] device. Returns the rows this rank received (R).
+   * One dispatch + combine with identity experts: `x` [T × H], `topkIdx`
+   * (i32) and `topkWeights` (f32) [T × K] (all device tensors on this rank's
+   * GPU, used in place: the same routing tensors weft's engine is timed
+   * with) → `out` [T × H] device. Returns the rows this rank received (R).
    */
   async run(
     x: DeviceTensor,
-    topkIdx: Deno.PointerValue,
-    topkWeights: Deno.PointerValue,
+    topkIdx: DeviceTensor<"i32">,
+    topkWeights: DeviceTensor<"f32">,
     out: DeviceTensor,
   ): Promise<number> {
     const handle = this.#open();
@@ -105,8 +106,8 @@ export class NcclBaseline implements Disposable {
       await native().weft_baseline_run(
         handle,
         x.pointer,
-        topkIdx,
-        topkWeights,
+        topkIdx.pointer,
+        topkWeights.pointer,
         x.rows,
         out.pointer,
         recvRows,

@@ -26,10 +26,11 @@ export interface BenchRow {
   readonly weftDispatchMs: number | null;
   /**
    * weft dispatch + combine like {@link weftMs} but with the inputs where a
-   * caller has them: x in a tensor of its own, which dispatch copies into
-   * the engine's heap first, and the routing in plain arrays (weftMs has
-   * them written in place: `Engine.inputRows`, `Engine.inputRouting`); null
-   * when not measured.
+   * host-side caller has them: x in a tensor of its own, which dispatch
+   * copies into the engine's heap first, and the routing in plain host
+   * arrays (weftMs has x written in place with `Engine.inputRows` and the
+   * routing in device tensors; results before that change had the routing
+   * in `Engine.inputRouting`'s page-locked staging); null when not measured.
    */
   readonly weftCopyInMs: number | null;
   /**

@@ -6,7 +6,9 @@
  * For every (tokens per GPU, scenario) cell, in the same process and run:
  * weft's dispatch + combine with identity experts (y = recv), a cached
  * re-dispatch through the handle, the same with dispatch quantized to E4M3,
- * and the NCCL baseline's dispatch + combine.
+ * and the NCCL baseline's dispatch + combine. Both engines take their
+ * routing from the same device tensors (i32 ids, f32 weights), where a
+ * router on the GPU leaves it; one more weft run takes it from host arrays.
  * Each is timed with CUDA events on the communicator's stream after warm-up,
  * each rank takes its median, and rank 0 keeps the maximum over ranks, as
  * anchors/moe_baseline.py does. Rank 0 also measures the GPU→GPU copy
@@ -253,21 +255,15 @@ async function runSize(
   for (const scenario of scenarios) {
     const routing = scenario.route(plan, tokens, options.seed);
     const mine = routing[rank];
-    // The baseline reads its routing from device memory; f32 is only a 4-byte carrier for the ids.
-    using idxDevice = DeviceTensor.upload(
-      device,
-      "f32",
-      tokens,
-      topK,
-      new Float32Array(mine.topkIdx.buffer, mine.topkIdx.byteOffset, mine.topkIdx.length),
-    );
+    // The routing on the device, where a router leaves it: ids as i32, weights
+    // as f32. Both engines read these same tensors, so they start from the
+    // same place.
+    using idxDevice = DeviceTensor.upload(device, "i32", tokens, topK, mine.topkIdx);
     using weightsDevice = DeviceTensor.upload(device, "f32", tokens, topK, mine.topkWeights);
+    const routingDevice = { topkIdx: idxDevice, topkWeights: weightsDevice };
     // Inputs in place, as a model that writes them where weft reads them:
-    // x in the heap, the routing in the engine's page-locked staging.
-    const routingInPlace = engine.inputRouting(tokens);
-    routingInPlace.topkIdx.set(mine.topkIdx);
-    routingInPlace.topkWeights.set(mine.topkWeights);
-    const input = { x: xInPlace, ...routingInPlace };
+    // x in the heap, the routing in its device tensors.
+    const input = { x: xInPlace, ...routingDevice };
     // Rewritten every scenario: the E4M3 engine shares the heap.
     xInPlace.write(xHost);
 
@@ -283,12 +279,14 @@ async function runSize(
         else handle.close();
       };
     });
-    // The same with the inputs where a caller has them: x in a tensor of its
-    // own (copied into the heap by dispatch), the routing in plain arrays.
+    // The same with the inputs where a host-side caller has them: x in a
+    // tensor of its own (copied into the heap by dispatch), the routing in
+    // plain host arrays (staged through page-locked memory by dispatch).
     const copyInTimes = await timeShuffle(engine, { x, ...mine });
-    // The layout step alone (routing staged, checked, indexed; no rows moved).
+    // The layout step alone (routing copied from its device tensors, checked,
+    // indexed; no rows moved).
     const layoutTimes = await timeRuns(comm, timer, options.warmup, options.iters, async () => {
-      const planned = await engine.layout([routingInPlace]);
+      const planned = await engine.layout([routingDevice]);
       return () => planned.close();
     });
     // Dispatch alone, in runs of its own: a timer between dispatch and combine
@@ -311,28 +309,21 @@ async function runSize(
     const keptRecv = (await engine.redispatch(handle, [xInPlace])).results[0].recv;
     const xE4m3 = engineE4m3.inputRows(tokens);
     xE4m3.write(xHost);
-    const routingE4m3 = engineE4m3.inputRouting(tokens);
-    routingE4m3.topkIdx.set(mine.topkIdx);
-    routingE4m3.topkWeights.set(mine.topkWeights);
     weftOut.poison();
-    const e4m3Times = await timeShuffle(engineE4m3, { x: xE4m3, ...routingE4m3 }, keptRecv);
+    const e4m3Times = await timeShuffle(engineE4m3, { x: xE4m3, ...routingDevice }, keptRecv);
     const weftE4m3Error = outputError(weftOut, xHost, mine, hidden, topK);
     // The same rows quantized beforehand, written where the peers read them.
     const qIn = engineE4m3.inputQuantizedRows(tokens);
     qIn.q.write(xQuantized.q);
     qIn.scales.write(xQuantized.scales);
     weftOut.poison();
-    const e4m3InPlaceTimes = await timeShuffle(
-      engineE4m3,
-      { x: qIn, ...routingE4m3 },
-      keptRecv,
-    );
+    const e4m3InPlaceTimes = await timeShuffle(engineE4m3, { x: qIn, ...routingDevice }, keptRecv);
     const weftE4m3InPlaceError = outputError(weftOut, xHost, mine, hidden, topK);
     handle.close();
 
     baselineOut.poison();
     const baselineTimes = await timeRuns(comm, timer, options.warmup, options.iters, async () => {
-      await baseline.run(x, idxDevice.pointer, weightsDevice.pointer, baselineOut);
+      await baseline.run(x, idxDevice, weightsDevice, baselineOut);
       return () => {};
     });
     const baselineError = outputError(baselineOut, xHost, mine, hidden, topK);
@@ -402,14 +393,16 @@ function runNotes(
   ceiling: CopyCeiling | null,
 ): string[] {
   const notes = [
-    "layout ms: Engine.layout alone (routing staged, checked on the device, receive rows generated, " +
-    "outputs allocated; no rows moved), a part of weft ms.",
+    "layout ms: Engine.layout alone (routing copied from its device tensors, checked on the device, " +
+    "receive rows generated, outputs allocated; no rows moved), a part of weft ms.",
     "weft ms is the Engine API end to end, from the call of dispatch to the end of combine's GPU work: the " +
-    "routing copied from the host, layout, dispatch, and combine into a preallocated output " +
-    "(DispatchResult's index arrays stay on the device until read), with the inputs written in place: x " +
-    "in the engine's heap (Engine.inputRows, where the peers read it), the routing in its page-locked " +
-    "staging (Engine.inputRouting). 'inputs copied in' passes x in a tensor of its own, which dispatch first " +
-    "copies into the heap, and the routing in plain arrays. " +
+    "routing copied from device tensors, layout, dispatch, and combine into a preallocated output " +
+    "(DispatchResult's index arrays stay on the device until read), with the inputs where a model on the " +
+    "GPU has them: x written in place in the engine's heap (Engine.inputRows, where the peers read it), " +
+    "the routing as the router leaves it, an i32 topkIdx and an f32 topkWeights DeviceTensor, the same " +
+    "tensors the baseline reads. 'inputs copied in' passes x in a tensor of its own, which dispatch first " +
+    "copies into the heap, and the routing in plain host arrays (Int32Array, Float32Array), which dispatch " +
+    "stages through page-locked host memory. " +
     "The baseline's inputs (x, topkIdx, topkWeights) sit on the device before timing.",
     `weft remote MB/rank/dir: dispatch bytes one rank sends to other GPUs (one row per (token, destination ` +
     `GPU)), max over ranks; achieved GB/s counts dispatch + combine outgoing bytes (combine partials in ` +

@@ -24,15 +24,18 @@ export const DTYPE_BYTES: Readonly<Record<DType, number>> = Object.freeze({
 });
 
 /**
- * Element type of a tensor weft hands out: a {@link DType}, or `e4m3` (FP8,
- * one byte) for the rows of a quantized dispatch.
+ * Element type of a tensor weft takes or hands out: a {@link DType}, `e4m3`
+ * (FP8, one byte) for the rows of a quantized dispatch, or `i32` for routing
+ * ids (`topkIdx`), so a router's output can stay on the GPU. Rows of hidden
+ * states are never `i32`.
  */
-export type TensorDType = DType | "e4m3";
+export type TensorDType = DType | "e4m3" | "i32";
 
 /** Bytes per element of each {@link TensorDType}. */
 export const TENSOR_DTYPE_BYTES: Readonly<Record<TensorDType, number>> = Object.freeze({
   ...DTYPE_BYTES,
   e4m3: 1,
+  i32: 4,
 });
 
 /**

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import type { HostRows, Tensor } from "./engine_api.ts";
+import type { HostArray, HostArrayOf, HostRows, Tensor } from "./engine_api.ts";
 import { TENSOR_DTYPE_BYTES, type TensorDType } from "../dsl/types.ts";
 import { hostArrayType } from "./dtype.ts";
 import { WeftError } from "./errors.ts";
@@ -36,7 +36,9 @@ const leaks = new FinalizationRegistry<Allocation>((a) => {
 
 /**
  * A matrix on one GPU; implements {@link Tensor} so engines accept it as
- * input and return it as output.
+ * input and return it as output. `D` is the dtype when known at compile
+ * time: `DeviceTensor.upload(0, "i32", T, K, ids)` is a
+ * `DeviceTensor<"i32">`, a routing's `topkIdx` that stays on the GPU.
  *
  * @example
  * ```ts ignore
@@ -45,9 +47,9 @@ const leaks = new FinalizationRegistry<Allocation>((a) => {
  * console.log(await t.read()); // Float32Array [1, 2, 3, 4, 5, 6]
  * ```
  */
-export class DeviceTensor implements Tensor, Disposable {
+export class DeviceTensor<D extends TensorDType = TensorDType> implements Tensor<D>, Disposable {
   /** Element type. */
-  readonly dtype: TensorDType;
+  readonly dtype: D;
   /** Row count. */
   readonly rows: number;
   /** Elements per row. */
@@ -61,7 +63,7 @@ export class DeviceTensor implements Tensor, Disposable {
 
   private constructor(
     deviceIndex: number,
-    dtype: TensorDType,
+    dtype: D,
     rows: number,
     cols: number,
     pointer: Deno.PointerValue,
@@ -79,7 +81,12 @@ export class DeviceTensor implements Tensor, Disposable {
   }
 
   /** Allocates uninitialized memory for `rows × cols` elements of `dtype` on `device`. */
-  static alloc(device: number, dtype: TensorDType, rows: number, cols: number): DeviceTensor {
+  static alloc<D extends TensorDType>(
+    device: number,
+    dtype: D,
+    rows: number,
+    cols: number,
+  ): DeviceTensor<D> {
     checkShape(dtype, rows, cols);
     const bytes = rows * cols * TENSOR_DTYPE_BYTES[dtype];
     // Zero bytes (a rank with no tokens) needs no allocation; NULL stands for it.
@@ -91,14 +98,17 @@ export class DeviceTensor implements Tensor, Disposable {
     return new DeviceTensor(device, dtype, rows, cols, readPointer(out), undefined);
   }
 
-  /** Allocates and copies host rows in (bf16/f16 as raw Uint16Array patterns). */
-  static upload(
+  /**
+   * Allocates and copies host data in (bf16/f16 as raw Uint16Array patterns,
+   * i32 as an Int32Array).
+   */
+  static upload<D extends TensorDType>(
     device: number,
-    dtype: TensorDType,
+    dtype: D,
     rows: number,
     cols: number,
-    data: HostRows,
-  ): DeviceTensor {
+    data: HostArray,
+  ): DeviceTensor<D> {
     const t = DeviceTensor.alloc(device, dtype, rows, cols);
     try {
       t.write(data);
@@ -113,14 +123,14 @@ export class DeviceTensor implements Tensor, Disposable {
    * A non-owning view of device memory that `owner` frees (for weft's own
    * engine: a dispatch handle's receive buffer).
    */
-  static view(
+  static view<D extends TensorDType>(
     device: number,
-    dtype: TensorDType,
+    dtype: D,
     rows: number,
     cols: number,
     pointer: Deno.PointerValue,
     owner: ViewOwner,
-  ): DeviceTensor {
+  ): DeviceTensor<D> {
     checkShape(dtype, rows, cols);
     return new DeviceTensor(device, dtype, rows, cols, pointer, owner);
   }
@@ -161,7 +171,7 @@ export class DeviceTensor implements Tensor, Disposable {
    * for the engine call that wrote it to report success, see
    * {@link DeviceTensor.settleBeforeRead}).
    */
-  async read(): Promise<HostRows> {
+  async read(): Promise<HostArrayOf<D>> {
     this.#checkAlive();
     const settle = this.#settle;
     this.#settle = undefined;
@@ -174,11 +184,14 @@ export class DeviceTensor implements Tensor, Disposable {
         "weft_copy_d2h",
       );
     }
-    return host;
+    return host as HostArrayOf<D>;
   }
 
-  /** Overwrites the data with host rows of the same shape. */
-  write(data: HostRows): void {
+  /**
+   * Overwrites the data with host data of the same shape, in the array class
+   * of the dtype (checked at run time: a WeftError otherwise).
+   */
+  write(data: HostArray): void {
     this.#checkAlive();
     const expected = hostArrayType(this.dtype);
     if (!(data instanceof expected) || data.length !== this.rows * this.cols) {
@@ -190,6 +203,8 @@ export class DeviceTensor implements Tensor, Disposable {
         fix: `pass ${
           this.dtype === "f32"
             ? "a Float32Array"
+            : this.dtype === "i32"
+            ? "an Int32Array"
             : this.dtype === "e4m3"
             ? "raw E4M3 bytes in a Uint8Array (lib/fp8.ts converts)"
             : "raw 16-bit patterns in a Uint16Array (lib/dtype.ts converts)"
@@ -268,7 +283,7 @@ function checkShape(dtype: TensorDType, rows: number, cols: number): void {
     throw new WeftError({
       field: "dtype",
       problem: `is "${dtype}"`,
-      fix: 'use "bf16", "f16", "f32" or "e4m3"',
+      fix: 'use "bf16", "f16", "f32", "e4m3" or "i32"',
     });
   }
   for (const [name, v] of [["rows", rows], ["cols", cols]] as const) {

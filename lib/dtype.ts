@@ -189,24 +189,36 @@ function typeMismatch(rows: unknown, dtype: DType): WeftError {
   });
 }
 
-/** The typed array that holds host rows of each tensor dtype. */
+/** The typed array class that holds the host data of each tensor dtype. */
 export type HostArrayType =
   | Float32ArrayConstructor
   | Uint16ArrayConstructor
-  | Uint8ArrayConstructor;
+  | Uint8ArrayConstructor
+  | Int32ArrayConstructor;
 
 /**
- * The typed array class that holds host rows of `dtype`: Float32Array for
- * f32, Uint16Array (raw bits) for bf16/f16, Uint8Array (raw bytes) for e4m3.
+ * The typed array class that holds the host data of `dtype`: Float32Array
+ * for f32, Uint16Array (raw bits) for bf16/f16, Uint8Array (raw bytes) for
+ * e4m3, Int32Array for i32 (routing ids).
  *
  * @example
  * ```ts
  * import assert from "node:assert/strict";
  * import { hostArrayType } from "./dtype.ts";
  * assert.equal(hostArrayType("e4m3"), Uint8Array);
+ * assert.equal(hostArrayType("i32"), Int32Array);
  * assert.ok(new (hostArrayType("bf16"))(2) instanceof Uint16Array);
  * ```
  */
 export function hostArrayType(dtype: TensorDType): HostArrayType {
-  return dtype === "f32" ? Float32Array : dtype === "e4m3" ? Uint8Array : Uint16Array;
+  switch (dtype) {
+    case "f32":
+      return Float32Array;
+    case "i32":
+      return Int32Array;
+    case "e4m3":
+      return Uint8Array;
+    default:
+      return Uint16Array;
+  }
 }

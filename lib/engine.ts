@@ -24,15 +24,17 @@
  *
  * @module
  */
-import type { PlanSpec } from "../dsl/types.ts";
+import type { DType, PlanSpec } from "../dsl/types.ts";
 import type {
   Dispatched,
   DispatchHandle,
   DispatchResult,
+  HostArray,
   HostRows,
   QuantizedInput,
   RankInput,
   RankRouting,
+  RoutingInput,
   ShuffleEngine,
   Tensor,
 } from "./engine_api.ts";
@@ -41,6 +43,7 @@ import { QUANT_BLOCK } from "./fp8.ts";
 import {
   checkInputRows,
   checkRankShapes,
+  checkRoutingShape,
   checkRows,
   isQuantizedInput,
   type QuantizedShape,
@@ -276,7 +279,15 @@ interface RowsAt {
   readonly pointer: Deno.PointerValue;
   readonly onDevice: 0 | 1;
   readonly keepAlive: unknown;
-  readonly host?: HostRows;
+  /** A tensor's host copy is checked against its advertised shape, so any array may come back. */
+  readonly host?: HostArray;
+}
+
+/** Where the routing is for a native call, and what must stay alive around it. */
+interface RoutingAt {
+  readonly idx: Deno.PointerValue;
+  readonly weights: Deno.PointerValue;
+  readonly keepAlive: readonly unknown[];
 }
 
 /** Pointers for one native call, and what must stay alive (or be freed) around it. */
@@ -433,8 +444,13 @@ export class Engine implements ShuffleEngine {
   /**
    * Dispatches this rank's batch. `x` may be host rows or a DeviceTensor on
    * this GPU; {@link Engine.inputRows} and {@link Engine.inputRouting} (the
-   * inputs written where weft reads them) save the copies. Returns once the
-   * layout is known and the rows are queued: `recv` is a view owned by the
+   * inputs written where weft reads them) save the copies. The routing may
+   * be host arrays or tensors: an `i32` topkIdx / `f32` topkWeights
+   * DeviceTensor on this GPU (a router's output, as it is) is copied on the
+   * GPU, with no host round trip (on the communicator's stream: kernels of
+   * your own streams that write it must have finished); any other tensor is
+   * read to the host and staged like arrays. Returns once the layout is
+   * known and the rows are queued: `recv` is a view owned by the
    * handle (valid until the handle closes) that the GPU is still filling
    * (`read()` waits for it); with a pattern that quantizes dispatch it holds
    * e4m3 bytes and `recvScales` their block scales, another such view. The
@@ -474,14 +490,15 @@ export class Engine implements ShuffleEngine {
 
   /**
    * The layout step of dispatch alone (`weft_dispatch_layout`): stages this
-   * rank's routing, checks it on the device, generates the indices and
-   * allocates the outputs, moving no rows. {@link redispatch} then moves
-   * them; layout + redispatch give exactly what dispatch gives. Collective.
+   * rank's routing (host arrays or tensors, as {@link Engine.dispatch} takes
+   * them), checks it on the device, generates the indices and allocates the
+   * outputs, moving no rows. {@link redispatch} then moves them; layout +
+   * redispatch give exactly what dispatch gives. Collective.
    */
-  async layout(routing: readonly RankRouting[]): Promise<GpuDispatchHandle> {
+  async layout(routing: readonly RoutingInput[]): Promise<GpuDispatchHandle> {
     const engine = this.#enter();
     try {
-      let idx: Int32Array, weights: Float32Array, tokens: number;
+      let at: RoutingAt, tokens: number;
       try {
         const r = this.#one("routing", routing);
         tokens = checkRankShapes(this.plan, this.rank, {
@@ -489,22 +506,15 @@ export class Engine implements ShuffleEngine {
           topkWeights: r.topkWeights,
         });
         this.#checkCapacity(tokens);
-        ({ idx, weights } = this.#stageRouting(r.topkIdx, r.topkWeights));
+        at = await this.#routingPointers(r);
       } catch (hostError) {
         await this.#rejectOnEveryRank(engine);
         throw hostError;
       }
       const out = new BigUint64Array(1);
       const status = await holding(
-        [idx, weights, out],
-        () =>
-          native().weft_dispatch_layout(
-            engine,
-            hostPointer(idx),
-            hostPointer(weights),
-            tokens,
-            out,
-          ),
+        [at.keepAlive, out],
+        () => native().weft_dispatch_layout(engine, at.idx, at.weights, tokens, out),
       );
       unwrap(status, "weft_dispatch_layout", { rank: this.rank });
       return this.#wrap(readPointer(out), tokens);
@@ -570,16 +580,16 @@ export class Engine implements ShuffleEngine {
     handle: DispatchHandle,
     ys: readonly (HostRows | Tensor)[],
     options: { readonly out?: readonly DeviceTensor[] } = {},
-  ): Promise<DeviceTensor[]> {
+  ): Promise<DeviceTensor<DType>[]> {
     this.#enter();
     const temporaries: DeviceTensor[] = [];
-    let allocated: DeviceTensor | undefined;
+    let allocated: DeviceTensor<DType> | undefined;
     try {
       const h = this.#own(handle);
       const nativeHandle = h.pointerFor(this);
       let y: HostRows | Tensor;
       let yPointer: Deno.PointerValue;
-      let out: DeviceTensor;
+      let out: DeviceTensor<DType>;
       try {
         y = this.#one("ys", ys);
         checkRows(this.plan, this.rank, "ys", shapeOf(y), h.recvRows);
@@ -635,7 +645,7 @@ export class Engine implements ShuffleEngine {
    * ({@link DeviceTensor.write} waits for it; with your own kernels, call
    * {@link Engine.synchronize} first): until then peers may still read it.
    */
-  inputRows(tokens: number = this.maxTokens): DeviceTensor {
+  inputRows(tokens: number = this.maxTokens): DeviceTensor<DType> {
     this.#checkTokens(tokens);
     const handle = this.#openHandle();
     const out = new BigUint64Array(1);
@@ -685,7 +695,9 @@ export class Engine implements ShuffleEngine {
    * nor quantized: the peers read them there. Views, valid while the engine
    * is open; the same rule as {@link Engine.inputRows} for the next batch.
    */
-  inputQuantizedRows(tokens: number = this.maxTokens): { q: DeviceTensor; scales: DeviceTensor } {
+  inputQuantizedRows(
+    tokens: number = this.maxTokens,
+  ): { q: DeviceTensor<"e4m3">; scales: DeviceTensor<"f32"> } {
     this.#checkTokens(tokens);
     const handle = this.#openHandle();
     if (this.plan.quantize !== "e4m3") {
@@ -719,9 +731,11 @@ export class Engine implements ShuffleEngine {
   /**
    * This rank's routing staging in page-locked host memory, `[tokens × K]`
    * ids and weights (tokens ≤ maxTokens). Dispatch and layout copy any
-   * routing through here to the GPU by DMA; a router that writes its result
-   * here saves that host copy too. Views, valid while the engine is open;
-   * free to rewrite once the dispatch that read them has returned.
+   * routing that is not already on this GPU through here to the GPU by DMA;
+   * a router on the host that writes its result here saves that host copy
+   * too (a router on the GPU passes its tensors instead). Views, valid while
+   * the engine is open; free to rewrite once the dispatch that read them has
+   * returned.
    */
   inputRouting(tokens: number = this.maxTokens): RankRouting {
     this.#checkTokens(tokens);
@@ -829,17 +843,53 @@ export class Engine implements ShuffleEngine {
       topkWeights: input.topkWeights,
     });
     this.#checkCapacity(tokens);
-    // The routing always travels from the host: native copies each input with
-    // cudaMemcpyDefault, so x on the device and routing on the host mix freely
-    // (no per-call device allocation, whose free would synchronize the GPU).
-    const { idx, weights } = this.#stageRouting(input.topkIdx, input.topkWeights);
-    const routing = { idx: hostPointer(idx), weights: hostPointer(weights), tokens };
+    const at = await this.#routingPointers(input);
+    const routing = { idx: at.idx, weights: at.weights, tokens };
     if (isQuantizedInput(input.x)) {
       const { q, scales, keepAlive } = await this.#quantizedPointers("x", input.x, tokens);
-      return { ...routing, x: q, scales, onDevice: 1, keepAlive: [keepAlive, idx, weights] };
+      return { ...routing, x: q, scales, onDevice: 1, keepAlive: [keepAlive, at.keepAlive] };
     }
     const { pointer, onDevice, keepAlive } = await this.#rowsPointer("x", input.x);
-    return { ...routing, x: pointer, onDevice, keepAlive: [keepAlive, idx, weights] };
+    return { ...routing, x: pointer, onDevice, keepAlive: [keepAlive, at.keepAlive] };
+  }
+
+  /**
+   * Where this rank's routing is for a native call (its shapes already
+   * checked). Native copies each input with cudaMemcpyDefault into its own
+   * buffers, so device and host parts mix freely: a DeviceTensor on this GPU
+   * is passed as its device pointer (a device-to-device copy, no host round
+   * trip); anything else comes from the page-locked staging, so it reaches
+   * the GPU by DMA (and no per-call device allocation, whose free would
+   * synchronize the GPU, is made).
+   */
+  async #routingPointers(routing: RoutingInput): Promise<RoutingAt> {
+    const idx = await this.#routingPart("topkIdx", routing.topkIdx);
+    const weights = await this.#routingPart("topkWeights", routing.topkWeights);
+    return {
+      idx: idx.pointer,
+      weights: weights.pointer,
+      keepAlive: [idx.keepAlive, weights.keepAlive],
+    };
+  }
+
+  /** One routing part: a device tensor of this GPU as it is; anything else staged from the host. */
+  async #routingPart(
+    field: "topkIdx" | "topkWeights",
+    part: Int32Array | Float32Array | Tensor<"i32"> | Tensor<"f32">,
+  ): Promise<{ pointer: Deno.PointerValue; keepAlive: unknown }> {
+    if (part instanceof DeviceTensor && part.deviceIndex === this.device) {
+      return { pointer: part.pointer, keepAlive: part };
+    }
+    let host: Int32Array | Float32Array;
+    if (ArrayBuffer.isView(part)) {
+      host = part;
+    } else {
+      host = await part.read();
+      // A tensor's host copy must match the shape it advertised.
+      checkRoutingShape(this.plan, this.rank, field, host, part.rows);
+    }
+    const staged = this.#stageRouting(field, host);
+    return { pointer: hostPointer(staged), keepAlive: staged };
   }
 
   /** Where pre-quantized rows' parts live for a native call (each on this GPU, else on the host). */
@@ -1004,23 +1054,20 @@ export class Engine implements ShuffleEngine {
   }
 
   /**
-   * The routing in the page-locked staging (copied there unless it already
-   * is), so native copies it to the GPU by DMA. The engine runs one call at a
-   * time and each call's copies finish before it returns, so one staging
-   * area serves every call.
+   * One routing part in the page-locked staging (copied there unless it
+   * already is), so native copies it to the GPU by DMA. The engine runs one
+   * call at a time and each call's copies finish before it returns, so one
+   * staging area serves every call. `host` is of the field's array type and
+   * length (checked before).
    */
   #stageRouting(
-    topkIdx: Int32Array,
-    topkWeights: Float32Array,
-  ): { idx: Int32Array; weights: Float32Array } {
-    const n = topkIdx.length;
-    const idx = this.#routingIdx.subarray(0, n);
-    const weights = this.#routingWeights.subarray(0, n);
-    const inPlace = (a: ArrayBufferView, b: ArrayBufferView) =>
-      a.buffer === b.buffer && a.byteOffset === b.byteOffset;
-    if (!inPlace(topkIdx, idx)) idx.set(topkIdx);
-    if (!inPlace(topkWeights, weights)) weights.set(topkWeights);
-    return { idx, weights };
+    field: "topkIdx" | "topkWeights",
+    host: Int32Array | Float32Array,
+  ): ArrayBufferView {
+    const staging = field === "topkIdx" ? this.#routingIdx : this.#routingWeights;
+    const staged = staging.subarray(0, host.length);
+    if (host.buffer !== staged.buffer || host.byteOffset !== staged.byteOffset) staged.set(host);
+    return staged;
   }
 
   /** The rows are still being written on the comm stream: a read settles the call first. */
@@ -1039,7 +1086,7 @@ export class Engine implements ShuffleEngine {
     return out;
   }
 
-  #checkOut(outs: readonly DeviceTensor[], tokens: number): DeviceTensor {
+  #checkOut(outs: readonly DeviceTensor[], tokens: number): DeviceTensor<DType> {
     const out = this.#one("out", outs);
     const { dtype, hidden } = this.plan;
     if (
@@ -1054,7 +1101,8 @@ export class Engine implements ShuffleEngine {
           "pass DeviceTensor.alloc(device, plan.dtype, tokens, plan.hidden), or leave out to let combine allocate",
       });
     }
-    return out;
+    // Checked above: its dtype is the plan's.
+    return out as DeviceTensor<DType>;
   }
 }
 

@@ -5,14 +5,16 @@
  * @module
  */
 import type { DType, TensorDType } from "../dsl/types.ts";
-import type { HostRows, Tensor } from "./engine_api.ts";
+import type { HostArray, HostArrayOf, HostRows, Tensor } from "./engine_api.ts";
 import { fromF32, hostArrayType, toF32 } from "./dtype.ts";
 import { WeftError } from "./errors.ts";
 
 /**
- * Host rows with their shape and dtype. `data` is the storage itself (f32 as
- * Float32Array, bf16/f16 as raw bits in a Uint16Array); `read()` returns it
- * without copying.
+ * Host data with its shape and dtype. `data` is the storage itself (f32 as
+ * Float32Array, bf16/f16 as raw bits in a Uint16Array, e4m3 as bytes in a
+ * Uint8Array, i32 as an Int32Array); `read()` returns it without copying.
+ * `D` is the dtype when known at compile time (`new HostTensor("i32", …)`
+ * is a `HostTensor<"i32">`, whose data is an Int32Array).
  *
  * @example
  * ```ts
@@ -20,25 +22,27 @@ import { WeftError } from "./errors.ts";
  * import { HostTensor } from "./host_tensor.ts";
  * const t = HostTensor.fromF32(Float32Array.of(1, 2, 3, 4), 2, 2, "bf16");
  * assert.ok(t.device === "host" && t.toF32()[3] === 4 && t.row(1).length === 2);
+ * const ids = new HostTensor("i32", 1, 2, Int32Array.of(3, -1)); // a routing's topkIdx
+ * assert.ok(ids.data[1] === -1);
  * ```
  */
-export class HostTensor implements Tensor {
+export class HostTensor<D extends TensorDType = TensorDType> implements Tensor<D> {
   /** Always "host". */
   readonly device = "host";
   /** Element type of `data`. */
-  readonly dtype: TensorDType;
+  readonly dtype: D;
   /** Row count. */
   readonly rows: number;
   /** Elements per row. */
   readonly cols: number;
   /** The rows × cols elements, row-major (raw bits for 16-bit dtypes). */
-  readonly data: HostRows;
+  readonly data: HostArrayOf<D>;
 
   /**
    * Wrap `data` (or allocate zeros) as a rows × cols tensor of `dtype`.
    *
    * @throws {WeftError} `data` when its type or length does not fit dtype and shape. */
-  constructor(dtype: TensorDType, rows: number, cols: number, data?: HostRows) {
+  constructor(dtype: D, rows: number, cols: number, data?: HostArray) {
     if (!Number.isInteger(rows) || rows < 0 || !Number.isInteger(cols) || cols < 0) {
       throw new WeftError({
         field: "shape",
@@ -60,36 +64,51 @@ export class HostTensor implements Tensor {
     this.dtype = dtype;
     this.rows = rows;
     this.cols = cols;
-    this.data = storage;
+    // Checked above: storage is an instance of dtype's array class.
+    this.data = storage as HostArrayOf<D>;
   }
 
   /** A tensor of `dtype` holding f32 values rounded to it (copied). */
-  static fromF32(values: Float32Array, rows: number, cols: number, dtype: DType): HostTensor {
+  static fromF32<D extends DType>(
+    values: Float32Array,
+    rows: number,
+    cols: number,
+    dtype: D,
+  ): HostTensor<D> {
     return new HostTensor(dtype, rows, cols, fromF32(values, dtype));
   }
 
   /** The data itself (no copy). */
-  read(): Promise<HostRows> {
+  read(): Promise<HostArrayOf<D>> {
     return Promise.resolve(this.data);
   }
 
   /** Row i as a view into the storage. */
-  row(i: number): HostRows {
-    return this.data.subarray(i * this.cols, (i + 1) * this.cols);
+  row(i: number): HostArrayOf<D> {
+    return this.data.subarray(i * this.cols, (i + 1) * this.cols) as HostArrayOf<D>;
   }
 
   /**
    * The values as f32 (a copy for 16-bit dtypes, the storage itself for
-   * f32). E4M3 bytes need their scales: see lib/fp8.ts `dequantizeRows`.
+   * f32). E4M3 bytes need their scales: see lib/fp8.ts `dequantizeRows`;
+   * i32 ids are not values to convert.
    */
   toF32(): Float32Array {
-    if (this.dtype === "e4m3") {
+    const dtype: TensorDType = this.dtype;
+    if (dtype === "e4m3") {
       throw new WeftError({
         field: "dtype",
         problem: "is e4m3: its values need the block scales that came with it",
         fix: "use dequantizeRows({ q: tensor.data, scales }, hidden) from lib/fp8.ts",
       });
     }
-    return toF32(this.data, this.dtype);
+    if (dtype === "i32") {
+      throw new WeftError({
+        field: "dtype",
+        problem: "is i32 (routing ids), not a floating-point dtype",
+        fix: "read the ids with read() or data; Float32Array.from(tensor.data) converts them",
+      });
+    }
+    return toF32(this.data as HostRows, dtype);
   }
 }

@@ -5,6 +5,10 @@
  * `ys`), the rank and the fix. Engines run the checks for every rank before
  * they write anything, so a bad rank leaves all outputs untouched.
  *
+ * Inputs given as tensors are checked by the shape and dtype they advertise
+ * (their data may sit on a GPU); their values are checked where an engine
+ * reads them: the Simulator on its host copy, the GPU engine on the device.
+ *
  * @module
  */
 import type { DType, PlanSpec } from "../dsl/types.ts";
@@ -21,11 +25,15 @@ export interface QuantizedShape {
   readonly scales: Float32Array | RowsShape;
 }
 
-/** The parts of a rank's input that can be checked on the host; `x` may be left out (e.g. a device tensor checked elsewhere). */
+/**
+ * The parts of a rank's input that can be checked on the host; `x` may be
+ * left out (a layout has no rows). A tensor (or any {@link RowsShape}) is
+ * checked by its shape and dtype, a host array also by its values.
+ */
 export interface RankInputLike {
   readonly x?: HostRows | RowsShape | QuantizedShape;
-  readonly topkIdx: Int32Array;
-  readonly topkWeights: Float32Array;
+  readonly topkIdx: Int32Array | RowsShape;
+  readonly topkWeights: Float32Array | RowsShape;
 }
 
 /** The parts of a {@link PlanSpec} the input checks read. */
@@ -47,6 +55,68 @@ function hostArrayType(dtype: DType): string {
 
 function isHostRows(x: unknown): x is HostRows {
   return x instanceof Float32Array || x instanceof Uint16Array;
+}
+
+/** A tensor, or anything else that advertises rows, cols and a dtype (not a typed array). */
+function isShape(x: unknown): x is RowsShape {
+  return x !== null && typeof x === "object" && !ArrayBuffer.isView(x) && "rows" in x &&
+    "cols" in x && "dtype" in x;
+}
+
+/**
+ * Check a routing tensor (`topkIdx`: i32, `topkWeights`: f32) by the shape
+ * it advertises: [tokens × topK] of its dtype, with `tokens` (x's token
+ * count, or topkIdx's rows for the weights) when known. Returns its rows.
+ *
+ * @throws {WeftError} `field` for a wrong dtype, a column count other than
+ *   topK, or a row count other than `tokens`.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { checkRoutingTensor } from "./input_check.ts";
+ * const plan = { topK: 2 };
+ * assert.ok(checkRoutingTensor(plan, 0, "topkIdx", { rows: 3, cols: 2, dtype: "i32" }) === 3);
+ * ```
+ */
+export function checkRoutingTensor(
+  plan: Pick<PlanSpec, "topK">,
+  rank: number,
+  field: "topkIdx" | "topkWeights",
+  t: RowsShape,
+  tokens?: number,
+  tokensFrom = "the batch has",
+): number {
+  const K = plan.topK;
+  const want = field === "topkIdx" ? "i32" : "f32";
+  if (t.dtype !== want) {
+    bad(
+      field,
+      rank,
+      `is a ${t.dtype} tensor; ${field} ${
+        field === "topkIdx" ? "holds int32 expert ids" : "holds f32 weights"
+      }, an ${want} tensor`,
+      field === "topkIdx"
+        ? 'pass the router\'s ids as an "i32" [tokens × topK] tensor (cast them to int32 on the GPU, or DeviceTensor.upload(device, "i32", T, K, Int32Array)), or an Int32Array'
+        : 'pass the router\'s weights as an "f32" [tokens × topK] tensor, or a Float32Array',
+    );
+  }
+  if (t.cols !== K) {
+    bad(
+      field,
+      rank,
+      `tensor has ${t.cols} columns but the plan's topK is ${K} (K mismatch?)`,
+      `pass a [tokens × ${K}] tensor (pad unused slots with -1), or compile the plan with topK(${t.cols})`,
+    );
+  }
+  if (tokens !== undefined && t.rows !== tokens) {
+    bad(
+      field,
+      rank,
+      `tensor has ${t.rows} rows but ${tokensFrom} ${tokens} tokens`,
+      `pass one row of ${K} per token: a [${tokens} × ${K}] tensor`,
+    );
+  }
+  return t.rows;
 }
 
 /**
@@ -93,10 +163,23 @@ export function checkRows(
       );
     }
     n = x.length / H;
-  } else if (
-    x !== null && typeof x === "object" && "rows" in x && "cols" in x && "dtype" in x
-  ) {
-    const t = x as RowsShape;
+  } else if (x instanceof Int32Array) {
+    bad(
+      field,
+      rank,
+      `is an Int32Array (int32 data, like routing ids); rows here are ${plan.dtype}`,
+      `pass the rows as a ${want} of rows × ${H} ${plan.dtype} values (ids go in topkIdx)`,
+    );
+  } else if (isShape(x)) {
+    const t = x;
+    if (t.dtype === "i32") {
+      bad(
+        field,
+        rank,
+        `is an i32 tensor (int32 data, like routing ids); rows here are ${plan.dtype}`,
+        `pass a ${plan.dtype} [rows × ${H}] tensor (i32 tensors go in topkIdx)`,
+      );
+    }
     if (t.dtype === "e4m3") {
       bad(
         field,
@@ -244,11 +327,14 @@ export function checkInputRows(
 
 /**
  * Check one rank's `topkIdx`: an Int32Array of T×K ids, each -1 or in
- * [0, experts), no expert twice in one token. Returns T.
+ * [0, experts), no expert twice in one token; or an `i32` [T × K] tensor,
+ * checked by its shape (its values are checked where an engine reads it).
+ * Returns T.
  *
  * @throws {WeftError} `topkIdx` for a wrong type, a length that is not T×K
  *   (reported as a K mismatch when it is a whole number of other-K rows), an
- *   id out of range or a duplicated expert.
+ *   id out of range or a duplicated expert; for a tensor, a wrong dtype, width
+ *   or row count.
  * @example
  * ```ts
  * import assert from "node:assert/strict";
@@ -265,11 +351,12 @@ export function checkTopkIdx(
 ): number {
   const K = plan.topK;
   const E = plan.experts;
+  if (isShape(topkIdx)) return checkRoutingTensor(plan, rank, "topkIdx", topkIdx, tokens);
   if (!(topkIdx instanceof Int32Array)) {
     bad(
       "topkIdx",
       rank,
-      `must be an Int32Array, got ${describe(topkIdx)}`,
+      `must be an Int32Array or an i32 tensor, got ${describe(topkIdx)}`,
       "wrap the ids with Int32Array.from(ids)",
     );
   }
@@ -335,9 +422,12 @@ export function checkTopkIdx(
 
 /**
  * Check `topkWeights`: a Float32Array of T×K, finite wherever the slot holds
- * an expert. Weights of `-1` slots are never read, so they are not checked.
+ * an expert; or an `f32` [T × K] tensor, checked by its shape. T is `tokens`
+ * when given, else topkIdx's. Weights of `-1` slots are never read, so they
+ * are not checked; nor are the values when either side is a tensor (the
+ * engine that reads them checks them).
  *
- * @throws {WeftError} `topkWeights` for a wrong type or length, or a NaN/±Inf weight.
+ * @throws {WeftError} `topkWeights` for a wrong type, length or shape, or a NaN/±Inf weight.
  * @example
  * ```ts
  * import { checkTopkWeights } from "./input_check.ts";
@@ -348,26 +438,37 @@ export function checkTopkIdx(
 export function checkTopkWeights(
   plan: Pick<PlanSpec, "topK">,
   rank: number,
-  topkIdx: Int32Array,
+  topkIdx: Int32Array | RowsShape,
   topkWeights: unknown,
+  tokens?: number,
 ): void {
   const K = plan.topK;
+  const n = tokens !== undefined
+    ? tokens * K
+    : ArrayBuffer.isView(topkIdx)
+    ? topkIdx.length
+    : topkIdx.rows * K;
+  if (isShape(topkWeights)) {
+    checkRoutingTensor(plan, rank, "topkWeights", topkWeights, n / K, "topkIdx has");
+    return;
+  }
   if (!(topkWeights instanceof Float32Array)) {
     bad(
       "topkWeights",
       rank,
-      `must be a Float32Array, got ${describe(topkWeights)}`,
+      `must be a Float32Array or an f32 tensor, got ${describe(topkWeights)}`,
       "wrap the weights with Float32Array.from(weights)",
     );
   }
-  if (topkWeights.length !== topkIdx.length) {
+  if (topkWeights.length !== n) {
     bad(
       "topkWeights",
       rank,
-      `has ${topkWeights.length} entries, expected tokens × topK = ${topkIdx.length} (one per topkIdx entry)`,
+      `has ${topkWeights.length} entries, expected tokens × topK = ${n} (one per topkIdx entry)`,
       `pass ${K} weights per token, in the same order as topkIdx`,
     );
   }
+  if (!(topkIdx instanceof Int32Array)) return;
   for (let i = 0; i < topkWeights.length; i++) {
     const w = topkWeights[i];
     if (topkIdx[i] !== -1 && !Number.isFinite(w)) {
@@ -384,7 +485,8 @@ export function checkTopkWeights(
 /**
  * Check one rank's whole input: `x` (when given), `topkIdx`, `topkWeights`.
  * The token count comes from `tokens`, else from `x`, else from
- * `topkIdx.length / topK`. Returns it.
+ * `topkIdx.length / topK` (or a topkIdx tensor's rows). Returns it. Host
+ * arrays are checked in full, tensors by their advertised shape and dtype.
  *
  * @throws {WeftError} naming the field and the rank, with the fix.
  * @example
@@ -412,17 +514,21 @@ export function checkRankInput(
       "pass one RankInput per rank",
     );
   }
-  if (input.x !== undefined) tokens = checkInputRows(plan, rank, "x", input.x, tokens);
-  tokens = checkTopkIdx(plan, rank, input.topkIdx, tokens);
-  checkTopkWeights(plan, rank, input.topkIdx, input.topkWeights);
+  const fromX = input.x !== undefined;
+  if (fromX) tokens = checkInputRows(plan, rank, "x", input.x, tokens);
+  tokens = isShape(input.topkIdx)
+    ? checkRoutingTensor(plan, rank, "topkIdx", input.topkIdx, tokens, fromX ? "x has" : undefined)
+    : checkTopkIdx(plan, rank, input.topkIdx, tokens);
+  checkTopkWeights(plan, rank, input.topkIdx, input.topkWeights, tokens);
   return tokens;
 }
 
 /**
  * The shape half of {@link checkRankInput}: types, lengths and dtype, in
- * O(1). The GPU engine runs this on the host and the value checks (expert
- * range, duplicates, NaN weights) on the device, where they cost nothing
- * and still name the position, the rank and the fix.
+ * O(1), of host arrays and tensors alike (a tensor by the shape it
+ * advertises). The GPU engine runs this on the host and the value checks
+ * (expert range, duplicates, NaN weights) on the device, where they cost
+ * nothing and still name the position, the rank and the fix.
  *
  * @throws {WeftError} naming the field, the rank and the fix.
  * @example
@@ -450,36 +556,61 @@ export function checkRankShapes(
     );
   }
   const tokens = input.x !== undefined ? checkInputRows(plan, rank, "x", input.x) : undefined;
+  // The weights must match topkIdx's token count even without x (a layout).
+  const T = checkRoutingShape(plan, rank, "topkIdx", input.topkIdx, tokens, "x has");
+  checkRoutingShape(plan, rank, "topkWeights", input.topkWeights, T, "topkIdx has");
+  return T;
+}
+
+/**
+ * The shape check of one routing part, in O(1): `topkIdx` an Int32Array or
+ * an `i32` tensor, `topkWeights` a Float32Array or an `f32` tensor, of
+ * `tokens` × topK values when `tokens` is given (else a whole number of
+ * tokens). Returns the token count. No values are read.
+ *
+ * @throws {WeftError} `field` for a wrong type, dtype, length or shape.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { checkRoutingShape } from "./input_check.ts";
+ * const plan = { topK: 2 };
+ * assert.ok(checkRoutingShape(plan, 0, "topkWeights", new Float32Array(6)) === 3);
+ * assert.ok(checkRoutingShape(plan, 0, "topkIdx", { rows: 3, cols: 2, dtype: "i32" }, 3) === 3);
+ * ```
+ */
+export function checkRoutingShape(
+  plan: Pick<PlanSpec, "topK">,
+  rank: number,
+  field: "topkIdx" | "topkWeights",
+  a: unknown,
+  tokens?: number,
+  tokensFrom?: string,
+): number {
+  if (isShape(a)) return checkRoutingTensor(plan, rank, field, a, tokens, tokensFrom);
   const K = plan.topK;
-  const pairs = (
-    field: string,
-    a: unknown,
-    ctor: Int32ArrayConstructor | Float32ArrayConstructor,
-  ): number => {
-    if (!(a instanceof ctor)) {
-      bad(
-        field,
-        rank,
-        `must be a ${ctor.name}, got ${describe(a)}`,
-        `pass a ${ctor.name} of tokens × topK values`,
-      );
-    }
-    const n = (a as Int32Array | Float32Array).length;
-    if (n % K !== 0 || (tokens !== undefined && n !== tokens * K)) {
-      bad(
-        field,
-        rank,
-        `has ${n} values, expected ${
-          tokens !== undefined ? `${tokens} tokens × ${K}` : `a multiple of topK = ${K}`
-        }`,
-        `pass tokens × topK (${K}) values, row-major by token`,
-      );
-    }
-    return n / K;
-  };
-  const T = pairs("topkIdx", input.topkIdx, Int32Array);
-  pairs("topkWeights", input.topkWeights, Float32Array);
-  return tokens ?? T;
+  const [ctor, dtype] = field === "topkIdx"
+    ? [Int32Array, "i32"] as const
+    : [Float32Array, "f32"] as const;
+  if (!(a instanceof ctor)) {
+    bad(
+      field,
+      rank,
+      `must be a ${ctor.name} or an ${dtype} tensor, got ${describe(a)}`,
+      `pass a ${ctor.name} of tokens × topK values, or an ${dtype} [tokens × ${K}] tensor`,
+    );
+  }
+  const n = a.length;
+  if (n % K !== 0 || (tokens !== undefined && n !== tokens * K)) {
+    bad(
+      field,
+      rank,
+      `has ${n} values, expected ${
+        tokens !== undefined ? `${tokens} tokens × ${K}` : `a multiple of topK = ${K}`
+      }`,
+      `pass tokens × topK (${K}) values, row-major by token`,
+    );
+  }
+  return n / K;
 }
 
 /**

@@ -8,31 +8,39 @@
  *
  * @module
  */
-import type { BatchLayout, PlanSpec } from "../dsl/types.ts";
+import type { BatchLayout, DType, PlanSpec } from "../dsl/types.ts";
 import { computeLayout } from "../dsl/layout.ts";
 import type {
   Dispatched,
   DispatchHandle,
   DispatchResult,
+  HostArray,
   HostRows,
   QuantizedInput,
   RankInput,
   RankRouting,
+  RoutingInput,
   ShuffleEngine,
   Tensor,
 } from "./engine_api.ts";
 import { fromF32 } from "./dtype.ts";
 import { QUANT_BLOCK, type QuantizedRows, quantizeRows } from "./fp8.ts";
 import { HostTensor } from "./host_tensor.ts";
-import { checkInputRows, checkRankInputs, checkRows, isQuantizedInput } from "./input_check.ts";
+import {
+  checkInputRows,
+  checkRankInput,
+  checkRankInputs,
+  checkRows,
+  isQuantizedInput,
+} from "./input_check.ts";
 import { WeftError } from "./errors.ts";
 
 /** A Simulator dispatch result: `recv` (and `recvScales`) are {@link HostTensor}s. */
 export interface SimDispatchResult extends DispatchResult {
   /** [R × H] received rows, in the plan's receive order, on the host (e4m3 bytes when quantized). */
-  readonly recv: HostTensor;
+  readonly recv: HostTensor<DType | "e4m3">;
   /** [R × H/128] f32 block scales of `recv` when the pattern quantizes dispatch. */
-  readonly recvScales?: HostTensor;
+  readonly recvScales?: HostTensor<"f32">;
 }
 
 /** What {@link Simulator.dispatch} returns: the results, the handle, and the layout for inspection. */
@@ -153,33 +161,34 @@ export class Simulator implements ShuffleEngine {
   /**
    * Dispatch one batch: one input per rank. All ranks' inputs are checked
    * before anything is computed; a bad one throws a WeftError naming the
-   * field and the rank.
+   * field and the rank. Routing given as tensors is read to the host first
+   * (`await t.read()`) and then checked and used exactly as arrays are.
    */
   async dispatch(inputs: readonly RankInput[]): Promise<SimDispatched> {
     this.#checkOpen();
-    checkRankInputs(this.plan, inputs);
+    const tokens = checkRankInputs(this.plan, inputs);
+    const routing = await this.#readRouting(inputs, tokens);
     const xs = await this.#readInputs("x", inputs.map((i) => i.x), null);
-    const layout = computeLayout(this.plan, inputs.map((i) => i.topkIdx));
-    const weights = inputs.map((i) => i.topkWeights.slice());
+    const layout = computeLayout(this.plan, routing.map((r) => r.topkIdx));
+    const weights = routing.map((r) => r.topkWeights.slice());
     this.#lastLayout = layout;
     const handle = new SimulatorHandle(this, layout, weights);
     return { results: this.#scatter(layout, weights, xs), handle, layout };
   }
 
   /**
-   * The layout of a batch without its rows: one routing per rank. The
-   * returned handle's rows are moved by {@link redispatch}; layout then
-   * redispatch gives exactly what dispatch gives.
+   * The layout of a batch without its rows: one routing per rank, host
+   * arrays or tensors (read to the host, as in dispatch). The returned
+   * handle's rows are moved by {@link redispatch}; layout then redispatch
+   * gives exactly what dispatch gives.
    */
-  // deno-lint-ignore require-await -- async so bad input rejects, as dispatch does
-  async layout(routing: readonly RankRouting[]): Promise<SimulatorHandle> {
+  async layout(routing: readonly RoutingInput[]): Promise<SimulatorHandle> {
     this.#checkOpen();
-    checkRankInputs(this.plan, routing);
-    const layout = computeLayout(this.plan, routing.map((r) => r.topkIdx));
+    const tokens = checkRankInputs(this.plan, routing);
+    const host = await this.#readRouting(routing, tokens);
+    const layout = computeLayout(this.plan, host.map((r) => r.topkIdx));
     this.#lastLayout = layout;
-    return Promise.resolve(
-      new SimulatorHandle(this, layout, routing.map((r) => r.topkWeights.slice())),
-    );
+    return new SimulatorHandle(this, layout, host.map((r) => r.topkWeights.slice()));
   }
 
   /** Dispatch new rows (same shapes) through a handle's cached layout; returns the same handle. */
@@ -212,7 +221,10 @@ export class Simulator implements ShuffleEngine {
    * in the forwarder's turn. Every product and sum is rounded to f32; the
    * result is rounded to the dtype once. Tokens with no expert get zeros.
    */
-  async combine(handle: DispatchHandle, ys: readonly (HostRows | Tensor)[]): Promise<HostTensor[]> {
+  async combine(
+    handle: DispatchHandle,
+    ys: readonly (HostRows | Tensor)[],
+  ): Promise<HostTensor<DType>[]> {
     this.#checkOpen();
     const { layout, weights } = this.#handle(handle).open(this);
     const y = await this.#readRows("ys", ys, layout.ranks.map((r) => r.recvRows));
@@ -266,6 +278,29 @@ export class Simulator implements ShuffleEngine {
   }
 
   /**
+   * Every rank's routing on the host: arrays as they are, tensors read (all
+   * ranks' shapes were checked before, by `checkRankInputs`). What was read
+   * is then checked like arrays are, values included, against the token
+   * count its tensor advertised, for every rank before any work.
+   */
+  async #readRouting(
+    routing: readonly RoutingInput[],
+    tokens: readonly number[],
+  ): Promise<RankRouting[]> {
+    const host = await Promise.all(routing.map(async (r) => ({
+      topkIdx: ArrayBuffer.isView(r.topkIdx) ? r.topkIdx : await r.topkIdx.read(),
+      topkWeights: ArrayBuffer.isView(r.topkWeights) ? r.topkWeights : await r.topkWeights.read(),
+    })));
+    host.forEach((h, rank) => {
+      const given = routing[rank];
+      if (h.topkIdx !== given.topkIdx || h.topkWeights !== given.topkWeights) {
+        checkRankInput(this.plan, rank, h, tokens[rank]);
+      }
+    });
+    return host;
+  }
+
+  /**
    * Check every rank's rows first (count, dtype, width, row count), then read
    * them; `rows` null means the counts were already checked by the caller.
    */
@@ -279,7 +314,8 @@ export class Simulator implements ShuffleEngine {
     const data = await Promise.all(xs.map(hostData));
     // A device tensor's host copy must agree with the shape it advertised.
     data.forEach((d, r) => checkRows(this.plan, r, field, d, counts[r]));
-    return data;
+    // Checked above: each is rows of the plan's dtype.
+    return data as HostRows[];
   }
 
   /**
@@ -294,7 +330,7 @@ export class Simulator implements ShuffleEngine {
     this.#checkCount(field, xs);
     const counts = xs.map((x, r) => checkInputRows(this.plan, r, field, x, rows?.[r]));
     const data = await Promise.all(
-      xs.map(async (x): Promise<HostRows | QuantizedRows> =>
+      xs.map(async (x): Promise<HostArray | QuantizedRows> =>
         isQuantizedInput(x)
           ? {
             q: await hostData(x.q) as Uint8Array,
@@ -304,7 +340,8 @@ export class Simulator implements ShuffleEngine {
       ),
     );
     data.forEach((d, r) => checkInputRows(this.plan, r, field, d, counts[r]));
-    return data;
+    // Checked above: rows of the plan's dtype, or quantized rows.
+    return data as (HostRows | QuantizedRows)[];
   }
 
   /**
@@ -356,7 +393,12 @@ export class Simulator implements ShuffleEngine {
     });
   }
 
-  #combineRank(layout: BatchLayout, r: number, ys: HostRows[], w: Float32Array): HostTensor {
+  #combineRank(
+    layout: BatchLayout,
+    r: number,
+    ys: HostRows[],
+    w: Float32Array,
+  ): HostTensor<DType> {
     const { hidden: H, topK: K, dtype } = this.plan;
     const weighted = this.plan.combine === "weighted";
     const rl = layout.ranks[r];
@@ -486,8 +528,12 @@ function fmaF32(
   else for (let j = 0; j < H; j++) dst[j] += Math.fround(w * y[off + j]);
 }
 
-/** Host data of rows: a HostTensor's storage or a typed array as they are, a device tensor read back. */
-function hostData(x: HostRows | Tensor): Promise<HostRows> {
+/**
+ * Host data of rows: a HostTensor's storage or a typed array as they are, a
+ * device tensor read back. A tensor may hold any dtype: callers check what
+ * came back.
+ */
+function hostData(x: HostRows | Tensor): Promise<HostArray> {
   if (x instanceof HostTensor) return Promise.resolve(x.data);
   return ArrayBuffer.isView(x) ? Promise.resolve(x) : x.read();
 }

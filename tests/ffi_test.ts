@@ -24,6 +24,8 @@ import { Engine, planDescFields } from "../lib/engine.ts";
 import { StoreServer } from "../lib/store.ts";
 import { experts } from "../dsl/mod.ts";
 import { Simulator } from "../lib/simulator.ts";
+import { HostTensor } from "../lib/host_tensor.ts";
+import type { RankInput, Tensor } from "../lib/engine_api.ts";
 import { fromF32 } from "../lib/dtype.ts";
 import { gpuCases } from "./gpu/cases.ts";
 
@@ -330,6 +332,16 @@ Deno.test({
     );
     const empty = DeviceTensor.alloc(0, "f16", 0, 8);
     assert.equal((await empty.read()).length, 0);
+    // i32 (routing ids): an Int32Array in and out, nothing else.
+    using ids = DeviceTensor.upload(0, "i32", 2, 2, Int32Array.of(7, -1, 0, 2 ** 31 - 1));
+    assert.equal(ids.byteLength, 16);
+    const back: Int32Array = await ids.read();
+    assert.ok(back instanceof Int32Array);
+    assert.deepEqual([...back], [7, -1, 0, 2 ** 31 - 1]);
+    assert.throws(
+      () => ids.write(new Float32Array(4)),
+      (e: unknown) => e instanceof WeftError && /Int32Array/.test(e.message),
+    );
     empty.close();
     t.close();
     await assert.rejects(t.read(), WeftError);
@@ -487,6 +499,120 @@ Deno.test({
     await engine.synchronize();
     engine.close();
     await assert.rejects(rowsIn.read(), /view into a weft engine that was closed/);
+  },
+});
+
+Deno.test({
+  name: "engine: routing from device tensors is read where it is, any other tensor via the host",
+  ...withCc,
+  async fn() {
+    await using server = StoreServer.listen();
+    const plan = experts(16).byDevice().topK(4).dtype("bf16").hidden(16).compile({ world: 1 });
+    await using comm = await Communicator.create({
+      rank: 0,
+      world: 1,
+      localRank: 0,
+      store: server.address,
+      heapBytes: 1 << 20,
+    });
+    using engine = await Engine.create(plan, comm, { maxTokens: 8 });
+    using sim = new Simulator(plan);
+    const T = 6;
+    const K = plan.topK;
+    const x = fromF32(Float32Array.from({ length: T * 16 }, (_, i) => 1 + i / 16), "bf16");
+    const topkIdx = Int32Array.from({ length: T * K }, (_, i) => (i % 4 === 2 ? -1 : (i * 3) % 16));
+    const topkWeights = Float32Array.from({ length: T * K }, (_, i) => 0.05 + i / 50);
+    const want = await sim.dispatch([{ x, topkIdx, topkWeights }]);
+    const same = async (got: Awaited<ReturnType<Engine["dispatch"]>>, what: string) => {
+      const [g, w] = [got.results[0], want.results[0]];
+      assert.deepEqual(await g.recv.read(), await w.recv.read(), what);
+      for (const f of ["expertCounts", "recvWeights", "srcRank", "srcToken", "srcK"] as const) {
+        assert.deepEqual(g[f], w[f], `${what}: ${f}`);
+      }
+      got.handle.close();
+    };
+
+    // On this GPU: passed as device pointers, never read back to the host.
+    using idxDevice = DeviceTensor.upload(engine.device, "i32", T, K, topkIdx);
+    using weightsDevice = DeviceTensor.upload(engine.device, "f32", T, K, topkWeights);
+    const noRead = () => Promise.reject(new Error("a device tensor of this GPU was read"));
+    Object.assign(idxDevice, { read: noRead });
+    Object.assign(weightsDevice, { read: noRead });
+    const onDevice = { topkIdx: idxDevice, topkWeights: weightsDevice };
+    await same(await engine.dispatch([{ x, ...onDevice }]), "device routing");
+    // Mixed: ids on the device, weights on the host (and the other way).
+    await same(await engine.dispatch([{ x, topkIdx: idxDevice, topkWeights }]), "mixed");
+    await same(await engine.dispatch([{ x, topkIdx, topkWeights: weightsDevice }]), "mixed");
+    // The layout step alone takes them too; layout + redispatch = dispatch.
+    const planned = await engine.layout([onDevice]);
+    await same(await engine.redispatch(planned, [x]), "layout from device routing");
+
+    // A tensor on another GPU, or a host tensor: read to the host, then staged.
+    {
+      using idxOther = DeviceTensor.upload(engine.device + 1, "i32", T, K, topkIdx);
+      let reads = 0;
+      const read = idxOther.read.bind(idxOther);
+      Object.assign(idxOther, { read: () => (reads++, read()) });
+      const hostWeights = new HostTensor("f32", T, K, topkWeights);
+      await same(
+        await engine.dispatch([{ x, topkIdx: idxOther, topkWeights: hostWeights }]),
+        "other GPU / host tensor",
+      );
+      assert.equal(reads, 1);
+    }
+
+    // Shape errors name the field; the engine stays usable after each.
+    const bad = async (input: RankInput, field: string, message: RegExp) => {
+      const e = await engine.dispatch([input]).then((d) => {
+        d.handle.close();
+        return undefined;
+      }, (e: unknown) => e);
+      assert.ok(e instanceof WeftError, `expected a WeftError on ${field}, got ${e}`);
+      assert.equal(e.field, field, e.message);
+      assert.equal(e.rank, 0);
+      assert.match(e.problem, message);
+      (await engine.dispatch([{ x, topkIdx, topkWeights }])).handle.close();
+    };
+    using f32Idx = DeviceTensor.upload(engine.device, "f32", T, K, topkWeights);
+    await bad({ x, topkIdx: f32Idx as unknown as Tensor<"i32">, topkWeights }, "topkIdx", /f32/);
+    using wide = DeviceTensor.alloc(engine.device, "i32", T, K + 1);
+    await bad({ x, topkIdx: wide, topkWeights }, "topkIdx", /columns/);
+    using short = DeviceTensor.alloc(engine.device, "f32", T - 1, K);
+    await bad({ x, topkIdx, topkWeights: short }, "topkWeights", /rows/);
+    await bad({ x: idxDevice as unknown as Tensor, topkIdx, topkWeights }, "x", /i32 tensor/);
+    await bad(
+      { x: new Int32Array(T * 16) as never, topkIdx, topkWeights },
+      "x",
+      /is an Int32Array/,
+    );
+    // A tensor whose host copy disagrees with the shape it advertised.
+    const liar: Tensor<"i32"> = {
+      dtype: "i32",
+      rows: T,
+      cols: K,
+      device: "host",
+      read: () => Promise.resolve(topkIdx.subarray(K)),
+    };
+    await bad({ x, topkIdx: liar, topkWeights }, "topkIdx", /values, expected 6 tokens/);
+    // An out-of-range id inside the device tensor: the device-side check catches it.
+    const wrong = topkIdx.slice();
+    wrong[5] = 16;
+    using wrongDevice = DeviceTensor.upload(engine.device, "i32", T, K, wrong);
+    await bad({ x, topkIdx: wrongDevice, topkWeights: weightsDevice }, "topkIdx", /topk_idx/);
+    await assert.rejects(
+      engine.layout([{ topkIdx: wrongDevice, topkWeights: weightsDevice }]),
+      (e: unknown) => e instanceof WeftError && e.field === "topkIdx",
+    );
+
+    // No tokens: empty device tensors (NULL pointers) are fine.
+    using noIdx = DeviceTensor.alloc(engine.device, "i32", 0, K);
+    using noWeights = DeviceTensor.alloc(engine.device, "f32", 0, K);
+    const none = await engine.dispatch([
+      { x: new Uint16Array(0), topkIdx: noIdx, topkWeights: noWeights },
+    ]);
+    assert.equal(none.results[0].recv.rows, 0);
+    none.handle.close();
+    want.handle.close();
   },
 });
 

@@ -130,13 +130,19 @@ export function randomWeights(n: number, seed: number): Float32Array {
   return Float32Array.from({ length: n }, () => 0.05 + 0.95 * rng());
 }
 
+/** A rank's input with its routing in host arrays (what {@link makeInputs} makes). */
+export interface HostInput extends RankInput {
+  readonly topkIdx: Int32Array;
+  readonly topkWeights: Float32Array;
+}
+
 /** A full batch for a plan: rows, routing and weights per rank. */
 export function makeInputs(
   plan: PlanSpec,
   tokens: readonly number[],
   seed: number,
   empty = 0.2,
-): RankInput[] {
+): HostInput[] {
   const routing = makeRouting(plan, tokens, seed, empty);
   return routing.map((topkIdx, r) => ({
     x: randomRows(plan, tokens[r], seed * 31 + r + 1),

@@ -3,21 +3,28 @@ import fc from "fast-check";
 import { Simulator } from "../lib/simulator.ts";
 import { checkRankInput, checkRankInputs } from "../lib/input_check.ts";
 import { HostTensor } from "../lib/host_tensor.ts";
-import type { HostRows, RankInput } from "../lib/engine_api.ts";
+import type { HostRows } from "../lib/engine_api.ts";
 import type { PlanSpec } from "../dsl/types.ts";
-import { arbBatch, makeInputs, makePlan, weftError, weftErrorAsync } from "./fixtures.ts";
+import {
+  arbBatch,
+  type HostInput,
+  makeInputs,
+  makePlan,
+  weftError,
+  weftErrorAsync,
+} from "./fixtures.ts";
 
 type Mutation = {
   name: string;
   field: string;
   /** Returns a bad copy of a good input; null when the case does not apply to this plan/input. */
-  apply: (plan: PlanSpec, input: RankInput) => RankInput | null;
+  apply: (plan: PlanSpec, input: HostInput) => HostInput | null;
   message?: RegExp;
 };
 
-const tokensOf = (plan: PlanSpec, i: RankInput) => i.topkIdx.length / plan.topK;
+const tokensOf = (plan: PlanSpec, i: HostInput) => i.topkIdx.length / plan.topK;
 /** Index of the first routed slot, or -1. */
-const firstRouted = (i: RankInput) => i.topkIdx.findIndex((e) => e >= 0);
+const firstRouted = (i: HostInput) => i.topkIdx.findIndex((e) => e >= 0);
 
 const MUTATIONS: Mutation[] = [
   {
@@ -162,7 +169,7 @@ const MUTATIONS: Mutation[] = [
 ];
 
 /** Deep copies, to prove a failed call left the caller's arrays untouched. */
-const snapshot = (inputs: RankInput[]) =>
+const snapshot = (inputs: HostInput[]) =>
   inputs.map((i) => ({
     x: i.x instanceof HostTensor ? i.x.data.slice() : (i.x as HostRows).slice(),
     topkIdx: Array.from(i.topkIdx),
@@ -171,7 +178,7 @@ const snapshot = (inputs: RankInput[]) =>
 
 async function expectRejected(
   plan: PlanSpec,
-  inputs: RankInput[],
+  inputs: HostInput[],
   rank: number,
   m: Mutation,
 ): Promise<void> {

@@ -14,9 +14,13 @@
 //      place, weft_engine_input_e4m3);
 //   2. layout_source: check topk, resolve slots, ordinals, per-slot totals;
 //   3. barrier "dispatch staging" (error bits merged: one bad rank fails all);
-//   4. gather every rank's totals and token count; then, in dispatch_finish,
-//      the host sync and the receive-row base of each (source rank, slot);
-//   5. allocate the handle and outputs; layout_build; pull;
+//   4. layout_bases: every rank's totals → the receive-row base of each
+//      (source rank, slot), R and the token counts, copied to the host;
+//      layout_build: every pair's receive row, into the index arrays (a
+//      capacity-sized block allocated at the start of the call), run while
+//      the host waits; then, in dispatch_finish, the host sync (on the
+//      counts alone);
+//   5. allocate recv (R rows) and hand the index arrays to the handle; pull;
 //   6. barrier "dispatch end" (no rank restages while a peer still reads it).
 //
 // The pull: one warp per (source rank r, token t) that has a pair here. It
@@ -127,84 +131,116 @@ __global__ void __launch_bounds__(kPullThreads) pull_kernel(PullArgs a) {
 
 uint64_t align256(uint64_t v) { return (v + 255ull) & ~255ull; }
 
-// All arrays of one handle in one stream-ordered allocation.
-int32_t handle_alloc(weft_engine* e, weft_handle* h) {
-  const PlanHost& p = e->plan;
-  const uint64_t R = static_cast<uint64_t>(h->recv_rows);
-  const uint64_t pairs = static_cast<uint64_t>(h->tokens) * p.top_k;
-  const uint64_t fan = static_cast<uint64_t>(h->items) * p.top_k;
+}  // namespace
+
+long long recv_capacity(const PlanHost& p) {
+  const int local = p.local_experts[p.rank];
+  return static_cast<long long>(p.world) * p.max_tokens * (p.top_k < local ? p.top_k : local);
+}
+
+namespace {
+
+// Offsets of the index arrays inside their block; `take` is called in one order.
+template <typename Take>
+IndexArrays carve_index(const PlanHost& p, uintptr_t b, Take& take) {
+  const uint64_t R = static_cast<uint64_t>(recv_capacity(p));
+  const uint64_t pairs = static_cast<uint64_t>(p.max_tokens) * p.top_k;
+  const uint64_t items = static_cast<uint64_t>(p.world) * p.max_tokens;
+  IndexArrays ix;
+  ix.block = reinterpret_cast<void*>(b);
+  ix.recv_weights = reinterpret_cast<float*>(b + take(R * 4));
+  ix.expert_counts = reinterpret_cast<int*>(b + take(static_cast<uint64_t>(p.local_experts[p.rank]) * 4));
+  ix.src_rank = reinterpret_cast<int*>(b + take(R * 4));
+  ix.src_token = reinterpret_cast<int*>(b + take(R * 4));
+  ix.src_k = reinterpret_cast<int*>(b + take(R * 4));
+  ix.dest_row = reinterpret_cast<int*>(b + take(pairs * 4));
+  ix.dmask = reinterpret_cast<unsigned*>(b + take(static_cast<uint64_t>(p.max_tokens) * 4));
+  ix.fan_rows = reinterpret_cast<int*>(b + take(items * p.top_k * 4));
+  ix.part_slot = reinterpret_cast<int*>(b + take(items * 4));
+  return ix;
+}
+
+struct Bump {
   uint64_t off = 0;
-  auto take = [&off](uint64_t bytes) {
+  uint64_t operator()(uint64_t bytes) {
     const uint64_t at = off;
     off = align256(at + (bytes > 0 ? bytes : 16));
     return at;
-  };
+  }
+};
+
+}  // namespace
+
+uint64_t index_block_bytes(const PlanHost& p) {
+  Bump bump;
+  (void)carve_index(p, 0, bump);
+  return bump.off;
+}
+
+IndexArrays index_arrays(const PlanHost& p, void* block) {
+  Bump bump;
+  return carve_index(p, reinterpret_cast<uintptr_t>(block), bump);
+}
+
+namespace {
+
+// The begun dispatch's index arrays, stream-ordered on the comm stream.
+int32_t alloc_pending_index(weft_engine* e) {
+  if (e->pending.block != nullptr) {
+    cudaFreeAsync(e->pending.block, e->comm->stream);
+    e->pending = {};
+  }
+  void* block = nullptr;
+  const uint64_t bytes = index_block_bytes(e->plan);
+  if (cudaMallocAsync(&block, bytes, e->comm->stream) != cudaSuccess) {
+    // Out of memory keeps the ranks in step (see dispatch_finish): not a broken comm.
+    (void)cudaGetLastError();
+    return WEFT_ERR_CAPACITY;
+  }
+  e->pending = index_arrays(e->plan, block);
+  return WEFT_OK;
+}
+
+// recv (and its scales) of one handle in one stream-ordered allocation.
+int32_t handle_alloc(weft_engine* e, weft_handle* h) {
+  const PlanHost& p = e->plan;
+  const uint64_t R = static_cast<uint64_t>(h->recv_rows);
+  Bump take;
   const uint64_t o_recv = take(R * p.recv_row_bytes());
   const uint64_t o_scales = take(R * p.scale_row_bytes());
-  const uint64_t o_w = take(R * 4);
-  const uint64_t o_cnt = take(static_cast<uint64_t>(h->local_experts) * 4);
-  const uint64_t o_sr = take(R * 4);
-  const uint64_t o_st = take(R * 4);
-  const uint64_t o_sk = take(R * 4);
-  const uint64_t o_dr = take(pairs * 4);
-  const uint64_t o_dm = take(static_cast<uint64_t>(h->tokens) * 4);
-  const uint64_t o_fan = take(fan * 4);
-  const uint64_t o_ps = take(static_cast<uint64_t>(h->items) * 4);
   void* block = nullptr;
-  cudaError_t err = cudaMallocAsync(&block, off, e->comm->stream);
+  cudaError_t err = cudaMallocAsync(&block, take.off, e->comm->stream);
   if (err != cudaSuccess) {
-    // Out of memory keeps the ranks in step (see dispatch_impl): not a broken comm.
+    // Out of memory keeps the ranks in step (see dispatch_finish): not a broken comm.
     (void)cudaGetLastError();
     WEFT_FAIL(WEFT_ERR_CAPACITY, "cannot allocate %llu bytes for the dispatch outputs on rank %d (%d receive rows): %s",
-              static_cast<unsigned long long>(off), e->comm->rank, h->recv_rows, cudaGetErrorString(err));
+              static_cast<unsigned long long>(take.off), e->comm->rank, h->recv_rows, cudaGetErrorString(err));
   }
   uint8_t* b = static_cast<uint8_t*>(block);
   h->recv = b + o_recv;
   h->recv_scales = p.fp8() ? reinterpret_cast<float*>(b + o_scales) : nullptr;
-  h->recv_weights = reinterpret_cast<float*>(b + o_w);
-  h->expert_counts = reinterpret_cast<int*>(b + o_cnt);
-  h->src_rank = reinterpret_cast<int*>(b + o_sr);
-  h->src_token = reinterpret_cast<int*>(b + o_st);
-  h->src_k = reinterpret_cast<int*>(b + o_sk);
-  h->dest_row = reinterpret_cast<int*>(b + o_dr);
-  h->dmask = reinterpret_cast<unsigned*>(b + o_dm);
-  h->fan_rows = reinterpret_cast<int*>(b + o_fan);
-  h->part_slot = reinterpret_cast<int*>(b + o_ps);
   return WEFT_OK;
 }
 
-// Receive-row base of every (source rank, slot) from all ranks' per-slot
-// totals; this rank's R and expert counts. Plain loops over world x slots.
-void host_bases(const PlanHost& p, const int* counts, int* base, int* recv_rows_of, int* expert_counts_self) {
-  const int W = p.world;
-  const int S = p.slots;
-  for (int d = 0; d < W; ++d) {
-    const int lo = p.slot_base[d];
-    const int L = p.local_experts[d];
-    int off = 0;
-    if (p.receive == WEFT_EXPERT_MAJOR) {
-      for (int l = 0; l < L; ++l) {
-        for (int r = 0; r < W; ++r) {
-          base[r * S + lo + l] = off;
-          off += counts[r * S + lo + l];
-        }
-      }
-    } else {
-      for (int r = 0; r < W; ++r) {
-        for (int l = 0; l < L; ++l) {
-          base[r * S + lo + l] = off;
-          off += counts[r * S + lo + l];
-        }
-      }
-    }
-    recv_rows_of[d] = off;
-  }
-  const int lo = p.slot_base[p.rank];
-  for (int l = 0; l < p.local_experts[p.rank]; ++l) {
-    int n = 0;
-    for (int r = 0; r < W; ++r) n += counts[r * S + lo + l];
-    expert_counts_self[l] = n;
-  }
+// The handle takes the index arrays the layout wrote.
+void handle_take_index(weft_handle* h, const IndexArrays& ix) {
+  h->index_block = ix.block;
+  h->recv_weights = ix.recv_weights;
+  h->expert_counts = ix.expert_counts;
+  h->src_rank = ix.src_rank;
+  h->src_token = ix.src_token;
+  h->src_k = ix.src_k;
+  h->dest_row = ix.dest_row;
+  h->dmask = ix.dmask;
+  h->fan_rows = ix.fan_rows;
+  h->part_slot = ix.part_slot;
+}
+
+void free_index(weft_engine* e, void* block) {
+  if (block == nullptr) return;
+  cudaSetDevice(e->comm->device);
+  cudaFreeAsync(block, e->comm->stream);
+  (void)cudaGetLastError();
 }
 
 void handle_free(weft_handle* h) {
@@ -215,6 +251,7 @@ void handle_free(weft_handle* h) {
     cudaFreeAsync(h->recv, e->comm->stream);
     (void)cudaGetLastError();
   }
+  free_index(e, h->index_block);
   delete h;
   engine_release(e);
 }
@@ -300,7 +337,10 @@ int32_t dispatch_begin(weft_engine* e, const Rows& rows, const int32_t* idx, con
   const HeapLayout& hl = e->hl;
   c->profile.begin(c->stream, !p.fp8() ? "dispatch" : rows.quantized ? "dispatch e4m3, rows given" : "dispatch e4m3");
   WEFT_TRY(comm_reset_status(c));
-  if (tokens < 0 || tokens > p.max_tokens) {
+  const bool index_ok = alloc_pending_index(e) == WEFT_OK;
+  if (!index_ok) {
+    WEFT_TRY(comm_report_bad(c, 0, kBadArgument));  // every rank fails at the staging barrier; finish says why
+  } else if (tokens < 0 || tokens > p.max_tokens) {
     WEFT_TRY(comm_report_bad(c, tokens < 0 ? 0ull : static_cast<unsigned long long>(tokens), kBadCapacity));
   } else if (!rows.usable(p) || (tokens > 0 && ((move_rows && !rows.given()) || idx == nullptr || w == nullptr))) {
     WEFT_TRY(comm_report_bad(c, 0, kBadArgument));
@@ -317,8 +357,15 @@ int32_t dispatch_begin(weft_engine* e, const Rows& rows, const int32_t* idx, con
   c->profile.mark(c->stream, "layout: source side");
   WEFT_TRY(comm_barrier_async(c, "dispatch staging"));
   c->profile.mark(c->stream, "barrier: staged");
-  WEFT_TRY(layout_gather_counts(e));
-  c->profile.mark(c->stream, "layout: gather counts");
+  WEFT_TRY(layout_bases(e));
+  c->profile.mark(c->stream, "layout: bases");
+  // What the host waits for: the token counts, R and this call's status.
+  WEFT_CUDA(cudaMemcpyAsync(e->h_counts, e->d_counts, (p.world + 1) * sizeof(int), cudaMemcpyDeviceToHost, c->stream));
+  WEFT_CUDA(cudaMemcpyAsync(c->h_status, c->d_status, sizeof(DevStatus), cudaMemcpyDeviceToHost, c->stream));
+  WEFT_CUDA(cudaEventRecord(e->counts_ready, c->stream));
+  // The rest of the layout runs while the host waits for those.
+  if (index_ok && tokens >= 0 && tokens <= p.max_tokens) WEFT_TRY(layout_build(e, tokens));
+  c->profile.mark(c->stream, "layout: build");
   c->begun.tokens = tokens;
   c->begun.move_rows = move_rows;
   c->begun.call = move_rows ? "weft_dispatch" : "weft_dispatch_layout";
@@ -334,28 +381,49 @@ int32_t dispatch_finish(weft_engine* e, weft_handle** out) {
   const int tokens = c->begun.tokens;
   const bool move_rows = c->begun.move_rows;
   c->begun = {};
+  // The index arrays the layout wrote: the handle takes them below; every
+  // failure before that frees them.
+  const IndexArrays ix = e->pending;
+  e->pending = {};
+  auto fail_early = [e, &ix](int32_t rc) {
+    free_index(e, ix.block);
+    return rc;
+  };
   // The one host sync: first the queued tails of earlier calls, in order
   // (every rank reports their failures here, at the same call), then this
-  // call's layout.
-  WEFT_TRY(comm_settle(c));
-  WEFT_TRY(comm_sync_status(c));
-  WEFT_TRY(comm_check_peers(c, "dispatch"));
+  // call's counts and status.
+  int32_t rc = comm_settle(c);
+  if (rc != WEFT_OK) return fail_early(rc);
+  const cudaError_t synced = cudaEventSynchronize(e->counts_ready);
+  if (synced != cudaSuccess) {
+    comm_mark_broken(c, WEFT_ERR_CUDA, cudaGetErrorString(synced));
+    set_error("rank %d: a kernel failed: %s (%s)", c->rank, cudaGetErrorName(synced), cudaGetErrorString(synced));
+    return fail_early(WEFT_ERR_CUDA);
+  }
+  rc = comm_check_peers(c, "dispatch");
+  if (rc != WEFT_OK) return fail_early(rc);
   if (c->h_status->local_bad != 0u) {
+    if (ix.block == nullptr) {
+      set_error("cannot allocate %llu bytes for the dispatch's index arrays on rank %d (max_tokens %d on %d ranks): "
+                "free device memory or lower max_tokens. Every rank failed the call",
+                static_cast<unsigned long long>(index_block_bytes(p)), c->rank, p.max_tokens, p.world);
+      return fail_early(WEFT_ERR_CAPACITY);
+    }
     const unsigned kind = static_cast<unsigned>(c->h_status->bad_key & 15ull);
     const std::string msg =
         bad_input_message(p, *c->h_status, c->rank, tokens, reinterpret_cast<const int*>(c->heap + hl.idx),
                           "x, topk_idx or topk_weights is NULL while tokens > 0, or q and scales are not both "
                           "given, or given to a plan without quantize E4M3");
-    WEFT_FAIL(bad_input_code(kind), "%s", msg.c_str());
+    set_error("%s", msg.c_str());
+    return fail_early(bad_input_code(kind));
   }
 
   const int W = p.world;
-  const int S = p.slots;
-  const int* counts = e->h_gather;
-  const int* tokens_of = e->h_gather + static_cast<size_t>(W) * S;
+  const int* tokens_of = e->h_counts;
   weft_handle* h = new weft_handle();
   h->engine = e;
   engine_retain(e);
+  handle_take_index(h, ix);
   h->tokens = tokens;
   h->local_experts = p.local_experts[p.rank];
   h->tok.base[0] = 0;
@@ -370,18 +438,21 @@ int32_t dispatch_finish(weft_engine* e, weft_handle** out) {
     h->tok.base[r + 1] = h->tok.base[r] + n;
   }
   h->items = h->tok.base[W];
-  int* base = e->h_base;
-  int* expert_counts = e->h_base + static_cast<size_t>(W) * S;
-  std::vector<int> recv_rows_of(W);
-  host_bases(p, counts, base, recv_rows_of.data(), expert_counts);
-  h->recv_rows = recv_rows_of[p.rank];
+  h->recv_rows = tokens_of[W];
+  if (h->recv_rows < 0 || h->recv_rows > e->recv_cap) {
+    const int R = h->recv_rows;
+    handle_free(h);
+    comm_mark_broken(c, WEFT_ERR_INVALID, "receive row count out of range");
+    WEFT_FAIL(WEFT_ERR_INVALID, "internal error: rank %d's receive row count reads %d, capacity %d (a weft bug)", c->rank,
+              R, e->recv_cap);
+  }
 
   // From here on every failure frees the handle.
   auto fail = [h](int32_t rc) {
     handle_free(h);
     return rc;
   };
-  int32_t rc = handle_alloc(e, h);
+  rc = handle_alloc(e, h);
   const int32_t alloc_rc = rc;
   if (alloc_rc != WEFT_OK) {
     // Keep in step with the peers: raise this rank's error bit at the end
@@ -390,20 +461,8 @@ int32_t dispatch_finish(weft_engine* e, weft_handle** out) {
     rc = comm_report_bad(c, 0, kBadArgument);
     if (rc != WEFT_OK) return fail(rc);
   } else {
-    cudaError_t err = cudaMemcpyAsync(e->d_base, base, static_cast<size_t>(W) * S * sizeof(int),
-                                      cudaMemcpyHostToDevice, c->stream);
-    if (err == cudaSuccess) {
-      err = cudaMemcpyAsync(h->expert_counts, expert_counts, static_cast<size_t>(h->local_experts) * sizeof(int),
-                            cudaMemcpyHostToDevice, c->stream);
-    }
-    if (err != cudaSuccess) {
-      set_error("uploading the receive-row bases failed: %s", cudaGetErrorString(err));
-      return fail(WEFT_ERR_CUDA);
-    }
-    c->profile.mark(c->stream, "host: bases, alloc, upload");
-    rc = layout_build(e, h);
-    c->profile.mark(c->stream, "layout: build");
-    if (rc == WEFT_OK && move_rows) rc = launch_pull(e, h);
+    c->profile.mark(c->stream, "host: alloc");
+    if (move_rows) rc = launch_pull(e, h);
     c->profile.mark(c->stream, "pull");
     if (rc != WEFT_OK) return fail(rc);
   }
@@ -502,7 +561,11 @@ int32_t begin_entry(weft_engine* e, const Rows& rows, const int32_t* idx, const 
   weft_comm* c = e->comm;
   WEFT_TRY(comm_check_not_begun(c));
   const int32_t rc = dispatch_begin(e, rows, idx, w, tokens, true);
-  if (rc != WEFT_OK) c->begun = {};
+  if (rc != WEFT_OK) {
+    c->begun = {};
+    free_index(e, e->pending.block);
+    e->pending = {};
+  }
   return finish_collective(c, rc);
 }
 
@@ -522,7 +585,12 @@ int32_t dispatch_whole(weft_engine* e, const void* x, const int32_t* idx, const 
   CommLock lock(e->comm);
   WEFT_TRY(comm_check_not_begun(e->comm));
   int32_t rc = dispatch_begin(e, Rows::of_x(x), idx, w, tokens, move_rows);
-  if (rc == WEFT_OK) rc = dispatch_finish(e, out);
+  if (rc == WEFT_OK) {
+    rc = dispatch_finish(e, out);  // takes the index arrays, or frees them
+  } else {
+    free_index(e, e->pending.block);
+    e->pending = {};
+  }
   e->comm->begun = {};
   return finish_collective(e->comm, rc);
 }

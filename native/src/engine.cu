@@ -18,10 +18,11 @@ void engine_release(weft_engine* e) {
   if (e->pinned_host != nullptr) cudaHostUnregister(e->pinned_host);
   if (e->d_tables != nullptr) cudaFree(e->d_tables);
   if (e->d_chunk_counts != nullptr) cudaFree(e->d_chunk_counts);
-  if (e->d_gather != nullptr) cudaFree(e->d_gather);
+  if (e->pending.block != nullptr) cudaFree(e->pending.block);
+  if (e->d_counts != nullptr) cudaFree(e->d_counts);
   if (e->d_base != nullptr) cudaFree(e->d_base);
-  if (e->h_gather != nullptr) cudaFreeHost(e->h_gather);
-  if (e->h_base != nullptr) cudaFreeHost(e->h_base);
+  if (e->h_counts != nullptr) cudaFreeHost(e->h_counts);
+  if (e->counts_ready != nullptr) cudaEventDestroy(e->counts_ready);
   (void)cudaGetLastError();
   delete e;
   comm_release(c);
@@ -58,14 +59,21 @@ int32_t engine_init(weft_engine* e) {
   void* d = nullptr;
   WEFT_CUDA(cudaMalloc(&d, static_cast<size_t>(p.slots) * e->chunk_stride * sizeof(int)));
   e->d_chunk_counts = static_cast<int*>(d);
-  WEFT_CUDA(cudaMalloc(&d, (ws + p.world) * sizeof(int)));
-  e->d_gather = static_cast<int*>(d);
+  WEFT_CUDA(cudaMalloc(&d, (p.world + 1) * sizeof(int)));
+  e->d_counts = static_cast<int*>(d);
   WEFT_CUDA(cudaMalloc(&d, ws * sizeof(int)));
   e->d_base = static_cast<int*>(d);
-  WEFT_CUDA(cudaMallocHost(&d, (ws + p.world) * sizeof(int)));
-  e->h_gather = static_cast<int*>(d);
-  WEFT_CUDA(cudaMallocHost(&d, (ws + p.max_local + 1) * sizeof(int)));
-  e->h_base = static_cast<int*>(d);
+  WEFT_CUDA(cudaMallocHost(&d, (p.world + 1) * sizeof(int)));
+  e->h_counts = static_cast<int*>(d);
+  WEFT_CUDA(cudaEventCreateWithFlags(&e->counts_ready, cudaEventDisableTiming));
+  const long long cap = recv_capacity(p);
+  if (cap > 0x7fffffffLL) {
+    WEFT_FAIL(WEFT_ERR_CAPACITY,
+              "world %d x max_tokens %d x min(top_k, local experts) = %lld receive rows exceeds 2^31-1: lower "
+              "max_tokens",
+              p.world, p.max_tokens, cap);
+  }
+  e->recv_cap = static_cast<int>(cap);
   return WEFT_OK;
 }
 

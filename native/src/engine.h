@@ -127,6 +127,7 @@ struct RouteOut {
   int* slot_count;       // [slots]
   int* chunk_counts;     // scratch [slots][chunk_stride]
   int chunk_stride;      // >= chunks of max_tokens
+  int* meta = nullptr;   // where to publish the token count (the engine's heap), or null
 };
 constexpr int kRouteChunk = 64;  // tokens per routing block
 int route_chunks(int tokens);
@@ -143,6 +144,27 @@ std::string bad_input_message(const PlanHost& p, const DevStatus& s, int rank, i
                               const std::string& host_msg);
 int32_t bad_input_code(unsigned kind);
 
+// A batch's index arrays, all in one block sized for the plan's capacity
+// (index_block_bytes): the layout writes them before the host knows R.
+struct IndexArrays {
+  void* block = nullptr;         // the allocation (null: none)
+  float* recv_weights = nullptr; // [recv_cap]
+  int* expert_counts = nullptr;  // [local experts]
+  int* src_rank = nullptr;       // [recv_cap]
+  int* src_token = nullptr;      // [recv_cap]
+  int* src_k = nullptr;          // [recv_cap]
+  int* dest_row = nullptr;       // [max_tokens*K]
+  unsigned* dmask = nullptr;     // [max_tokens]
+  int* fan_rows = nullptr;       // [world*max_tokens][K]
+  int* part_slot = nullptr;      // [world*max_tokens]
+};
+// Receive rows this rank can get at most: a token holds each slot at most
+// once, so from each rank at most max_tokens x min(K, local slots).
+long long recv_capacity(const PlanHost& p);
+uint64_t index_block_bytes(const PlanHost& p);
+// Carves `block` (index_block_bytes) into the arrays.
+IndexArrays index_arrays(const PlanHost& p, void* block);
+
 }  // namespace weft
 
 // The engine of one rank (one plan on one comm).
@@ -154,10 +176,12 @@ struct weft_engine {
   int* d_tables = nullptr;        // backing store of rt (slot_rank, replica_start, replica_slots)
   int* d_chunk_counts = nullptr;  // [slots][chunk_stride]
   int chunk_stride = 0;
-  int* d_gather = nullptr;        // [world][slots] counts, then [world] tokens
-  int* h_gather = nullptr;        // pinned mirror
+  int* d_counts = nullptr;        // [world] tokens of each rank, then R of this rank (layout_bases)
+  int* h_counts = nullptr;        // pinned mirror, read at the host sync
   int* d_base = nullptr;          // [world][slots] receive-row base of each (source rank, slot)
-  int* h_base = nullptr;          // pinned staging of d_base
+  int recv_cap = 0;               // recv_capacity(plan)
+  cudaEvent_t counts_ready = nullptr;  // h_counts and the status are on the host
+  weft::IndexArrays pending;      // the begun dispatch's index arrays, until a handle takes them
   void* pinned_host = nullptr;    // caller memory page-locked by weft_engine_pin_host
   std::atomic<int> refs{1};       // the engine plus every live handle
   bool closed = false;
@@ -173,7 +197,8 @@ struct weft_handle {
   int local_experts = 0; // L of this rank
   int items = 0;         // sum of tokens over ranks: (source rank, token) pairs
   weft::TokenTable tok{};
-  void* recv = nullptr;            // [R][recv_row_bytes]
+  void* index_block = nullptr;     // the index arrays' allocation (weft::IndexArrays)
+  void* recv = nullptr;            // [R][recv_row_bytes], then recv_scales: one allocation
   float* recv_scales = nullptr;    // [R][hidden/128] when quantized
   float* recv_weights = nullptr;   // [R]
   int* expert_counts = nullptr;    // [L]
@@ -202,9 +227,10 @@ int32_t launch_pull_tma(weft_engine* e, weft_handle* h, int max_tokens_now);
 int32_t launch_combine_push(weft_engine* e, weft_handle* h, const void* y);
 int32_t launch_combine_reduce(weft_engine* e, weft_handle* h, void* out);
 
-// layout.cu: the engine's layout steps of one dispatch.
-int32_t layout_source(weft_engine* e, int tokens);          // before the staging barrier
-int32_t layout_gather_counts(weft_engine* e);               // after it: counts of every rank → h_gather
-int32_t layout_build(weft_engine* e, weft_handle* h);       // after the host computed h_base
+// layout.cu: the engine's layout steps of one dispatch, all enqueued before
+// the host's sync, writing e->pending's arrays.
+int32_t layout_source(weft_engine* e, int tokens);  // before the staging barrier
+int32_t layout_bases(weft_engine* e);               // after it: bases, R, token counts → d_counts
+int32_t layout_build(weft_engine* e, int tokens);   // receive rows of every pair
 
 }  // namespace weft

@@ -13,12 +13,25 @@
 // expert, which is rejected), so "ordinal among pairs" is "ordinal among
 // tokens" and the result is exactly the receive order inside a slot.
 //
-// Destination side (after the staging barrier): every rank reads every
-// rank's per-slot totals and token count (gather_counts), the host turns them
-// into the receive-row base of each (source rank, slot) — expert-major or
-// rank-major — and layout_build writes, for each (source rank r, token t, k)
-// that lands here, its receive row, and the receive-order arrays
-// src_rank/src_token/src_k/recv_weights. Row = base[r][slot] + ordinal.
+// Destination side (after the staging barrier), all on the GPU and enqueued
+// before the host's one sync, so it runs while the host waits:
+//   bases         one block per destination rank d: reads every rank's
+//                 per-slot totals from its heap and scans them in d's receive
+//                 order (expert-major or rank-major) into the receive-row
+//                 base of each (source rank, slot) on d; d = this rank also
+//                 yields R and the per-expert counts. Block 0 copies every
+//                 rank's token count. The host reads back only the token
+//                 counts and R (what it needs to allocate recv).
+//   source_rows   this rank's own pairs: their receive row on the
+//                 destination (for combine), and each token's destinations;
+//   recv_layout   each (source rank r, token t, k) that lands here: its
+//                 receive row, and the receive-order arrays
+//                 src_rank/src_token/src_k/recv_weights. Row = base[r][slot]
+//                 + ordinal.
+// The index arrays go to a block sized for the plan's capacity (max_tokens
+// on every rank), allocated stream-ordered before the sync, so that no
+// array waits for R; the handle keeps the block. They are <1% of recv's
+// bytes, so the slack costs little.
 #include <stdio.h>
 
 #include <string>
@@ -107,10 +120,13 @@ __global__ void __launch_bounds__(32) route_chunk_kernel(RouteArgs a) {
   }
 }
 
-// One warp per slot: chunk counts → exclusive prefixes (in place), and the total.
-__global__ void chunk_scan_kernel(int* chunk_counts, int chunk_stride, int chunks, int slots, int* slot_count) {
+// One warp per slot: chunk counts → exclusive prefixes (in place), and the
+// total. Thread 0 also publishes the token count (meta), when asked.
+__global__ void chunk_scan_kernel(int* chunk_counts, int chunk_stride, int chunks, int slots, int* slot_count,
+                                  int* meta, int tokens) {
   const int warp = static_cast<int>((blockIdx.x * static_cast<unsigned>(blockDim.x) + threadIdx.x) / 32u);
   const int lane = threadIdx.x & 31;
+  if (meta != nullptr && blockIdx.x == 0 && threadIdx.x == 0) *meta = tokens;
   if (warp >= slots) return;
   int* row = chunk_counts + static_cast<size_t>(warp) * chunk_stride;
   const int per = (chunks + 31) / 32;
@@ -143,21 +159,83 @@ __global__ void ord_finalize_kernel(const int* slot, int* ord, long long pairs, 
   ord[i] += chunk_counts[static_cast<size_t>(s) * chunk_stride + chunk];
 }
 
-__global__ void write_i32_kernel(int* dst, int v) { *dst = v; }
+struct BasesArgs {
+  PeerTable peers;
+  uint64_t slot_count_off, meta_off;
+  int world, rank, slots, expert_major;
+  int slot_base[kMaxWorld + 1];
+  int* base;           // [world][slots]
+  int* counts_out;     // [world] tokens of each rank, then [1] R of this rank
+  int* expert_counts;  // [local experts of this rank]
+  const DevStatus* st;
+};
 
-// Reads every rank's per-slot totals and token count: out = [world][slots] ++ [world].
-__global__ void gather_counts_kernel(PeerTable peers, uint64_t slot_count_off, uint64_t meta_off, int world,
-                                     int slots, int* out, const DevStatus* st) {
-  if (call_aborted(st)) return;
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  const int n = world * slots;
-  if (i < n) {
-    const int r = i / slots;
-    const int s = i - r * slots;
-    out[i] = reinterpret_cast<const int*>(peers.base[r] + slot_count_off)[s];
-  } else if (i < n + world) {
-    const int r = i - n;
-    out[i] = *reinterpret_cast<const int*>(peers.base[r] + meta_off);
+constexpr int kBasesThreads = 256;
+
+// Block d: the receive-row bases of destination d, by a block-wide scan of
+// its (slot, source rank) totals in receive order, a tile at a time.
+__global__ void __launch_bounds__(kBasesThreads) bases_kernel(BasesArgs a) {
+  if (call_aborted(a.st)) return;
+  __shared__ int warp_excl[kBasesThreads / 32];
+  __shared__ int carry;
+  const int d = blockIdx.x;
+  const int W = a.world;
+  const int lo = a.slot_base[d];
+  const int L = a.slot_base[d + 1] - lo;
+  const int n = L * W;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  auto count = [&](int r, int l) { return reinterpret_cast<const int*>(a.peers.base[r] + a.slot_count_off)[lo + l]; };
+  if (threadIdx.x == 0) carry = 0;
+  __syncthreads();
+  for (int tile = 0; tile < n; tile += kBasesThreads) {
+    const int i = tile + static_cast<int>(threadIdx.x);
+    int r = 0, l = 0, v = 0;
+    if (i < n) {
+      if (a.expert_major) {
+        l = i / W;
+        r = i - l * W;
+      } else {
+        r = i / L;
+        l = i - r * L;
+      }
+      v = count(r, l);
+    }
+    int incl = v;
+#pragma unroll
+    for (int k = 1; k < 32; k <<= 1) {
+      const int u = __shfl_up_sync(0xffffffffu, incl, k);
+      if (lane >= k) incl += u;
+    }
+    if (lane == 31) warp_excl[warp] = incl;
+    __syncthreads();
+    if (warp == 0) {
+      const int total = lane < kBasesThreads / 32 ? warp_excl[lane] : 0;
+      int run = total;
+#pragma unroll
+      for (int k = 1; k < 32; k <<= 1) {
+        const int u = __shfl_up_sync(0xffffffffu, run, k);
+        if (lane >= k) run += u;
+      }
+      if (lane < kBasesThreads / 32) warp_excl[lane] = run - total;
+    }
+    __syncthreads();
+    const int excl = carry + warp_excl[warp] + incl - v;
+    if (i < n) a.base[static_cast<size_t>(r) * a.slots + lo + l] = excl;
+    __syncthreads();
+    if (threadIdx.x == kBasesThreads - 1) carry = excl + v;
+    __syncthreads();
+  }
+  if (d == a.rank) {
+    if (threadIdx.x == 0) a.counts_out[W] = carry;
+    for (int l = threadIdx.x; l < L; l += kBasesThreads) {
+      int sum = 0;
+      for (int r = 0; r < W; ++r) sum += count(r, l);
+      a.expert_counts[l] = sum;
+    }
+  }
+  if (d == 0 && static_cast<int>(threadIdx.x) < W) {
+    a.counts_out[threadIdx.x] = *reinterpret_cast<const int*>(a.peers.base[threadIdx.x] + a.meta_off);
   }
 }
 
@@ -176,10 +254,11 @@ __global__ void source_rows_kernel(const int* slot, const int* ord, const unsign
 
 struct RecvLayoutArgs {
   PeerTable peers;
-  TokenTable tok;
   uint64_t slot_off, ord_off, w_off, dmask_off;
-  int rank, world, top_k, slots, slot_lo, slot_hi, recv_rows, items, dedupe_none;
-  const int* base;  // [world][slots]
+  int rank, world, top_k, slots, slot_lo, slot_hi, recv_cap, dedupe_none;
+  long long cap;           // (rank, token, k) threads: world x max_tokens x K
+  const int* counts;       // [world] tokens of each rank, then R of this rank (bases_kernel)
+  const int* base;         // [world][slots]
   int* fan_rows;    // [items][K]
   int* part_slot;   // [items]
   int* src_rank;
@@ -190,15 +269,19 @@ struct RecvLayoutArgs {
 };
 
 // One thread per (source rank r, token t, k): where that pair lands here.
+// Launched for the capacity (the token counts are on the device only);
+// threads past the batch's (r, t, k) return at once.
 __global__ void recv_layout_kernel(RecvLayoutArgs a) {
   if (call_aborted(a.st)) return;
   const long long g = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
-  if (g >= static_cast<long long>(a.items) * a.top_k) return;
+  if (g >= a.cap) return;
   const int item = static_cast<int>(g / a.top_k);
   const int k = static_cast<int>(g - static_cast<long long>(item) * a.top_k);
-  int r = 0;
-  while (r + 1 < a.world && item >= a.tok.base[r + 1]) ++r;
-  const int t = item - a.tok.base[r];
+  int r = 0, first = 0;  // item's source rank and that rank's first item
+  while (r < a.world && item >= first + a.counts[r]) first += a.counts[r++];
+  if (r == a.world) return;
+  const int t = item - first;
+  const int recv_rows = a.counts[a.world];
   const long long pair = static_cast<long long>(t) * a.top_k + k;
   const uint8_t* heap = a.peers.base[r];
   const int s = reinterpret_cast<const int*>(heap + a.slot_off)[pair];
@@ -206,7 +289,7 @@ __global__ void recv_layout_kernel(RecvLayoutArgs a) {
   if (s >= a.slot_lo && s < a.slot_hi) {
     const int o = reinterpret_cast<const int*>(heap + a.ord_off)[pair];
     row = a.base[static_cast<size_t>(r) * a.slots + s] + o;
-    if (o < 0 || row < 0 || row >= a.recv_rows) {
+    if (o < 0 || row < 0 || row >= recv_rows || row >= a.recv_cap) {
       report_internal(a.st);
       row = -1;
     } else {
@@ -271,7 +354,7 @@ int32_t route_tokens(const PlanHost& p, const RouteTables& rt, int src_rank, int
     WEFT_LAUNCHED("route_chunk", stream);
   }
   chunk_scan_kernel<<<grid_for(static_cast<long long>(p.slots) * 32, 128), 128, 0, stream>>>(
-      out.chunk_counts, out.chunk_stride, chunks, p.slots, out.slot_count);
+      out.chunk_counts, out.chunk_stride, chunks, p.slots, out.slot_count, out.meta, tokens);
   WEFT_LAUNCHED("chunk_scan", stream);
   const long long pairs = static_cast<long long>(tokens) * p.top_k;
   if (pairs > 0) {
@@ -285,9 +368,8 @@ int32_t route_tokens(const PlanHost& p, const RouteTables& rt, int src_rank, int
 int32_t layout_source(weft_engine* e, int tokens) {
   weft_comm* c = e->comm;
   const HeapLayout& hl = e->hl;
-  write_i32_kernel<<<1, 1, 0, c->stream>>>(reinterpret_cast<int*>(c->heap + hl.meta), tokens);
-  WEFT_LAUNCHED("write_tokens", c->stream);
   RouteOut out;
+  out.meta = reinterpret_cast<int*>(c->heap + hl.meta);
   out.slot = reinterpret_cast<int*>(c->heap + hl.slot);
   out.ord = reinterpret_cast<int*>(c->heap + hl.ord);
   out.dmask = reinterpret_cast<unsigned*>(c->heap + hl.dmask);
@@ -298,58 +380,67 @@ int32_t layout_source(weft_engine* e, int tokens) {
                       reinterpret_cast<const float*>(c->heap + hl.w), out, c->d_status, c->stream);
 }
 
-int32_t layout_gather_counts(weft_engine* e) {
+int32_t layout_bases(weft_engine* e) {
   weft_comm* c = e->comm;
   const PlanHost& p = e->plan;
-  const int n = p.world * p.slots + p.world;
-  gather_counts_kernel<<<grid_for(n, 256), 256, 0, c->stream>>>(c->peers, e->hl.slot_count, e->hl.meta, p.world,
-                                                               p.slots, e->d_gather, c->d_status);
-  WEFT_LAUNCHED("gather_counts", c->stream);
-  WEFT_CUDA(cudaMemcpyAsync(e->h_gather, e->d_gather, static_cast<size_t>(n) * sizeof(int), cudaMemcpyDeviceToHost,
-                            c->stream));
+  BasesArgs a;
+  a.peers = c->peers;
+  a.slot_count_off = e->hl.slot_count;
+  a.meta_off = e->hl.meta;
+  a.world = p.world;
+  a.rank = p.rank;
+  a.slots = p.slots;
+  a.expert_major = p.receive == WEFT_EXPERT_MAJOR ? 1 : 0;
+  for (int r = 0; r <= p.world; ++r) a.slot_base[r] = p.slot_base[r];
+  a.base = e->d_base;
+  a.counts_out = e->d_counts;
+  a.expert_counts = e->pending.expert_counts;
+  a.st = c->d_status;
+  bases_kernel<<<p.world, kBasesThreads, 0, c->stream>>>(a);
+  WEFT_LAUNCHED("layout_bases", c->stream);
   return WEFT_OK;
 }
 
-int32_t layout_build(weft_engine* e, weft_handle* h) {
+int32_t layout_build(weft_engine* e, int tokens) {
   weft_comm* c = e->comm;
   const PlanHost& p = e->plan;
   const HeapLayout& hl = e->hl;
-  const long long own_pairs = static_cast<long long>(h->tokens) * p.top_k;
-  const long long n_src = own_pairs > h->tokens ? own_pairs : h->tokens;
+  const IndexArrays& ix = e->pending;
+  const long long own_pairs = static_cast<long long>(tokens) * p.top_k;
+  const long long n_src = own_pairs > tokens ? own_pairs : tokens;
   if (n_src > 0) {
     source_rows_kernel<<<grid_for(n_src, 256), 256, 0, c->stream>>>(
         reinterpret_cast<const int*>(c->heap + hl.slot), reinterpret_cast<const int*>(c->heap + hl.ord),
-        reinterpret_cast<const unsigned*>(c->heap + hl.dmask), h->tokens, p.top_k,
-        e->d_base + static_cast<size_t>(p.rank) * p.slots, h->dest_row, h->dmask, c->d_status);
+        reinterpret_cast<const unsigned*>(c->heap + hl.dmask), tokens, p.top_k,
+        e->d_base + static_cast<size_t>(p.rank) * p.slots, ix.dest_row, ix.dmask, c->d_status);
     WEFT_LAUNCHED("source_rows", c->stream);
   }
-  const long long n_recv = static_cast<long long>(h->items) * p.top_k;
-  if (n_recv > 0) {
-    RecvLayoutArgs a;
-    a.peers = c->peers;
-    a.tok = h->tok;
-    a.slot_off = hl.slot;
-    a.ord_off = hl.ord;
-    a.w_off = hl.w;
-    a.dmask_off = hl.dmask;
-    a.rank = p.rank;
-    a.world = p.world;
-    a.top_k = p.top_k;
-    a.slots = p.slots;
-    a.slot_lo = p.slot_base[p.rank];
-    a.slot_hi = p.slot_base[p.rank + 1];
-    a.recv_rows = h->recv_rows;
-    a.items = h->items;
-    a.dedupe_none = p.dedupe == WEFT_DEDUPE_NONE ? 1 : 0;
-    a.base = e->d_base;
-    a.fan_rows = h->fan_rows;
-    a.part_slot = h->part_slot;
-    a.src_rank = h->src_rank;
-    a.src_token = h->src_token;
-    a.src_k = h->src_k;
-    a.recv_weights = h->recv_weights;
-    a.st = c->d_status;
-    recv_layout_kernel<<<grid_for(n_recv, 256), 256, 0, c->stream>>>(a);
+  RecvLayoutArgs a;
+  a.peers = c->peers;
+  a.slot_off = hl.slot;
+  a.ord_off = hl.ord;
+  a.w_off = hl.w;
+  a.dmask_off = hl.dmask;
+  a.rank = p.rank;
+  a.world = p.world;
+  a.top_k = p.top_k;
+  a.slots = p.slots;
+  a.slot_lo = p.slot_base[p.rank];
+  a.slot_hi = p.slot_base[p.rank + 1];
+  a.recv_cap = e->recv_cap;
+  a.dedupe_none = p.dedupe == WEFT_DEDUPE_NONE ? 1 : 0;
+  a.cap = static_cast<long long>(p.world) * p.max_tokens * p.top_k;
+  a.counts = e->d_counts;
+  a.base = e->d_base;
+  a.fan_rows = ix.fan_rows;
+  a.part_slot = ix.part_slot;
+  a.src_rank = ix.src_rank;
+  a.src_token = ix.src_token;
+  a.src_k = ix.src_k;
+  a.recv_weights = ix.recv_weights;
+  a.st = c->d_status;
+  if (a.cap > 0) {
+    recv_layout_kernel<<<grid_for(a.cap, 256), 256, 0, c->stream>>>(a);
     WEFT_LAUNCHED("recv_layout", c->stream);
   }
   return WEFT_OK;

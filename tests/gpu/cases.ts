@@ -12,7 +12,13 @@
  */
 import type { DType, PatternSpec, PlanSpec } from "../../dsl/types.ts";
 import { Plan } from "../../dsl/mod.ts";
-import type { DispatchResult, HostRows, RankInput } from "../../lib/engine_api.ts";
+import type {
+  DispatchResult,
+  HostRows,
+  RankInput,
+  RankRouting,
+  RoutingInput,
+} from "../../lib/engine_api.ts";
 import { fromF32, toF32 } from "../../lib/dtype.ts";
 import { QUANT_BLOCK, quantizeRows } from "../../lib/fp8.ts";
 import { mulberry32 } from "../../lib/routing.ts";
@@ -48,6 +54,13 @@ export interface GpuCase {
   /** Write x in place into the engine's heap (Engine.inputRows): no staging copy. */
   readonly inPlace?: boolean;
   /**
+   * Pass each rank's routing as tensors on its GPU (topkIdx an i32
+   * DeviceTensor, topkWeights an f32 one), as a router on the GPU leaves
+   * it: dispatch and layout must read them where they are. With `failure:
+   * "bad-expert"`, the bad id is in the device tensor too.
+   */
+  readonly routingOnDevice?: boolean;
+  /**
    * Pass x pre-quantized ({ q, scales }, quantizing patterns only), with
    * scales that are not powers of two: dispatch must move them bit for bit.
    */
@@ -59,6 +72,9 @@ export interface GpuCase {
    */
   readonly failure?: "bad-expert" | "over-capacity" | "bad-combine";
 }
+
+/** One rank's input with its routing in host arrays, as the cases generate it. */
+export type HostInput = RankInput & RankRouting;
 
 /** What one rank saw for one case. */
 export interface CaseOutcome {
@@ -209,6 +225,25 @@ export function gpuCases(world: number, gpusPerNode: number): GpuCase[] {
       onDevice: true,
     },
     {
+      // Everything on the device, as in a model: x, y and the router's
+      // top-k ids (i32) and weights (f32); a rank with no tokens passes
+      // empty tensors.
+      name: "routing-device-tensors-bf16-h2048",
+      pattern: {
+        ...base,
+        experts: 64,
+        placement: { kind: "byDevice" },
+        topK: 8,
+        dtype: "bf16",
+        hidden: 2048,
+      },
+      tokens: [96, 0, 41, 130],
+      routing: "empty-slots",
+      seed: 22,
+      onDevice: true,
+      routingOnDevice: true,
+    },
+    {
       name: "x-written-in-place-bf16-h2048",
       pattern: {
         ...base,
@@ -251,6 +286,24 @@ export function gpuCases(world: number, gpusPerNode: number): GpuCase[] {
       tokens: [20, 7, 13, 1],
       routing: "uniform",
       seed: 10,
+      failure: "bad-expert",
+    },
+    {
+      // The out-of-range id sits in the last rank's i32 device tensor: only
+      // the device check can see it, and every rank must fail naming topkIdx.
+      name: "bad-expert-id-in-device-routing-fails-every-rank",
+      pattern: {
+        ...base,
+        experts: 64,
+        placement: { kind: "byDevice" },
+        topK: 8,
+        dtype: "bf16",
+        hidden: 1000,
+      },
+      tokens: [11, 6, 19, 4],
+      routing: "uniform",
+      seed: 23,
+      routingOnDevice: true,
       failure: "bad-expert",
     },
     {
@@ -392,7 +445,7 @@ export function randomRows(rng: () => number, n: number, dtype: DType, spread = 
 }
 
 /** One rank's input for `tokens` tokens, from the case's seed. */
-export function rankInput(plan: PlanSpec, c: GpuCase, rank: number, tokens: number): RankInput {
+export function rankInput(plan: PlanSpec, c: GpuCase, rank: number, tokens: number): HostInput {
   const rng = mulberry32(c.seed * 7919 + rank * 104_729 + tokens);
   const { topK: K, experts: E, hidden: H } = plan;
   const topkIdx = new Int32Array(tokens * K).fill(-1);
@@ -422,7 +475,7 @@ export function rankInput(plan: PlanSpec, c: GpuCase, rank: number, tokens: numb
 }
 
 /** Every rank's input of a case's (good) batch. */
-export function caseInputs(plan: PlanSpec, c: GpuCase): RankInput[] {
+export function caseInputs(plan: PlanSpec, c: GpuCase): HostInput[] {
   const inputs = Array.from(
     { length: plan.world },
     (_, r) => rankInput(plan, c, r, tokensOf(c, r)),
@@ -437,7 +490,11 @@ export function caseInputs(plan: PlanSpec, c: GpuCase): RankInput[] {
 }
 
 /** The bad batch of a failure case: the good one with one rank's input spoiled. */
-export function failingInputs(plan: PlanSpec, c: GpuCase, good: readonly RankInput[]): RankInput[] {
+export function failingInputs(
+  plan: PlanSpec,
+  c: GpuCase,
+  good: readonly HostInput[],
+): HostInput[] {
   const bad = [...good];
   if (c.failure === "bad-expert") {
     const r = plan.world - 1;
@@ -569,6 +626,25 @@ function combineError(
 
 // ---------------------------------------------------------------- running
 
+/**
+ * A rank's routing uploaded to its GPU, as a router there leaves it: ids as
+ * an i32 [T × K] DeviceTensor, weights as an f32 one (closed by the caller,
+ * from `temporaries`).
+ */
+function routingOnDevice(
+  engine: Engine,
+  plan: PlanSpec,
+  input: RankRouting,
+  temporaries: DeviceTensor[],
+): { topkIdx: DeviceTensor<"i32">; topkWeights: DeviceTensor<"f32"> } {
+  const T = input.topkIdx.length / plan.topK;
+  const topkIdx = DeviceTensor.upload(engine.device, "i32", T, plan.topK, input.topkIdx);
+  temporaries.push(topkIdx);
+  const topkWeights = DeviceTensor.upload(engine.device, "f32", T, plan.topK, input.topkWeights);
+  temporaries.push(topkWeights);
+  return { topkIdx, topkWeights };
+}
+
 /** Runs one case on this rank (collective: every rank runs the same case). */
 export async function runCase(
   comm: Communicator,
@@ -616,7 +692,9 @@ export async function runCase(
     const mine = inputs[rank];
     const tokens = mine.topkIdx.length / plan.topK;
     let x = xOnSide(mine.x, tokens);
-    let routing = { topkIdx: mine.topkIdx, topkWeights: mine.topkWeights };
+    let routing: RoutingInput = c.routingOnDevice
+      ? routingOnDevice(engine, plan, mine, temporaries)
+      : { topkIdx: mine.topkIdx, topkWeights: mine.topkWeights };
     if (c.inPlace && isQuantizedInput(mine.x)) {
       const views = engine.inputQuantizedRows(tokens);
       views.q.write(mine.x.q as Uint8Array);
@@ -626,9 +704,10 @@ export async function runCase(
       const rows = engine.inputRows(tokens);
       rows.write(mine.x as HostRows);
       x = rows;
-      routing = engine.inputRouting(tokens);
-      routing.topkIdx.set(mine.topkIdx);
-      routing.topkWeights.set(mine.topkWeights);
+      const staging = engine.inputRouting(tokens);
+      staging.topkIdx.set(mine.topkIdx);
+      staging.topkWeights.set(mine.topkWeights);
+      routing = staging;
     }
     const first = await engine.dispatch([{ x, ...routing }]);
     const want = oracle.results[rank];
@@ -637,7 +716,9 @@ export async function runCase(
     if (d1) problems.push(`dispatch: ${d1}`);
 
     if (c.failure !== undefined) {
-      return outcome(...await checkFailure(engine, plan, c, inputs, first, want, problems));
+      return outcome(
+        ...await checkFailure(engine, plan, c, inputs, first, want, problems, temporaries),
+      );
     }
 
     const second = await engine.dispatch([{ x, ...routing }]);
@@ -645,8 +726,11 @@ export async function runCase(
     if (again) problems.push(`second dispatch differs from the first: ${again}`);
     second.handle.close();
 
-    // The layout step alone, then the rows through it, equals one dispatch.
-    const planned = await engine.layout([{ topkIdx: mine.topkIdx, topkWeights: mine.topkWeights }]);
+    // The layout step alone, then the rows through it, equals one dispatch
+    // (from the device tensors, when the case's routing is there).
+    const planned = await engine.layout([
+      c.routingOnDevice ? routing : { topkIdx: mine.topkIdx, topkWeights: mine.topkWeights },
+    ]);
     const plannedRecv = (await engine.redispatch(planned, [x])).results[0];
     const split = await compareDispatch(plannedRecv, want);
     if (split) problems.push(`layout + redispatch: ${split}`);
@@ -707,27 +791,38 @@ async function checkFailure(
   engine: Engine,
   plan: PlanSpec,
   c: GpuCase,
-  inputs: readonly RankInput[],
+  inputs: readonly HostInput[],
   first: Awaited<ReturnType<Engine["dispatch"]>>,
   want: DispatchResult,
   problems: string[],
+  temporaries: DeviceTensor[],
 ): Promise<[boolean, number, string]> {
   const rank = engine.rank;
   if (c.failure === "bad-combine") {
     return checkCombineFailure(engine, plan, inputs, first, want, problems);
   }
-  const recv = first.results[0].recv as DeviceTensor;
+  const recv = first.results[0].recv as DeviceTensor<DType | "e4m3">;
   recv.poison();
   const bad = failingInputs(plan, c, inputs);
+  const mine: RankInput = c.routingOnDevice
+    ? { ...bad[rank], ...routingOnDevice(engine, plan, bad[rank], temporaries) }
+    : bad[rank];
+  // Device routing: every rank has tokens, so the bad id is the only fault.
+  const fields = c.routingOnDevice ? ["topkIdx"] : ["topkIdx", "tokens"];
   try {
-    const d = await engine.dispatch([bad[rank]]);
+    const d = await engine.dispatch([mine]);
     d.handle.close();
     problems.push("the bad batch did not throw on this rank");
   } catch (error) {
     if (!(error instanceof WeftError)) {
       problems.push(`threw ${String(error)} instead of a WeftError`);
-    } else if (!["topkIdx", "tokens"].includes(error.field)) {
+    } else if (!fields.includes(error.field)) {
       problems.push(`WeftError names "${error.field}": ${error.message}`);
+    } else if (
+      c.routingOnDevice && !new RegExp(`rank(\\(s\\))? ${plan.world - 1}\\b`).test(error.message)
+    ) {
+      // The bad rank says "… on rank N …", its peers "rank(s) N failed …".
+      problems.push(`the WeftError does not name rank ${plan.world - 1}: ${error.message}`);
     }
   }
   const after = bits(await recv.read());
@@ -752,7 +847,7 @@ async function checkFailure(
 async function checkCombineFailure(
   engine: Engine,
   plan: PlanSpec,
-  inputs: readonly RankInput[],
+  inputs: readonly HostInput[],
   first: Awaited<ReturnType<Engine["dispatch"]>>,
   want: DispatchResult,
   problems: string[],
