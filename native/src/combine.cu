@@ -3,9 +3,10 @@
 // Expert side (this rank as destination d): one warp per (home rank r, token
 // t) with pairs here. It sums its pairs' rows of y in ascending k, in f32
 // (w·y, or y for the "sum" op), rounds once to the wire dtype and stores the
-// partial straight into r's landing area over NVLink, at slot
-// (t, index of d among t's destination ranks, ascending) — one partial per
-// (token, device) — or at slot (t, k) with dedupe none.
+// partial straight into r's landing area over NVLink — one partial per
+// (token, device), at row (d, t) of d's own region when the plan lands by
+// source (PlanHost::landing_by_source), else at slot (t, index of d among
+// t's destination ranks, ascending) — or at slot (t, k) with dedupe none.
 // Barrier. Home side: out[t] = the sum of t's partials in ascending
 // destination rank (ascending k for dedupe none), in f32, one rounding to the
 // dtype. Every sum has a fixed order, so results are identical run to run.
@@ -30,6 +31,7 @@ struct PushArgs {
   unsigned row_vecs;       // 16-byte vectors per row of y
   unsigned wire_row_vecs;  // 16-byte vectors per row on the wire
   int parts, top_k, world, rank, max_tokens, dedupe_none;
+  int by_source, landing_rows;  // landing_by_source; rows of one source's region (the plan's max_tokens)
   const int* fan_rows;
   const int* part_slot;
   const float* recv_weights;
@@ -99,7 +101,8 @@ __global__ void __launch_bounds__(kPushThreads) push_kernel(PushArgs a) {
     const float my_w = (WEIGHTED && my_row >= 0) ? a.recv_weights[my_row] : 1.f;
     uint4* landing = reinterpret_cast<uint4*>(a.peers.base[r] + a.landing_off);
     if (!a.dedupe_none) {
-      const size_t slot = static_cast<size_t>(t) * a.parts + a.part_slot[item];
+      const size_t slot = a.by_source ? static_cast<size_t>(a.rank) * a.landing_rows + t
+                                      : static_cast<size_t>(t) * a.parts + a.part_slot[item];
       push_partial<DT, WDT, WEIGHTED, U>(a.y, a.row_vecs, my_row, my_w, mask, landing + slot * a.wire_row_vecs, lane);
     } else {
       unsigned m = mask;
@@ -120,6 +123,7 @@ struct ReduceArgs {
   const uint4* landing;  // this rank's landing area
   uint4* out;
   int tokens, parts, top_k, dedupe_none;
+  int by_source, landing_rows;  // as in PushArgs
   unsigned row_vecs, wire_row_vecs;
   const unsigned* dmask;  // [T] destination ranks of each token
   const int* dest_row;    // [T*K]
@@ -157,6 +161,15 @@ __global__ void __launch_bounds__(kReduceThreads) reduce_kernel(ReduceArgs a) {
 #pragma unroll 1
       for (int k = 0; k < a.top_k; ++k, src += a.wire_row_vecs) {
         if (__ldg(rows + k) >= 0) add_partial<DT, WDT>(src, acc);
+      }
+    } else if (a.by_source) {
+      // Ascending destination rank, as in the [token][part] layout: the same sum.
+      unsigned m = __ldg(a.dmask + t);
+      const uint4* col = a.landing + static_cast<size_t>(t) * a.wire_row_vecs + static_cast<size_t>(v) * kWireVecs;
+      while (m != 0u) {
+        const int d = __ffs(m) - 1;
+        m &= m - 1u;
+        add_partial<DT, WDT>(col + static_cast<size_t>(d) * a.landing_rows * a.wire_row_vecs, acc);
       }
     } else {
       const int n = __popc(__ldg(a.dmask + t));
@@ -222,6 +235,8 @@ int32_t launch_combine_push(weft_engine* e, weft_handle* h, const void* y) {
   a.rank = p.rank;
   a.max_tokens = max_tokens_now;
   a.dedupe_none = p.dedupe == WEFT_DEDUPE_NONE ? 1 : 0;
+  a.by_source = p.landing_by_source() ? 1 : 0;
+  a.landing_rows = p.max_tokens;
   a.fan_rows = h->fan_rows;
   a.part_slot = h->part_slot;
   a.recv_weights = h->recv_weights;
@@ -252,6 +267,8 @@ int32_t launch_combine_reduce(weft_engine* e, weft_handle* h, void* out) {
   a.parts = p.parts();
   a.top_k = p.top_k;
   a.dedupe_none = p.dedupe == WEFT_DEDUPE_NONE ? 1 : 0;
+  a.by_source = p.landing_by_source() ? 1 : 0;
+  a.landing_rows = p.max_tokens;
   a.row_vecs = static_cast<unsigned>(p.row_bytes() / 16);
   a.wire_row_vecs = static_cast<unsigned>(p.wire_row_bytes() / 16);
   a.dmask = h->dmask;

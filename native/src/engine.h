@@ -42,6 +42,13 @@ struct PlanHost {
   // Partials a token can receive back in combine: one per destination device
   // (dedupe device/node), or one per k (dedupe none).
   int parts() const { return dedupe == WEFT_DEDUPE_NONE ? top_k : (top_k < world ? top_k : world); }
+  // Where a partial lands on its home: with dedupe device/node and world <=
+  // top_k, in its source rank's own region ([world][max_tokens] rows, the
+  // same bytes as [max_tokens][parts]), so each source writes a home's
+  // landing area in token order instead of striding over every token's
+  // slots; otherwise at [token][part] (world > top_k would need more rows,
+  // and dedupe none lands one row per k).
+  bool landing_by_source() const { return dedupe != WEFT_DEDUPE_NONE && world <= top_k; }
 };
 
 // Checks and copies a plan.
@@ -59,7 +66,7 @@ struct HeapLayout {
   uint64_t ord;         // [max_tokens][K] int32 ordinal among this rank's pairs of that slot
   uint64_t dmask;       // [max_tokens] uint32 destination ranks of each token
   uint64_t slot_count;  // [slots] int32 pairs of this rank per global slot
-  uint64_t landing;     // [max_tokens][parts][wire_row_bytes] combine partials
+  uint64_t landing;     // combine partials: [world][max_tokens] or [max_tokens][parts] rows of wire_row_bytes (landing_by_source)
   uint64_t end;         // bytes of heap needed, comm reserve included
 };
 HeapLayout heap_layout(const PlanHost& p);

@@ -155,6 +155,7 @@ HeapLayout heap_layout(const PlanHost& p) {
   h.ord = take(pairs * 4);
   h.dmask = take(T * 4);
   h.slot_count = take(static_cast<uint64_t>(p.slots) * 4);
+  // landing_by_source needs world <= top_k, so world = parts rows a token either way.
   h.landing = take(T * static_cast<uint64_t>(p.parts()) * p.wire_row_bytes());
   h.end = align256(off);
   return h;
