@@ -179,8 +179,9 @@ export function nativeError(
 ): WeftError {
   const said = message !== "" ? message : "no message (weft_last_error was empty on this thread)";
   const cause: NativeFailure = { call, status, message: said };
-  // Native messages name the rank at fault where they know it ("rank 3: …").
-  const named = /\brank (\d+)\b/.exec(said);
+  // Native messages name the rank at fault where they know it: "… on rank 3 …"
+  // on that rank, "rank(s) 3 failed during …" on its peers (the first listed).
+  const named = /\brank(?:\(s\))? (\d+)\b/.exec(said);
   const rank = context.rank;
   const info = (field: string, fix: string, faultRank: number | undefined = rank): WeftError =>
     new WeftError({

@@ -204,6 +204,15 @@ Deno.test("native: statuses map to WeftErrors naming the right field", () => {
     status: 4,
     message: "rank 3: topk_idx[5] = 300 out of range",
   });
+  // A peer of the bad rank is told which rank failed; WeftError.rank names it too.
+  const peer = nativeError(
+    Status.BAD_INPUT,
+    "weft_dispatch_finish",
+    "rank(s) 2, 3 failed during dispatch (bad input, or out of memory: see the error reported on those ranks)",
+    { rank: 0 },
+  );
+  assert.equal(peer.rank, 2);
+  assert.equal(peer.field, "topkIdx");
   assert.equal(
     nativeError(Status.TIMEOUT, "weft_combine", "peer 2 did not arrive", { rank: 1 }).field,
     "peer",
