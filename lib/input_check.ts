@@ -482,6 +482,18 @@ export function checkTopkWeights(
   }
 }
 
+/** A rank's input must be an object before any of its fields is read. */
+function checkInputObject(rank: number, input: unknown): void {
+  if (input === null || typeof input !== "object") {
+    bad(
+      "inputs",
+      rank,
+      `must be an object {x, topkIdx, topkWeights}, got ${describe(input)}`,
+      "pass one RankInput per rank",
+    );
+  }
+}
+
 /**
  * Check one rank's whole input: `x` (when given), `topkIdx`, `topkWeights`.
  * The token count comes from `tokens`, else from `x`, else from
@@ -506,14 +518,7 @@ export function checkRankInput(
   input: RankInputLike,
   tokens?: number,
 ): number {
-  if (input === null || typeof input !== "object") {
-    bad(
-      "inputs",
-      rank,
-      `must be an object {x, topkIdx, topkWeights}, got ${describe(input)}`,
-      "pass one RankInput per rank",
-    );
-  }
+  checkInputObject(rank, input);
   const fromX = input.x !== undefined;
   if (fromX) tokens = checkInputRows(plan, rank, "x", input.x, tokens);
   tokens = isShape(input.topkIdx)
@@ -547,14 +552,7 @@ export function checkRankShapes(
   rank: number,
   input: RankInputLike,
 ): number {
-  if (input === null || typeof input !== "object") {
-    bad(
-      "inputs",
-      rank,
-      `must be an object {x, topkIdx, topkWeights}, got ${describe(input)}`,
-      "pass one RankInput per rank",
-    );
-  }
+  checkInputObject(rank, input);
   const tokens = input.x !== undefined ? checkInputRows(plan, rank, "x", input.x) : undefined;
   // The weights must match topkIdx's token count even without x (a layout).
   const T = checkRoutingShape(plan, rank, "topkIdx", input.topkIdx, tokens, "x has");

@@ -406,7 +406,7 @@ export class Simulator implements ShuffleEngine {
     const acc = new Float32Array(H);
     const group = new Float32Array(H);
     const part = new Float32Array(H);
-    const kernel = dtype === "bf16" ? fmaBf16 : dtype === "f16" ? fmaF16 : fmaF32;
+    const kernel = dtype === "bf16" ? fmaBf16 : fmaFloat;
     const yv = ys.map((y) =>
       dtype === "f16" ? new Float16Array(y.buffer, y.byteOffset, y.length) : y
     ) as (Uint16Array & Float16Array & Float32Array)[];
@@ -504,21 +504,10 @@ function fmaBf16(
   }
 }
 
-function fmaF16(
+/** dst (+)= w·y for f16 and f32 rows, which read as numbers directly. */
+function fmaFloat(
   dst: Float32Array,
-  y: Float16Array,
-  off: number,
-  w: number,
-  H: number,
-  init: boolean,
-): void {
-  if (init) { for (let j = 0; j < H; j++) dst[j] = Math.fround(w * y[off + j]) + 0; }
-  else for (let j = 0; j < H; j++) dst[j] += Math.fround(w * y[off + j]);
-}
-
-function fmaF32(
-  dst: Float32Array,
-  y: Float32Array,
+  y: Float16Array | Float32Array,
   off: number,
   w: number,
   H: number,

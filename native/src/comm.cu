@@ -314,15 +314,22 @@ int32_t comm_barrier_async(weft_comm* c, const char* stage) {
   return WEFT_OK;
 }
 
+int32_t comm_waited(weft_comm* c, cudaError_t e) {
+  if (e == cudaSuccess) return WEFT_OK;
+  comm_mark_broken(c, WEFT_ERR_CUDA, cudaGetErrorString(e));
+  WEFT_FAIL(WEFT_ERR_CUDA, "rank %d: a kernel failed: %s (%s)", c->rank, cudaGetErrorName(e), cudaGetErrorString(e));
+}
+
 int32_t comm_sync_status(weft_comm* c) {
   WEFT_CUDA(cudaMemcpyAsync(c->h_status, c->d_status, sizeof(DevStatus), cudaMemcpyDeviceToHost, c->stream));
-  cudaError_t e = cudaStreamSynchronize(c->stream);
-  if (e != cudaSuccess) {
-    comm_mark_broken(c, WEFT_ERR_CUDA, cudaGetErrorString(e));
-    WEFT_FAIL(WEFT_ERR_CUDA, "rank %d: a kernel failed: %s (%s)", c->rank, cudaGetErrorName(e),
-              cudaGetErrorString(e));
-  }
-  return WEFT_OK;
+  return comm_waited(c, cudaStreamSynchronize(c->stream));
+}
+
+int32_t comm_barrier_now(weft_comm* c, const char* stage) {
+  WEFT_TRY(comm_reset_status(c));
+  WEFT_TRY(comm_barrier_async(c, stage));
+  WEFT_TRY(comm_sync_status(c));
+  return comm_check_peers(c, stage);
 }
 
 namespace {
@@ -567,10 +574,7 @@ extern "C" int32_t weft_comm_open_peers(weft_comm_t c, const uint8_t* handles) {
     }
   }
   c->peers_open = true;
-  WEFT_TRY(weft::comm_reset_status(c));
-  WEFT_TRY(weft::comm_barrier_async(c, "open_peers"));
-  WEFT_TRY(weft::comm_sync_status(c));
-  return weft::comm_check_peers(c, "open_peers");
+  return weft::comm_barrier_now(c, "open_peers");
 }
 
 extern "C" int32_t weft_comm_barrier(weft_comm_t c) {
@@ -578,10 +582,7 @@ extern "C" int32_t weft_comm_barrier(weft_comm_t c) {
   WEFT_TRY(weft::comm_enter(c, true));
   CommLock lock(c);
   WEFT_TRY(weft::comm_settle(c));
-  WEFT_TRY(weft::comm_reset_status(c));
-  WEFT_TRY(weft::comm_barrier_async(c, "weft_comm_barrier"));
-  WEFT_TRY(weft::comm_sync_status(c));
-  return weft::comm_check_peers(c, "weft_comm_barrier");
+  return weft::comm_barrier_now(c, "weft_comm_barrier");
 }
 
 extern "C" int32_t weft_comm_sync(weft_comm_t c) {

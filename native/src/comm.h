@@ -109,6 +109,11 @@ int32_t comm_report_bad(weft_comm* c, unsigned long long pos, unsigned kind);
 int32_t comm_barrier_async(weft_comm* c, const char* stage);
 // Synchronizes the comm stream and copies the device status to c->h_status.
 int32_t comm_sync_status(weft_comm* c);
+// The result of a host wait on this comm's work (a stream or event sync): a
+// failed kernel breaks the comm and is reported.
+int32_t comm_waited(weft_comm* c, cudaError_t e);
+// A barrier the host waits for (status reset, barrier, sync, peer check).
+int32_t comm_barrier_now(weft_comm* c, const char* stage);
 // Ends a call whose outcome this rank cannot know yet: queues its tail (the
 // status copy and an event) for comm_settle. With the queue full, settles
 // the oldest tail first.

@@ -184,12 +184,22 @@ IndexArrays index_arrays(const PlanHost& p, void* block) {
 
 namespace {
 
+void free_index(weft_engine* e, void* block) {
+  if (block == nullptr) return;
+  cudaSetDevice(e->comm->device);
+  cudaFreeAsync(block, e->comm->stream);
+  (void)cudaGetLastError();
+}
+
+// Frees the index arrays of a dispatch that did not reach its handle.
+void drop_pending_index(weft_engine* e) {
+  free_index(e, e->pending.block);
+  e->pending = {};
+}
+
 // The begun dispatch's index arrays, stream-ordered on the comm stream.
 int32_t alloc_pending_index(weft_engine* e) {
-  if (e->pending.block != nullptr) {
-    cudaFreeAsync(e->pending.block, e->comm->stream);
-    e->pending = {};
-  }
+  drop_pending_index(e);
   void* block = nullptr;
   const uint64_t bytes = index_block_bytes(e->plan);
   if (cudaMallocAsync(&block, bytes, e->comm->stream) != cudaSuccess) {
@@ -236,12 +246,6 @@ void handle_take_index(weft_handle* h, const IndexArrays& ix) {
   h->part_slot = ix.part_slot;
 }
 
-void free_index(weft_engine* e, void* block) {
-  if (block == nullptr) return;
-  cudaSetDevice(e->comm->device);
-  cudaFreeAsync(block, e->comm->stream);
-  (void)cudaGetLastError();
-}
 
 void handle_free(weft_handle* h) {
   if (h == nullptr) return;
@@ -394,12 +398,8 @@ int32_t dispatch_finish(weft_engine* e, weft_handle** out) {
   // call's counts and status.
   int32_t rc = comm_settle(c);
   if (rc != WEFT_OK) return fail_early(rc);
-  const cudaError_t synced = cudaEventSynchronize(e->counts_ready);
-  if (synced != cudaSuccess) {
-    comm_mark_broken(c, WEFT_ERR_CUDA, cudaGetErrorString(synced));
-    set_error("rank %d: a kernel failed: %s (%s)", c->rank, cudaGetErrorName(synced), cudaGetErrorString(synced));
-    return fail_early(WEFT_ERR_CUDA);
-  }
+  rc = comm_waited(c, cudaEventSynchronize(e->counts_ready));
+  if (rc != WEFT_OK) return fail_early(rc);
   rc = comm_check_peers(c, "dispatch");
   if (rc != WEFT_OK) return fail_early(rc);
   if (c->h_status->local_bad != 0u) {
@@ -563,8 +563,7 @@ int32_t begin_entry(weft_engine* e, const Rows& rows, const int32_t* idx, const 
   const int32_t rc = dispatch_begin(e, rows, idx, w, tokens, true);
   if (rc != WEFT_OK) {
     c->begun = {};
-    free_index(e, e->pending.block);
-    e->pending = {};
+    drop_pending_index(e);
   }
   return finish_collective(c, rc);
 }
@@ -588,8 +587,7 @@ int32_t dispatch_whole(weft_engine* e, const void* x, const int32_t* idx, const 
   if (rc == WEFT_OK) {
     rc = dispatch_finish(e, out);  // takes the index arrays, or frees them
   } else {
-    free_index(e, e->pending.block);
-    e->pending = {};
+    drop_pending_index(e);
   }
   e->comm->begun = {};
   return finish_collective(e->comm, rc);
