@@ -341,6 +341,7 @@ bool combine_args_ok(const weft_handle* h, int device, const void* y, const void
 int32_t combine_impl(weft_handle* h, const void* y, void* out, bool ok, const std::string& why) {
   weft_engine* e = h->engine;
   weft_comm* c = e->comm;
+  c->profile.host_lap("dispatch_finish -> combine");
   c->profile.begin(c->stream, e->plan.fp8() ? "combine (e4m3 plan)" : "combine");
   WEFT_TRY(comm_reset_status(c));
   if (!ok) WEFT_TRY(comm_report_bad(c, 0, kBadArgument));
@@ -355,6 +356,7 @@ int32_t combine_impl(weft_handle* h, const void* y, void* out, bool ok, const st
   c->profile.mark(c->stream, "barrier: end");
   // Return while the partials move; a later call settles this one.
   WEFT_TRY(comm_end_call(c, "weft_combine", "combine", ok));
+  c->profile.host_lap("combine");
   if (!ok) {
     WEFT_FAIL(WEFT_ERR_INVALID, "%s (rank %d: y [%d x hidden], out [%d x hidden]). Every rank failed the call",
               why.c_str(), c->rank, h->recv_rows, h->tokens);

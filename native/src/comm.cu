@@ -24,9 +24,12 @@
 namespace weft {
 namespace {
 
+// epoch_at, when not null, holds the epoch (written by an earlier kernel of
+// the call), so that a captured graph can replay the launch.
 __global__ void __launch_bounds__(32) barrier_kernel(PeerTable peers, int rank, int world, uint64_t epoch,
-                                                     uint64_t timeout_ns, DevStatus* st) {
+                                                     const uint64_t* epoch_at, uint64_t timeout_ns, DevStatus* st) {
   const int lane = threadIdx.x;
+  if (epoch_at != nullptr) epoch = *epoch_at;
   // A peer already failed to arrive in this call: waiting again would only
   // double the time to the error.
   if (ld_volatile_u32(&st->timeout_mask) != 0u) return;
@@ -63,24 +66,17 @@ __global__ void __launch_bounds__(32) barrier_kernel(PeerTable peers, int rank, 
   }
 }
 
-__global__ void reset_status_kernel(DevStatus* st) {
-  // A peer that timed out stays timed out: calls queued behind the failed
-  // one skip their work instead of waiting out the timeout again (the host
-  // marks the comm unusable when it settles the failed call).
-  if (st->timeout_mask != 0u) {
-    st->abort = 1u;
-    return;
-  }
-  st->bad_key = ~0ull;
-  st->local_bad = 0u;
-  st->internal = 0u;
-  st->peer_err_mask = 0u;
-  st->timeout_mask = 0u;
-  st->abort = 0u;
-  st->pad_ = 0u;
-}
+__global__ void reset_status_kernel(DevStatus* st) { reset_status(st); }
 
 __global__ void report_bad_kernel(DevStatus* st, unsigned long long pos, unsigned kind) { report_bad(st, pos, kind); }
+
+// Profiling aid: keeps the stream busy for `ns` so that the host has queued
+// what follows before the GPU reaches it.
+__global__ void hold_kernel(uint64_t ns) {
+  const uint64_t t0 = globaltimer_ns();
+  while (globaltimer_ns() - t0 < ns) {
+  }
+}
 
 std::string rank_list(unsigned mask) {
   std::string s;
@@ -299,6 +295,14 @@ int32_t comm_reset_status(weft_comm* c) {
   return WEFT_OK;
 }
 
+int32_t comm_hold(weft_comm* c) {
+  static const int hold_us = tuning_knob("WEFT_HOLD_US", 0);
+  if (hold_us <= 0) return WEFT_OK;
+  hold_kernel<<<1, 1, 0, c->stream>>>(static_cast<uint64_t>(hold_us) * 1000ull);
+  WEFT_LAUNCHED("hold", c->stream);
+  return WEFT_OK;
+}
+
 int32_t comm_report_bad(weft_comm* c, unsigned long long pos, unsigned kind) {
   report_bad_kernel<<<1, 1, 0, c->stream>>>(c->d_status, pos, kind);
   WEFT_LAUNCHED("report_bad", c->stream);
@@ -308,9 +312,14 @@ int32_t comm_report_bad(weft_comm* c, unsigned long long pos, unsigned kind) {
 int32_t comm_barrier_async(weft_comm* c, const char* stage) {
   c->epoch += 1;
   debug_log("rank %d barrier %llu (%s)", c->rank, static_cast<unsigned long long>(c->epoch), stage);
+  return comm_barrier_at(c, c->stream, nullptr);
+}
+
+int32_t comm_barrier_at(weft_comm* c, cudaStream_t s, const uint64_t* epoch_at) {
   const uint64_t timeout_ns = static_cast<uint64_t>(c->timeout_ms) * 1000000ull;
-  barrier_kernel<<<1, 32, 0, c->stream>>>(c->peers, c->rank, c->world, c->epoch, timeout_ns, c->d_status);
-  WEFT_LAUNCHED("barrier", c->stream);
+  barrier_kernel<<<1, 32, 0, s>>>(c->peers, c->rank, c->world, epoch_at != nullptr ? 0 : c->epoch, epoch_at,
+                                  timeout_ns, c->d_status);
+  WEFT_LAUNCHED("barrier", s);
   return WEFT_OK;
 }
 

@@ -103,10 +103,19 @@ void comm_mark_broken(weft_comm* c, int32_t code, const char* why);
 
 // Resets the device status for a new call (on the comm stream).
 int32_t comm_reset_status(weft_comm* c);
+// Diagnostic (WEFT_HOLD_US=N): enqueues a kernel that spins N µs, so that
+// the GPU reaches what the host enqueues next only once it is all queued:
+// a dispatch's time minus N is then its GPU time without waiting on the
+// host's issue rate. Otherwise nothing.
+int32_t comm_hold(weft_comm* c);
 // Sets this rank's error bit from the host side (bad argument found on the host).
 int32_t comm_report_bad(weft_comm* c, unsigned long long pos, unsigned kind);
 // Enqueues one bounded barrier. `stage` names it in timeout messages.
 int32_t comm_barrier_async(weft_comm* c, const char* stage);
+// The barrier kernel alone, on stream s: with epoch_at null, for epoch
+// c->epoch (the caller has counted it); otherwise for the epoch an earlier
+// kernel wrote at epoch_at (a launch a CUDA graph can replay).
+int32_t comm_barrier_at(weft_comm* c, cudaStream_t s, const uint64_t* epoch_at);
 // Synchronizes the comm stream and copies the device status to c->h_status.
 int32_t comm_sync_status(weft_comm* c);
 // The result of a host wait on this comm's work (a stream or event sync): a

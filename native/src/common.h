@@ -117,6 +117,23 @@ __device__ __forceinline__ void report_bad(DevStatus* st, unsigned long long pos
   atomicExch(&st->local_bad, 1u);
 }
 __device__ __forceinline__ void report_internal(DevStatus* st) { atomicExch(&st->internal, 1u); }
+// Clears the status for a new call (one thread). A peer that timed out stays
+// timed out: calls queued behind the failed one skip their work instead of
+// waiting out the timeout again (the host marks the comm unusable when it
+// settles the failed call).
+__device__ __forceinline__ void reset_status(DevStatus* st) {
+  if (st->timeout_mask != 0u) {
+    st->abort = 1u;
+    return;
+  }
+  st->bad_key = ~0ull;
+  st->local_bad = 0u;
+  st->internal = 0u;
+  st->peer_err_mask = 0u;
+  st->timeout_mask = 0u;
+  st->abort = 0u;
+  st->pad_ = 0u;
+}
 
 #endif  // __CUDACC__
 

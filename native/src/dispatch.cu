@@ -7,19 +7,24 @@
 // 1-4 without waiting (queued behind earlier calls' tails); dispatch_finish
 // makes the one host sync, settles those tails (comm_settle), and enqueues
 // 5-6, which become this call's tail:
-//   1. copy topk_idx, topk_weights and x (unless the caller wrote it in
-//      place, weft_engine_input_rows) into this rank's heap staging; with
-//      quantize E4M3, quantize the staged rows into the sent bytes and scales
-//      (quantize.cu), or copy rows the caller quantized (unless written in
-//      place, weft_engine_input_e4m3);
-//   2. layout_source: check topk, resolve slots, ordinals, per-slot totals;
-//   3. barrier "dispatch staging" (error bits merged: one bad rank fails all);
-//   4. layout_bases: every rank's totals → the receive-row base of each
-//      (source rank, slot), R and the token counts, copied to the host;
-//      layout_build: every pair's receive row, into the index arrays (a
-//      capacity-sized block allocated at the start of the call), run while
-//      the host waits; then, in dispatch_finish, the host sync (on the
-//      counts alone);
+//   1. open_call: the status reset, and what this call changes (token count,
+//      where the routing is, the barrier's epoch, the index arrays: a block
+//      sized for the capacity, allocated at the start of the call) written
+//      where the layout kernels read it (DispatchCall);
+//   2. copy x into this rank's heap staging (unless the caller wrote it in
+//      place, weft_engine_input_rows), and routing that is not on this GPU;
+//      with quantize E4M3, quantize the staged rows into the sent bytes and
+//      scales (quantize.cu), or copy rows the caller quantized (unless
+//      written in place, weft_engine_input_e4m3);
+//   3. layout_source: check topk, resolve slots, ordinals, per-slot totals
+//      (routing on this GPU is read where it is and copied into the heap as
+//      it is read); barrier "dispatch staging" (error bits merged: one bad
+//      rank fails all); layout_bases: every rank's totals → the receive-row
+//      base of each (source rank, slot), R and the token counts, copied to
+//      the host;
+//   4. layout_build: every pair's receive row, into the index arrays, run
+//      while the host waits; then, in dispatch_finish, the host sync (on the
+//      counts alone). Steps 3 and 4 replay as two CUDA graphs;
 //   5. allocate recv (R rows) and hand the index arrays to the handle; pull;
 //   6. barrier "dispatch end" (no rank restages while a peer still reads it).
 //
@@ -184,11 +189,22 @@ IndexArrays index_arrays(const PlanHost& p, void* block) {
 
 namespace {
 
-void free_index(weft_engine* e, void* block) {
+void free_block(weft_engine* e, void* block) {
   if (block == nullptr) return;
   cudaSetDevice(e->comm->device);
   cudaFreeAsync(block, e->comm->stream);
   (void)cudaGetLastError();
+}
+
+// An index block goes back to the engine's spare slot if it is free (and
+// the engine open), else to the pool.
+void free_index(weft_engine* e, void* block) {
+  if (block == nullptr) return;
+  if (e->spare_index == nullptr && !e->closed) {
+    e->spare_index = block;
+    return;
+  }
+  free_block(e, block);
 }
 
 // Frees the index arrays of a dispatch that did not reach its handle.
@@ -200,9 +216,10 @@ void drop_pending_index(weft_engine* e) {
 // The begun dispatch's index arrays, stream-ordered on the comm stream.
 int32_t alloc_pending_index(weft_engine* e) {
   drop_pending_index(e);
-  void* block = nullptr;
+  void* block = e->spare_index;
+  e->spare_index = nullptr;
   const uint64_t bytes = index_block_bytes(e->plan);
-  if (cudaMallocAsync(&block, bytes, e->comm->stream) != cudaSuccess) {
+  if (block == nullptr && cudaMallocAsync(&block, bytes, e->comm->stream) != cudaSuccess) {
     // Out of memory keeps the ranks in step (see dispatch_finish): not a broken comm.
     (void)cudaGetLastError();
     return WEFT_ERR_CAPACITY;
@@ -211,15 +228,32 @@ int32_t alloc_pending_index(weft_engine* e) {
   return WEFT_OK;
 }
 
-// recv (and its scales) of one handle in one stream-ordered allocation.
+// recv (and its scales) of one handle in one stream-ordered allocation: the
+// engine's spare recv block when it is large enough, else a new one with
+// 1/16 to spare, so that the next batch's R (which varies a little from
+// batch to batch) fits in it once this handle closes.
 int32_t handle_alloc(weft_engine* e, weft_handle* h) {
   const PlanHost& p = e->plan;
   const uint64_t R = static_cast<uint64_t>(h->recv_rows);
   Bump take;
   const uint64_t o_recv = take(R * p.recv_row_bytes());
   const uint64_t o_scales = take(R * p.scale_row_bytes());
+  if (e->spare_recv != nullptr && e->spare_recv_bytes >= take.off) {
+    uint8_t* b = static_cast<uint8_t*>(e->spare_recv);
+    h->recv_block_bytes = e->spare_recv_bytes;
+    e->spare_recv = nullptr;
+    e->spare_recv_bytes = 0;
+    h->recv = b + o_recv;
+    h->recv_scales = p.fp8() ? reinterpret_cast<float*>(b + o_scales) : nullptr;
+    return WEFT_OK;
+  }
+  free_block(e, e->spare_recv);
+  e->spare_recv = nullptr;
+  e->spare_recv_bytes = 0;
+  const uint64_t bytes = align256(take.off + take.off / 16);
   void* block = nullptr;
-  cudaError_t err = cudaMallocAsync(&block, take.off, e->comm->stream);
+  cudaError_t err = cudaMallocAsync(&block, bytes, e->comm->stream);
+  if (err == cudaSuccess) h->recv_block_bytes = bytes;
   if (err != cudaSuccess) {
     // Out of memory keeps the ranks in step (see dispatch_finish): not a broken comm.
     (void)cudaGetLastError();
@@ -251,9 +285,12 @@ void handle_free(weft_handle* h) {
   if (h == nullptr) return;
   weft_engine* e = h->engine;
   if (h->recv != nullptr) {
-    cudaSetDevice(e->comm->device);
-    cudaFreeAsync(h->recv, e->comm->stream);
-    (void)cudaGetLastError();
+    if (e->spare_recv == nullptr && !e->closed) {
+      e->spare_recv = h->recv;  // recv sits at the block's start
+      e->spare_recv_bytes = h->recv_block_bytes;
+    } else {
+      free_block(e, h->recv);
+    }
   }
   free_index(e, h->index_block);
   delete h;
@@ -330,46 +367,120 @@ int32_t stage_rows(weft_engine* e, const Rows& rows, int tokens) {
   return WEFT_OK;
 }
 
+// A pointer kernels of this comm may read as device memory: an allocation
+// of the comm's own GPU (not managed, not another GPU's, not the host's).
+bool on_this_device(const void* ptr, int device) {
+  cudaPointerAttributes attr;
+  if (cudaPointerGetAttributes(&attr, ptr) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return attr.type == cudaMemoryTypeDevice && attr.device == device;
+}
+
 // `move_rows` false: the layout alone (weft_dispatch_layout); no rows are
 // read and the handle's recv stays unwritten until weft_redispatch.
 // The first half of a dispatch: everything up to the one host sync, all
 // enqueued without waiting. dispatch_finish does the rest.
+//
+// What changes per call goes to the device in open_call's arguments; the
+// layout's ~10 launches that read it replay as graphs (layout_graph.cu): on
+// the fast path one graph launch opens the call and runs everything up to
+// the host sync, a second the build, so the GPU, not the host's issue rate,
+// sets the pace up to the staging barrier.
 int32_t dispatch_begin(weft_engine* e, const Rows& rows, const int32_t* idx, const float* w, int32_t tokens,
                        bool move_rows) {
   weft_comm* c = e->comm;
   const PlanHost& p = e->plan;
   const HeapLayout& hl = e->hl;
-  c->profile.begin(c->stream, !p.fp8() ? "dispatch" : rows.quantized ? "dispatch e4m3, rows given" : "dispatch e4m3");
-  WEFT_TRY(comm_reset_status(c));
+  c->profile.host_lap("timer start or previous call -> dispatch_begin");
+  WEFT_TRY(comm_hold(c));
+  // WEFT_GRAPH=2 (a diagnostic): graphs on every other call, so that one
+  // process profiles both ways ("(direct)" marks the calls without).
+  static const bool alternate = tuning_knob("WEFT_GRAPH", 1) == 2;
+  const bool graphs = layout_graphs(e) && (!alternate || (e->dispatches & 1u) == 0u);
+  e->dispatches += 1;
+  const char* name = !move_rows        ? (graphs ? "layout" : "layout (direct)")
+                     : !p.fp8()        ? (graphs ? "dispatch" : "dispatch (direct)")
+                     : rows.quantized ? "dispatch e4m3, rows given"
+                                       : "dispatch e4m3";
+  c->profile.begin(c->stream, name);
+  c->profile.host_lap("begin: hold, profile");
   const bool index_ok = alloc_pending_index(e) == WEFT_OK;
-  if (!index_ok) {
-    WEFT_TRY(comm_report_bad(c, 0, kBadArgument));  // every rank fails at the staging barrier; finish says why
-  } else if (tokens < 0 || tokens > p.max_tokens) {
-    WEFT_TRY(comm_report_bad(c, tokens < 0 ? 0ull : static_cast<unsigned long long>(tokens), kBadCapacity));
-  } else if (!rows.usable(p) || (tokens > 0 && ((move_rows && !rows.given()) || idx == nullptr || w == nullptr))) {
-    WEFT_TRY(comm_report_bad(c, 0, kBadArgument));
-  } else {
-    if (tokens > 0) {
-      const size_t pairs = static_cast<size_t>(tokens) * p.top_k;
-      WEFT_CUDA(cudaMemcpyAsync(c->heap + hl.idx, idx, pairs * sizeof(int32_t), cudaMemcpyDefault, c->stream));
-      WEFT_CUDA(cudaMemcpyAsync(c->heap + hl.w, w, pairs * sizeof(float), cudaMemcpyDefault, c->stream));
+  c->profile.host_lap("begin: index alloc");
+  const bool tokens_ok = tokens >= 0 && tokens <= p.max_tokens;
+  const bool args_ok = rows.usable(p) && (tokens <= 0 || ((!move_rows || rows.given()) && idx != nullptr && w != nullptr));
+  const bool ok = index_ok && tokens_ok && args_ok;
+  int32_t* idx_stage = reinterpret_cast<int32_t*>(c->heap + hl.idx);
+  float* w_stage = reinterpret_cast<float*>(c->heap + hl.w);
+  DispatchCall call;
+  call.tokens = ok ? tokens : 0;
+  // Routing on this GPU is read where it is (and copied into the heap as it
+  // is read); anything else is copied into the heap first, below.
+  const bool idx_here = ok && tokens > 0 && on_this_device(idx, c->device);
+  const bool w_here = ok && tokens > 0 && on_this_device(w, c->device);
+  call.idx = idx_here ? idx : idx_stage;
+  call.w = w_here ? w : w_stage;
+  call.epoch = ++c->epoch;
+  call.ix = e->pending;
+  debug_log("rank %d barrier %llu (dispatch staging)", c->rank, static_cast<unsigned long long>(c->epoch));
+  c->profile.host_lap("begin: call values");
+  // Routing not on this GPU, then x (and its quantization): into the heap.
+  auto stage_inputs = [&]() -> int32_t {
+    const size_t pairs = static_cast<size_t>(tokens) * p.top_k;
+    if (tokens > 0 && !idx_here) {
+      WEFT_CUDA(cudaMemcpyAsync(idx_stage, idx, pairs * sizeof(int32_t), cudaMemcpyDefault, c->stream));
+    }
+    if (tokens > 0 && !w_here) {
+      WEFT_CUDA(cudaMemcpyAsync(w_stage, w, pairs * sizeof(float), cudaMemcpyDefault, c->stream));
     }
     c->profile.mark(c->stream, "stage routing");
-    if (move_rows) WEFT_TRY(stage_rows(e, rows, tokens));
-    WEFT_TRY(layout_source(e, tokens));
+    return move_rows ? stage_rows(e, rows, tokens) : WEFT_OK;
+  };
+  if (ok && graphs && !p.fp8()) {
+    // The fast path: copies (if any) first, as nothing in them reads the
+    // status; then one launch opens the call and runs the front.
+    WEFT_TRY(stage_inputs());
+    WEFT_TRY(open_call_set(e, e->graph_front_open, e->open_node, call));
+    WEFT_CUDA(cudaGraphLaunch(e->graph_front_open, c->stream));
+    c->profile.mark(c->stream, "layout: open, source, barrier, bases (graph)");
+  } else if (ok) {
+    // Quantizing reads the status, so it follows the open.
+    WEFT_TRY(open_call(e, c->stream, call));
+    c->profile.mark(c->stream, "open call");
+    WEFT_TRY(stage_inputs());
+    if (graphs) {
+      WEFT_CUDA(cudaGraphLaunch(e->graph_front, c->stream));
+      c->profile.mark(c->stream, "layout: source, barrier, bases (graph)");
+    } else {
+      WEFT_TRY(enqueue_layout_front(e, c->stream, true));
+    }
+  } else {
+    // Bad input: no routing; the barrier carries this rank's error bit.
+    WEFT_TRY(open_call(e, c->stream, call));
+    if (!index_ok) {
+      WEFT_TRY(comm_report_bad(c, 0, kBadArgument));  // every rank fails at the staging barrier; finish says why
+    } else if (!tokens_ok) {
+      WEFT_TRY(comm_report_bad(c, tokens < 0 ? 0ull : static_cast<unsigned long long>(tokens), kBadCapacity));
+    } else {
+      WEFT_TRY(comm_report_bad(c, 0, kBadArgument));
+    }
+    WEFT_TRY(comm_barrier_at(c, c->stream, &e->d_call->epoch));
+    WEFT_TRY(layout_bases(e, c->stream));
   }
-  c->profile.mark(c->stream, "layout: source side");
-  WEFT_TRY(comm_barrier_async(c, "dispatch staging"));
-  c->profile.mark(c->stream, "barrier: staged");
-  WEFT_TRY(layout_bases(e));
-  c->profile.mark(c->stream, "layout: bases");
+  c->profile.host_lap("begin: staging, front");
   // What the host waits for: the token counts, R and this call's status.
   WEFT_CUDA(cudaMemcpyAsync(e->h_counts, e->d_counts, (p.world + 1) * sizeof(int), cudaMemcpyDeviceToHost, c->stream));
   WEFT_CUDA(cudaMemcpyAsync(c->h_status, c->d_status, sizeof(DevStatus), cudaMemcpyDeviceToHost, c->stream));
   WEFT_CUDA(cudaEventRecord(e->counts_ready, c->stream));
   // The rest of the layout runs while the host waits for those.
-  if (index_ok && tokens >= 0 && tokens <= p.max_tokens) WEFT_TRY(layout_build(e, tokens));
-  c->profile.mark(c->stream, "layout: build");
+  if (ok && graphs) {
+    WEFT_CUDA(cudaGraphLaunch(e->graph_build, c->stream));
+    c->profile.mark(c->stream, "layout: build (graph)");
+  } else if (ok) {
+    WEFT_TRY(enqueue_layout_build(e, c->stream, true));
+  }
+  c->profile.host_lap("begin: read-backs, build");
   c->begun.tokens = tokens;
   c->begun.move_rows = move_rows;
   c->begun.call = move_rows ? "weft_dispatch" : "weft_dispatch_layout";
@@ -396,10 +507,13 @@ int32_t dispatch_finish(weft_engine* e, weft_handle** out) {
   // The one host sync: first the queued tails of earlier calls, in order
   // (every rank reports their failures here, at the same call), then this
   // call's counts and status.
+  c->profile.host_lap("dispatch_begin -> dispatch_finish");
   int32_t rc = comm_settle(c);
   if (rc != WEFT_OK) return fail_early(rc);
+  c->profile.host_lap("finish: settle tails");
   rc = comm_waited(c, cudaEventSynchronize(e->counts_ready));
   if (rc != WEFT_OK) return fail_early(rc);
+  c->profile.host_lap("finish: wait for counts");
   rc = comm_check_peers(c, "dispatch");
   if (rc != WEFT_OK) return fail_early(rc);
   if (c->h_status->local_bad != 0u) {
@@ -452,7 +566,9 @@ int32_t dispatch_finish(weft_engine* e, weft_handle** out) {
     handle_free(h);
     return rc;
   };
+  c->profile.host_lap("finish: checks, handle");
   rc = handle_alloc(e, h);
+  c->profile.host_lap("finish: recv alloc");
   const int32_t alloc_rc = rc;
   if (alloc_rc != WEFT_OK) {
     // Keep in step with the peers: raise this rank's error bit at the end
@@ -463,6 +579,7 @@ int32_t dispatch_finish(weft_engine* e, weft_handle** out) {
   } else {
     c->profile.mark(c->stream, "host: alloc");
     if (move_rows) rc = launch_pull(e, h);
+    c->profile.host_lap("finish: pull launch");
     c->profile.mark(c->stream, "pull");
     if (rc != WEFT_OK) return fail(rc);
   }
@@ -475,6 +592,7 @@ int32_t dispatch_finish(weft_engine* e, weft_handle** out) {
                                         alloc_rc == WEFT_OK);
   if (rc == WEFT_OK) rc = alloc_rc;
   if (rc != WEFT_OK) return fail(rc);
+  c->profile.host_lap("finish: end barrier, tail");
   *out = h;
   return WEFT_OK;
 }

@@ -19,10 +19,18 @@ void engine_release(weft_engine* e) {
   if (e->d_tables != nullptr) cudaFree(e->d_tables);
   if (e->d_chunk_counts != nullptr) cudaFree(e->d_chunk_counts);
   if (e->pending.block != nullptr) cudaFree(e->pending.block);
+  if (e->spare_index != nullptr) cudaFree(e->spare_index);
+  if (e->spare_recv != nullptr) cudaFree(e->spare_recv);
   if (e->d_counts != nullptr) cudaFree(e->d_counts);
   if (e->d_base != nullptr) cudaFree(e->d_base);
   if (e->h_counts != nullptr) cudaFreeHost(e->h_counts);
   if (e->counts_ready != nullptr) cudaEventDestroy(e->counts_ready);
+  if (e->d_call != nullptr) cudaFree(e->d_call);
+  if (e->graph_front != nullptr) cudaGraphExecDestroy(e->graph_front);
+  if (e->graph_build != nullptr) cudaGraphExecDestroy(e->graph_build);
+  if (e->graph_front_open != nullptr) cudaGraphExecDestroy(e->graph_front_open);
+  if (e->front_open_template != nullptr) cudaGraphDestroy(e->front_open_template);
+  if (e->capture != nullptr) cudaStreamDestroy(e->capture);
   (void)cudaGetLastError();
   delete e;
   comm_release(c);
@@ -66,6 +74,8 @@ int32_t engine_init(weft_engine* e) {
   WEFT_CUDA(cudaMallocHost(&d, (p.world + 1) * sizeof(int)));
   e->h_counts = static_cast<int*>(d);
   WEFT_CUDA(cudaEventCreateWithFlags(&e->counts_ready, cudaEventDisableTiming));
+  WEFT_CUDA(cudaMalloc(&d, sizeof(DispatchCall)));
+  e->d_call = static_cast<DispatchCall*>(d);
   const long long cap = recv_capacity(p);
   if (cap > 0x7fffffffLL) {
     WEFT_FAIL(WEFT_ERR_CAPACITY,

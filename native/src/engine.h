@@ -165,6 +165,19 @@ struct IndexArrays {
   int* fan_rows = nullptr;       // [world*max_tokens][K]
   int* part_slot = nullptr;      // [world*max_tokens]
 };
+// What differs from one dispatch to the next, in device memory (e->d_call):
+// the layout kernels read it there, so one set of launches serves every
+// call and can be captured once as a CUDA graph (dispatch.cu). The call's
+// first kernel (open_call) writes it, taking it by value.
+struct DispatchCall {
+  int tokens = 0;
+  int pad_ = 0;
+  const int* idx = nullptr;  // topk_idx: the caller's device tensor, or the heap staging
+  const float* w = nullptr;  // topk_weights, likewise
+  uint64_t epoch = 0;        // the staging barrier's epoch
+  IndexArrays ix;            // where this call's index arrays go
+};
+
 // Receive rows this rank can get at most: a token holds each slot at most
 // once, so from each rank at most max_tokens x min(K, local slots).
 long long recv_capacity(const PlanHost& p);
@@ -189,6 +202,29 @@ struct weft_engine {
   int recv_cap = 0;               // recv_capacity(plan)
   cudaEvent_t counts_ready = nullptr;  // h_counts and the status are on the host
   weft::IndexArrays pending;      // the begun dispatch's index arrays, until a handle takes them
+  weft::DispatchCall* d_call = nullptr;  // the current dispatch's DispatchCall (device)
+  // The layout's launches as CUDA graphs (dispatch.cu), captured on first use
+  // on a stream of their own: before the host sync (source side, staging
+  // barrier, bases) and after it (build). graphs: -1 not tried yet, 0 off
+  // (WEFT_GRAPH=0, or the capture failed), 1 on.
+  cudaStream_t capture = nullptr;
+  cudaGraphExec_t graph_front = nullptr;
+  cudaGraphExec_t graph_build = nullptr;
+  // open_call followed by the front, for calls that stage nothing after the
+  // status reset (no quantize): open_node's arguments are set per call.
+  cudaGraph_t front_open_template = nullptr;  // kept: open_node belongs to it
+  cudaGraphExec_t graph_front_open = nullptr;
+  cudaGraphNode_t open_node = nullptr;
+  int graphs = -1;
+  unsigned long long dispatches = 0;  // dispatches begun (WEFT_GRAPH=2 alternates on it)
+  // One block of each kind kept from a closed handle for the next dispatch
+  // (stream-ordered on the comm stream, like the pool it came from): taking
+  // it costs nothing, where a pool allocation costs ~10 µs of host time on
+  // the path to the GPU's next launch.
+  void* spare_index = nullptr;      // index_block_bytes(plan)
+  void* spare_recv = nullptr;       // a recv block of spare_recv_bytes
+  uint64_t spare_recv_bytes = 0;
+  int pull_blocks_per_sm = 0;       // the bulk-copy pull's occupancy (0: not yet asked)
   void* pinned_host = nullptr;    // caller memory page-locked by weft_engine_pin_host
   std::atomic<int> refs{1};       // the engine plus every live handle
   bool closed = false;
@@ -206,6 +242,7 @@ struct weft_handle {
   weft::TokenTable tok{};
   void* index_block = nullptr;     // the index arrays' allocation (weft::IndexArrays)
   void* recv = nullptr;            // [R][recv_row_bytes], then recv_scales: one allocation
+  uint64_t recv_block_bytes = 0;   // that allocation's size
   float* recv_scales = nullptr;    // [R][hidden/128] when quantized
   float* recv_weights = nullptr;   // [R]
   int* expert_counts = nullptr;    // [L]
@@ -235,9 +272,23 @@ int32_t launch_combine_push(weft_engine* e, weft_handle* h, const void* y);
 int32_t launch_combine_reduce(weft_engine* e, weft_handle* h, void* out);
 
 // layout.cu: the engine's layout steps of one dispatch, all enqueued before
-// the host's sync, writing e->pending's arrays.
-int32_t layout_source(weft_engine* e, int tokens);  // before the staging barrier
-int32_t layout_bases(weft_engine* e);               // after it: bases, R, token counts → d_counts
-int32_t layout_build(weft_engine* e, int tokens);   // receive rows of every pair
+// the host's sync, writing the index arrays of e->d_call. Each reads what
+// the call changes from e->d_call and launches for the plan's capacity, so
+// the same launches serve every call (and replay as a graph).
+int32_t open_call(weft_engine* e, cudaStream_t s, const DispatchCall& call);  // status reset + d_call
+// Sets the arguments of open_call's node (captured by open_call) in exec.
+int32_t open_call_set(weft_engine* e, cudaGraphExec_t exec, cudaGraphNode_t node, const DispatchCall& call);
+int32_t layout_source(weft_engine* e, cudaStream_t s);        // before the staging barrier
+int32_t layout_bases(weft_engine* e, cudaStream_t s);         // after it: bases, R, token counts → d_counts
+int32_t layout_build(weft_engine* e, cudaStream_t s);         // receive rows of every pair
+
+// layout_graph.cu: the steps above as dispatch enqueues them, directly
+// (`marks`: with profile marks) or replayed from graphs.
+int32_t enqueue_layout_front(weft_engine* e, cudaStream_t s, bool marks);  // source, staging barrier, bases
+int32_t enqueue_layout_build(weft_engine* e, cudaStream_t s, bool marks);  // build
+// Whether dispatch replays them as graphs (graph_front, graph_build and
+// graph_front_open, captured on first use); false with WEFT_GRAPH=0, with
+// WEFT_DEBUG, or after a failed capture.
+bool layout_graphs(weft_engine* e);
 
 }  // namespace weft

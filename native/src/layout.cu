@@ -46,6 +46,12 @@ struct RouteArgs {
   int src_rank, tokens, top_k, slots;
   const int* idx;
   const float* weights;
+  // The engine's dispatch: tokens, idx and weights come from call, and
+  // routing not already in the heap staging is copied there as it is read
+  // (peers read the weights there; the host quotes a bad id from it).
+  const DispatchCall* call;
+  int* idx_stage;
+  float* w_stage;
   int* slot_out;
   int* ord_out;
   unsigned* dmask_out;
@@ -63,15 +69,23 @@ __global__ void __launch_bounds__(32) route_chunk_kernel(RouteArgs a) {
   const int lane = threadIdx.x;
   const int chunk = blockIdx.x;
   const int t0 = chunk * kRouteChunk;
-  const int n = min(kRouteChunk, a.tokens - t0);
+  const int tokens = a.call != nullptr ? a.call->tokens : a.tokens;
+  const int n = min(kRouteChunk, tokens - t0);
+  if (n <= 0) return;  // past this batch in a grid launched for the capacity
+  const int* idx = a.call != nullptr ? a.call->idx : a.idx;
+  const float* weights = a.call != nullptr ? a.call->w : a.weights;
+  const bool stage_idx = a.call != nullptr && idx != a.idx_stage;
+  const bool stage_w = a.call != nullptr && weights != a.w_stage;
   const long long p0 = static_cast<long long>(t0) * K;
 
   for (int s = lane; s < a.slots; s += 32) cnt[s] = 0;
   // Every pair independently: range and NaN checks, slot resolution.
   for (int i = lane; i < n * K; i += 32) {
     const int t = t0 + i / K;
-    const int e = a.idx[p0 + i];
-    const float w = a.weights[p0 + i];
+    const int e = idx[p0 + i];
+    const float w = weights[p0 + i];
+    if (stage_idx) a.idx_stage[p0 + i] = e;
+    if (stage_w) a.w_stage[p0 + i] = w;
     int s = -1;
     if (e < -1 || e >= a.rt.experts) {
       report_bad(a.st, static_cast<unsigned long long>(p0 + i), kBadExpertRange);
@@ -120,12 +134,19 @@ __global__ void __launch_bounds__(32) route_chunk_kernel(RouteArgs a) {
   }
 }
 
+__device__ __forceinline__ int chunks_of(int tokens) { return tokens <= 0 ? 0 : (tokens + kRouteChunk - 1) / kRouteChunk; }
+
 // One warp per slot: chunk counts → exclusive prefixes (in place), and the
-// total. Thread 0 also publishes the token count (meta), when asked.
+// total. Thread 0 also publishes the token count (meta), when asked. With
+// call, the token count (and so the chunks) comes from there.
 __global__ void chunk_scan_kernel(int* chunk_counts, int chunk_stride, int chunks, int slots, int* slot_count,
-                                  int* meta, int tokens) {
+                                  int* meta, int tokens, const DispatchCall* call) {
   const int warp = static_cast<int>((blockIdx.x * static_cast<unsigned>(blockDim.x) + threadIdx.x) / 32u);
   const int lane = threadIdx.x & 31;
+  if (call != nullptr) {
+    tokens = call->tokens;
+    chunks = chunks_of(tokens);
+  }
   if (meta != nullptr && blockIdx.x == 0 && threadIdx.x == 0) *meta = tokens;
   if (warp >= slots) return;
   int* row = chunk_counts + static_cast<size_t>(warp) * chunk_stride;
@@ -150,8 +171,9 @@ __global__ void chunk_scan_kernel(int* chunk_counts, int chunk_stride, int chunk
 }
 
 __global__ void ord_finalize_kernel(const int* slot, int* ord, long long pairs, int top_k, const int* chunk_counts,
-                                    int chunk_stride) {
+                                    int chunk_stride, const DispatchCall* call) {
   const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (call != nullptr) pairs = static_cast<long long>(call->tokens) * top_k;
   if (i >= pairs) return;
   const int s = slot[i];
   if (s < 0) return;
@@ -166,7 +188,7 @@ struct BasesArgs {
   int slot_base[kMaxWorld + 1];
   int* base;           // [world][slots]
   int* counts_out;     // [world] tokens of each rank, then [1] R of this rank
-  int* expert_counts;  // [local experts of this rank]
+  const DispatchCall* call;  // its ix.expert_counts: [local experts of this rank]
   const DevStatus* st;
 };
 
@@ -231,7 +253,7 @@ __global__ void __launch_bounds__(kBasesThreads) bases_kernel(BasesArgs a) {
     for (int l = threadIdx.x; l < L; l += kBasesThreads) {
       int sum = 0;
       for (int r = 0; r < W; ++r) sum += count(r, l);
-      a.expert_counts[l] = sum;
+      a.call->ix.expert_counts[l] = sum;
     }
   }
   if (d == 0 && static_cast<int>(threadIdx.x) < W) {
@@ -240,16 +262,17 @@ __global__ void __launch_bounds__(kBasesThreads) bases_kernel(BasesArgs a) {
 }
 
 // This rank's own pairs: their receive row on the destination, -1 for none.
-__global__ void source_rows_kernel(const int* slot, const int* ord, const unsigned* dmask_src, int tokens, int top_k,
-                                   const int* base_self, int* dest_row, unsigned* dmask_out, const DevStatus* st) {
+__global__ void source_rows_kernel(const int* slot, const int* ord, const unsigned* dmask_src, int top_k,
+                                   const int* base_self, const DispatchCall* call, const DevStatus* st) {
   if (call_aborted(st)) return;
   const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  const int tokens = call->tokens;
   const long long pairs = static_cast<long long>(tokens) * top_k;
   if (i < pairs) {
     const int s = slot[i];
-    dest_row[i] = s >= 0 ? base_self[s] + ord[i] : -1;
+    call->ix.dest_row[i] = s >= 0 ? base_self[s] + ord[i] : -1;
   }
-  if (i < tokens) dmask_out[i] = dmask_src[i];
+  if (i < tokens) call->ix.dmask[i] = dmask_src[i];
 }
 
 struct RecvLayoutArgs {
@@ -259,12 +282,7 @@ struct RecvLayoutArgs {
   long long cap;           // (rank, token, k) threads: world x max_tokens x K
   const int* counts;       // [world] tokens of each rank, then R of this rank (bases_kernel)
   const int* base;         // [world][slots]
-  int* fan_rows;    // [items][K]
-  int* part_slot;   // [items]
-  int* src_rank;
-  int* src_token;
-  int* src_k;
-  float* recv_weights;
+  const DispatchCall* call;  // the index arrays written
   DevStatus* st;
 };
 
@@ -275,6 +293,7 @@ __global__ void recv_layout_kernel(RecvLayoutArgs a) {
   if (call_aborted(a.st)) return;
   const long long g = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
   if (g >= a.cap) return;
+  const IndexArrays& ix = a.call->ix;
   const int item = static_cast<int>(g / a.top_k);
   const int k = static_cast<int>(g - static_cast<long long>(item) * a.top_k);
   int r = 0, first = 0;  // item's source rank and that rank's first item
@@ -293,16 +312,16 @@ __global__ void recv_layout_kernel(RecvLayoutArgs a) {
       report_internal(a.st);
       row = -1;
     } else {
-      a.src_rank[row] = r;
-      a.src_token[row] = t;
-      a.src_k[row] = k;
-      a.recv_weights[row] = reinterpret_cast<const float*>(heap + a.w_off)[pair];
+      ix.src_rank[row] = r;
+      ix.src_token[row] = t;
+      ix.src_k[row] = k;
+      ix.recv_weights[row] = reinterpret_cast<const float*>(heap + a.w_off)[pair];
     }
   }
-  a.fan_rows[g] = row;
+  ix.fan_rows[g] = row;
   if (k == 0) {
     const unsigned m = reinterpret_cast<const unsigned*>(heap + a.dmask_off)[t];
-    a.part_slot[item] = a.dedupe_none ? 0 : __popc(m & ((1u << a.rank) - 1u));
+    ix.part_slot[item] = a.dedupe_none ? 0 : __popc(m & ((1u << a.rank) - 1u));
   }
 }
 
@@ -349,38 +368,100 @@ int32_t route_tokens(const PlanHost& p, const RouteTables& rt, int src_rank, int
     a.dmask_out = out.dmask;
     a.chunk_counts = out.chunk_counts;
     a.chunk_stride = out.chunk_stride;
+    a.call = nullptr;
+    a.idx_stage = nullptr;
+    a.w_stage = nullptr;
     a.st = st;
     route_chunk_kernel<<<chunks, 32, route_smem_bytes(p), stream>>>(a);
     WEFT_LAUNCHED("route_chunk", stream);
   }
   chunk_scan_kernel<<<grid_for(static_cast<long long>(p.slots) * 32, 128), 128, 0, stream>>>(
-      out.chunk_counts, out.chunk_stride, chunks, p.slots, out.slot_count, out.meta, tokens);
+      out.chunk_counts, out.chunk_stride, chunks, p.slots, out.slot_count, out.meta, tokens, nullptr);
   WEFT_LAUNCHED("chunk_scan", stream);
   const long long pairs = static_cast<long long>(tokens) * p.top_k;
   if (pairs > 0) {
     ord_finalize_kernel<<<grid_for(pairs, 256), 256, 0, stream>>>(out.slot, out.ord, pairs, p.top_k,
-                                                                  out.chunk_counts, out.chunk_stride);
+                                                                  out.chunk_counts, out.chunk_stride, nullptr);
     WEFT_LAUNCHED("ord_finalize", stream);
   }
   return WEFT_OK;
 }
 
-int32_t layout_source(weft_engine* e, int tokens) {
-  weft_comm* c = e->comm;
-  const HeapLayout& hl = e->hl;
-  RouteOut out;
-  out.meta = reinterpret_cast<int*>(c->heap + hl.meta);
-  out.slot = reinterpret_cast<int*>(c->heap + hl.slot);
-  out.ord = reinterpret_cast<int*>(c->heap + hl.ord);
-  out.dmask = reinterpret_cast<unsigned*>(c->heap + hl.dmask);
-  out.slot_count = reinterpret_cast<int*>(c->heap + hl.slot_count);
-  out.chunk_counts = e->d_chunk_counts;
-  out.chunk_stride = e->chunk_stride;
-  return route_tokens(e->plan, e->rt, c->rank, tokens, reinterpret_cast<const int*>(c->heap + hl.idx),
-                      reinterpret_cast<const float*>(c->heap + hl.w), out, c->d_status, c->stream);
+namespace {
+
+// A dispatch's first kernel: the status reset, and the call's values where
+// the layout kernels read them.
+__global__ void open_call_kernel(DevStatus* st, DispatchCall call, DispatchCall* out) {
+  reset_status(st);
+  *out = call;
 }
 
-int32_t layout_bases(weft_engine* e) {
+}  // namespace
+
+int32_t open_call(weft_engine* e, cudaStream_t s, const DispatchCall& call) {
+  open_call_kernel<<<1, 1, 0, s>>>(e->comm->d_status, call, e->d_call);
+  WEFT_LAUNCHED("open_call", s);
+  return WEFT_OK;
+}
+
+int32_t open_call_set(weft_engine* e, cudaGraphExec_t exec, cudaGraphNode_t node, const DispatchCall& call) {
+  DevStatus* st = e->comm->d_status;
+  DispatchCall value = call;
+  DispatchCall* out = e->d_call;
+  void* args[] = {&st, &value, &out};
+  cudaKernelNodeParams kp = {};
+  kp.func = reinterpret_cast<void*>(open_call_kernel);
+  kp.gridDim = dim3(1);
+  kp.blockDim = dim3(1);
+  kp.sharedMemBytes = 0;
+  kp.kernelParams = args;
+  kp.extra = nullptr;
+  WEFT_CUDA(cudaGraphExecKernelNodeSetParams(exec, node, &kp));
+  return WEFT_OK;
+}
+
+// The routing of this rank's tokens (route_tokens' kernels, reading the
+// call), in grids for max_tokens.
+int32_t layout_source(weft_engine* e, cudaStream_t s) {
+  weft_comm* c = e->comm;
+  const PlanHost& p = e->plan;
+  const HeapLayout& hl = e->hl;
+  RouteArgs a;
+  a.rt = e->rt;
+  a.src_rank = c->rank;
+  a.tokens = 0;
+  a.top_k = p.top_k;
+  a.slots = p.slots;
+  a.idx = nullptr;
+  a.weights = nullptr;
+  a.call = e->d_call;
+  a.idx_stage = reinterpret_cast<int*>(c->heap + hl.idx);
+  a.w_stage = reinterpret_cast<float*>(c->heap + hl.w);
+  a.slot_out = reinterpret_cast<int*>(c->heap + hl.slot);
+  a.ord_out = reinterpret_cast<int*>(c->heap + hl.ord);
+  a.dmask_out = reinterpret_cast<unsigned*>(c->heap + hl.dmask);
+  a.chunk_counts = e->d_chunk_counts;
+  a.chunk_stride = e->chunk_stride;
+  a.st = c->d_status;
+  const int chunks = route_chunks(p.max_tokens);
+  if (chunks > 0) {
+    route_chunk_kernel<<<chunks, 32, route_smem_bytes(p), s>>>(a);
+    WEFT_LAUNCHED("route_chunk", s);
+  }
+  chunk_scan_kernel<<<grid_for(static_cast<long long>(p.slots) * 32, 128), 128, 0, s>>>(
+      e->d_chunk_counts, e->chunk_stride, 0, p.slots, reinterpret_cast<int*>(c->heap + hl.slot_count),
+      reinterpret_cast<int*>(c->heap + hl.meta), 0, e->d_call);
+  WEFT_LAUNCHED("chunk_scan", s);
+  const long long pairs = static_cast<long long>(p.max_tokens) * p.top_k;
+  if (pairs > 0) {
+    ord_finalize_kernel<<<grid_for(pairs, 256), 256, 0, s>>>(a.slot_out, a.ord_out, pairs, p.top_k,
+                                                             e->d_chunk_counts, e->chunk_stride, e->d_call);
+    WEFT_LAUNCHED("ord_finalize", s);
+  }
+  return WEFT_OK;
+}
+
+int32_t layout_bases(weft_engine* e, cudaStream_t s) {
   weft_comm* c = e->comm;
   const PlanHost& p = e->plan;
   BasesArgs a;
@@ -394,26 +475,25 @@ int32_t layout_bases(weft_engine* e) {
   for (int r = 0; r <= p.world; ++r) a.slot_base[r] = p.slot_base[r];
   a.base = e->d_base;
   a.counts_out = e->d_counts;
-  a.expert_counts = e->pending.expert_counts;
+  a.call = e->d_call;
   a.st = c->d_status;
-  bases_kernel<<<p.world, kBasesThreads, 0, c->stream>>>(a);
-  WEFT_LAUNCHED("layout_bases", c->stream);
+  bases_kernel<<<p.world, kBasesThreads, 0, s>>>(a);
+  WEFT_LAUNCHED("layout_bases", s);
   return WEFT_OK;
 }
 
-int32_t layout_build(weft_engine* e, int tokens) {
+int32_t layout_build(weft_engine* e, cudaStream_t s) {
   weft_comm* c = e->comm;
   const PlanHost& p = e->plan;
   const HeapLayout& hl = e->hl;
-  const IndexArrays& ix = e->pending;
-  const long long own_pairs = static_cast<long long>(tokens) * p.top_k;
-  const long long n_src = own_pairs > tokens ? own_pairs : tokens;
+  const long long own_pairs = static_cast<long long>(p.max_tokens) * p.top_k;
+  const long long n_src = own_pairs > p.max_tokens ? own_pairs : p.max_tokens;
   if (n_src > 0) {
-    source_rows_kernel<<<grid_for(n_src, 256), 256, 0, c->stream>>>(
+    source_rows_kernel<<<grid_for(n_src, 256), 256, 0, s>>>(
         reinterpret_cast<const int*>(c->heap + hl.slot), reinterpret_cast<const int*>(c->heap + hl.ord),
-        reinterpret_cast<const unsigned*>(c->heap + hl.dmask), tokens, p.top_k,
-        e->d_base + static_cast<size_t>(p.rank) * p.slots, ix.dest_row, ix.dmask, c->d_status);
-    WEFT_LAUNCHED("source_rows", c->stream);
+        reinterpret_cast<const unsigned*>(c->heap + hl.dmask), p.top_k,
+        e->d_base + static_cast<size_t>(p.rank) * p.slots, e->d_call, c->d_status);
+    WEFT_LAUNCHED("source_rows", s);
   }
   RecvLayoutArgs a;
   a.peers = c->peers;
@@ -432,16 +512,11 @@ int32_t layout_build(weft_engine* e, int tokens) {
   a.cap = static_cast<long long>(p.world) * p.max_tokens * p.top_k;
   a.counts = e->d_counts;
   a.base = e->d_base;
-  a.fan_rows = ix.fan_rows;
-  a.part_slot = ix.part_slot;
-  a.src_rank = ix.src_rank;
-  a.src_token = ix.src_token;
-  a.src_k = ix.src_k;
-  a.recv_weights = ix.recv_weights;
+  a.call = e->d_call;
   a.st = c->d_status;
   if (a.cap > 0) {
-    recv_layout_kernel<<<grid_for(a.cap, 256), 256, 0, c->stream>>>(a);
-    WEFT_LAUNCHED("recv_layout", c->stream);
+    recv_layout_kernel<<<grid_for(a.cap, 256), 256, 0, s>>>(a);
+    WEFT_LAUNCHED("recv_layout", s);
   }
   return WEFT_OK;
 }

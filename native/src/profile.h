@@ -10,6 +10,7 @@
 
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <algorithm>
@@ -59,6 +60,18 @@ class PhaseProfile {
     Call& c = calls_[(n_calls_ - 1) % kSlots];
     if (c.ev[0] == nullptr || c.name == nullptr) return;
     c.pending = true;
+  }
+
+  // Host time: the time since the previous lap, as a phase of its own
+  // (named "host | <key>"); `key` null only restarts the clock.
+  void host_lap(const char* key) {
+    if (!enabled()) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (key != nullptr && lap_started_) {
+      add(std::string("host | ") + key, std::chrono::duration<double, std::milli>(now - last_lap_).count());
+    }
+    last_lap_ = now;
+    lap_started_ = true;
   }
 
   // Accounts every ended call (after a full synchronization).
@@ -139,6 +152,8 @@ class PhaseProfile {
 
   Call calls_[kSlots];
   long long n_calls_ = 0;
+  std::chrono::steady_clock::time_point last_lap_{};
+  bool lap_started_ = false;
   std::map<std::string, std::vector<double>> samples_;
 };
 

@@ -199,10 +199,18 @@ int32_t launch_pull_tma(weft_engine* e, weft_handle* h, int max_tokens_now) {
   a.recv = static_cast<uint8_t*>(h->recv);
   a.st = c->d_status;
   const size_t smem = kHeader + static_cast<size_t>(kStages) * a.chunk_bytes;
-  WEFT_CUDA(cudaFuncSetAttribute(pull_tma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  int per_sm = 0;
-  WEFT_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, pull_tma_kernel, 32, smem));
-  per_sm = std::max(1, std::min(per_sm, tuning_knob("WEFT_PULL_BLOCKS_PER_SM", per_sm)));
+  // smem is fixed by the plan: ask once per engine (the two calls cost
+  // microseconds on the host, while the GPU waits for this launch).
+  if (e->pull_blocks_per_sm == 0) {
+    // The kernel's limit is per process, shared by every engine: set it to
+    // what any plan can need (chunk_bytes <= kMaxChunk), never lower.
+    constexpr int kMostSmem = static_cast<int>(kHeader + kStages * kMaxChunk);
+    WEFT_CUDA(cudaFuncSetAttribute(pull_tma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMostSmem));
+    int per_sm = 0;
+    WEFT_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, pull_tma_kernel, 32, smem));
+    e->pull_blocks_per_sm = std::max(1, std::min(per_sm, tuning_knob("WEFT_PULL_BLOCKS_PER_SM", per_sm)));
+  }
+  const int per_sm = e->pull_blocks_per_sm;
   const long long units = static_cast<long long>(p.world) * max_tokens_now;
   const long long blocks = std::max(1ll, std::min(static_cast<long long>(c->num_sms) * per_sm, units));
   pull_tma_kernel<<<static_cast<unsigned>(blocks), 32, smem, c->stream>>>(a);

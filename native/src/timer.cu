@@ -36,6 +36,11 @@ extern "C" int32_t weft_timer_start(weft_timer_t t) {
   if (t == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "the timer is NULL");
   WEFT_CUDA(cudaSetDevice(t->comm->device));
   WEFT_CUDA(cudaEventRecord(t->start, t->comm->stream));
+  // With WEFT_PROFILE=1, the first call timed shows the GPU's idle time
+  // from this start to its first work as "(GPU idle before)".
+  t->comm->profile.begin(t->comm->stream, "timer start");
+  t->comm->profile.end(t->comm->stream);
+  t->comm->profile.host_lap(nullptr);
   t->started = true;
   return WEFT_OK;
 }

@@ -1,0 +1,111 @@
+// The layout's launches around dispatch's host sync, issued directly or
+// replayed as CUDA graphs captured once per engine.
+//
+// Why graphs: each launch costs the host ~3-5 µs, more when the stream is
+// idle, and dispatch opens with ~10 small kernels that the GPU finishes
+// faster than the host issues them. Directly launched, the GPU's pace up to
+// the staging barrier is the host's; replayed, it is the GPU's (2026-11-22,
+// 4xH200: dispatch's GPU time 0.711 → 0.684 ms at 4096 tokens, 2.224 →
+// 2.181 at 16384, bench/NOTES-nvlink.md step 18). Everything a call changes
+// reaches the kernels through DispatchCall in device memory (open_call), so
+// one capture serves every call.
+#include "engine.h"
+
+namespace weft {
+
+// The layout's launches up to the host sync: routing of this rank's tokens,
+// the staging barrier, the receive-row bases. `marks`: profile each step
+// (direct launches on the comm stream only, never while capturing).
+int32_t enqueue_layout_front(weft_engine* e, cudaStream_t s, bool marks) {
+  weft_comm* c = e->comm;
+  WEFT_TRY(layout_source(e, s));
+  if (marks) c->profile.mark(s, "layout: source side");
+  WEFT_TRY(comm_barrier_at(c, s, &e->d_call->epoch));
+  if (marks) c->profile.mark(s, "barrier: staged");
+  WEFT_TRY(layout_bases(e, s));
+  if (marks) c->profile.mark(s, "layout: bases");
+  return WEFT_OK;
+}
+
+int32_t enqueue_layout_build(weft_engine* e, cudaStream_t s, bool marks) {
+  WEFT_TRY(layout_build(e, s));
+  if (marks) e->comm->profile.mark(s, "layout: build");
+  return WEFT_OK;
+}
+
+namespace {
+
+// open_call (its arguments set per call) and the front.
+int32_t enqueue_open_front(weft_engine* e, cudaStream_t s, bool marks) {
+  WEFT_TRY(open_call(e, s, DispatchCall{}));
+  return enqueue_layout_front(e, s, marks);
+}
+
+// Captures enqueue(e, capture stream) as an executable graph; `keep` (when
+// not null) receives the graph itself, which the caller then owns.
+int32_t capture_graph(weft_engine* e, int32_t (*enqueue)(weft_engine*, cudaStream_t, bool), cudaGraphExec_t* out,
+                      cudaGraph_t* keep = nullptr) {
+  cudaStream_t s = e->capture;
+  WEFT_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  const int32_t rc = enqueue(e, s, false);
+  cudaGraph_t g = nullptr;
+  const cudaError_t end = cudaStreamEndCapture(s, &g);
+  cudaError_t inst = cudaErrorUnknown;
+  if (rc == WEFT_OK && end == cudaSuccess) inst = cudaGraphInstantiate(out, g, 0);
+  if (rc != WEFT_OK || end != cudaSuccess || inst != cudaSuccess) {
+    if (g != nullptr) cudaGraphDestroy(g);
+    debug_log("rank %d: capturing the layout graph failed (%s, %s): launching directly", e->comm->rank,
+              cudaGetErrorString(end), cudaGetErrorString(inst));
+    *out = nullptr;
+    (void)cudaGetLastError();
+    return WEFT_ERR_CUDA;
+  }
+  if (keep != nullptr) {
+    *keep = g;
+  } else {
+    cudaGraphDestroy(g);
+  }
+  return WEFT_OK;
+}
+
+// The one root of front_open's graph: open_call's kernel node.
+int32_t find_open_node(weft_engine* e) {
+  cudaGraphNode_t roots[2] = {};
+  size_t n = 2;
+  WEFT_CUDA(cudaGraphGetRootNodes(e->front_open_template, roots, &n));
+  cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
+  if (n == 1) WEFT_CUDA(cudaGraphNodeGetType(roots[0], &type));
+  if (n != 1 || type != cudaGraphNodeTypeKernel) {
+    WEFT_FAIL(WEFT_ERR_CUDA, "the captured layout graph has %zu roots, not open_call's kernel", n);
+  }
+  e->open_node = roots[0];
+  return WEFT_OK;
+}
+
+}  // namespace
+
+// Whether the layout launches replay as graphs: on unless WEFT_GRAPH=0 or
+// WEFT_DEBUG (which synchronizes after every launch); captured on first use.
+// A failed capture falls back to direct launches for good.
+bool layout_graphs(weft_engine* e) {
+  if (e->graphs >= 0) return e->graphs == 1;
+  e->graphs = 0;
+  if (tuning_knob("WEFT_GRAPH", 1) == 0 || debug_enabled()) return false;
+  if (cudaStreamCreateWithFlags(&e->capture, cudaStreamNonBlocking) != cudaSuccess) {
+    (void)cudaGetLastError();
+    e->capture = nullptr;
+    return false;
+  }
+  if (capture_graph(e, enqueue_layout_front, &e->graph_front) != WEFT_OK ||
+      capture_graph(e, enqueue_layout_build, &e->graph_build) != WEFT_OK ||
+      capture_graph(e, enqueue_open_front, &e->graph_front_open, &e->front_open_template) != WEFT_OK ||
+      find_open_node(e) != WEFT_OK) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  e->graphs = 1;
+  return true;
+}
+
+
+}  // namespace weft
