@@ -474,11 +474,18 @@ export function rankInput(plan: PlanSpec, c: GpuCase, rank: number, tokens: numb
   };
 }
 
-/** Every rank's input of a case's (good) batch. */
-export function caseInputs(plan: PlanSpec, c: GpuCase): HostInput[] {
+/**
+ * Every rank's input of a case's (good) batch; `tokensFor` gives rank r's
+ * token count (the case's by default).
+ */
+export function caseInputs(
+  plan: PlanSpec,
+  c: GpuCase,
+  tokensFor: (rank: number) => number = (r) => tokensOf(c, r),
+): HostInput[] {
   const inputs = Array.from(
     { length: plan.world },
-    (_, r) => rankInput(plan, c, r, tokensOf(c, r)),
+    (_, r) => rankInput(plan, c, r, tokensFor(r)),
   );
   if (!c.preQuantized) return inputs;
   // The caller's own quantization: weft's bytes, scales times 1.37 (no longer
@@ -745,25 +752,18 @@ export async function runCase(
     const re = await compareDispatch(first.results[0], want);
     if (re) problems.push(`redispatch into a poisoned buffer: ${re}`);
 
-    const recvRows = oracle.results.map((r) => r.recv.rows);
-    const ys = caseYs(plan, c, recvRows);
-    const wantOut = toF32(await (await sim.combine(oracle.handle, ys))[rank].read(), plan.dtype);
-    using out = DeviceTensor.alloc(engine.device, plan.dtype, tokens, plan.hidden);
-    out.poison();
-    const y = onSide(ys[rank], recvRows[rank]);
-    await engine.combine(first.handle, [y], { out: [out] });
-    const got = toF32(await out.read(), plan.dtype);
-    const u = unitRoundoff(plan.dtype);
-    // The default wire carries partials in the dtype (one more rounding each).
-    const uWire = c.combineWire === "f32" ? 2 ** -24 : u;
-    const bound = 2 * u + (plan.topK + 2) * Math.max(uWire, 2 ** -24);
-    const { maxErr, problem } = combineError(
-      got,
-      wantOut,
-      combineScale(plan, rank, tokens, oracle.results, ys),
-      bound,
+    const { maxErr, problem, out, y } = await checkCombine(
+      engine,
+      sim,
+      plan,
+      c,
+      oracle,
+      first.handle,
+      tokens,
+      onSide,
+      temporaries,
     );
-    if (problem) problems.push(`combine beyond ${bound.toExponential(2)}: ${problem}`);
+    if (problem) problems.push(problem);
     const [out2] = await engine.combine(first.handle, [y]);
     // A dispatch while that combine still runs on the GPU (its begin half
     // finds the tail in flight, settles it, then goes on).
@@ -776,10 +776,83 @@ export async function runCase(
     if (twice >= 0) problems.push(`combine is not deterministic: runs differ at element ${twice}`);
     first.handle.close();
     oracle.handle.close();
+
+    // A smaller batch with new inputs (routing and x uploaded afresh when
+    // the case has them on the device) on the same engine: dispatch replays
+    // launches captured once, so the token count, the routing, the index
+    // arrays and recv must all be this call's, not an earlier call's.
+    const half = caseInputs(plan, c, (r) => Math.floor(tokensOf(c, r) / 2));
+    const halfOracle = await sim.dispatch(half);
+    const mineHalf = half[rank];
+    const tHalf = mineHalf.topkIdx.length / plan.topK;
+    const halfRouting: RoutingInput = c.routingOnDevice
+      ? routingOnDevice(engine, plan, mineHalf, temporaries)
+      : { topkIdx: mineHalf.topkIdx, topkWeights: mineHalf.topkWeights };
+    const smaller = await engine.dispatch([{ x: xOnSide(mineHalf.x, tHalf), ...halfRouting }]);
+    const dHalf = await compareDispatch(smaller.results[0], halfOracle.results[rank]);
+    if (dHalf) problems.push(`a smaller batch after these: ${dHalf}`);
+    const halfCombine = await checkCombine(
+      engine,
+      sim,
+      plan,
+      c,
+      halfOracle,
+      smaller.handle,
+      tHalf,
+      onSide,
+      temporaries,
+    );
+    if (halfCombine.problem) problems.push(`a smaller batch after these: ${halfCombine.problem}`);
+    smaller.handle.close();
+    halfOracle.handle.close();
     return outcome(problems.length === 0, maxErr, problems.join("; "));
   } finally {
     for (const t of temporaries) t.close();
   }
+}
+
+/**
+ * Combines `handle`'s batch on the GPU into a poisoned output (the experts'
+ * outputs from caseYs) and checks it against the Simulator's combine of the
+ * same batch; returns the output (closed with `temporaries`) and y.
+ */
+async function checkCombine(
+  engine: Engine,
+  sim: Simulator,
+  plan: PlanSpec,
+  c: GpuCase,
+  oracle: Awaited<ReturnType<Simulator["dispatch"]>>,
+  handle: Awaited<ReturnType<Engine["dispatch"]>>["handle"],
+  tokens: number,
+  onSide: (rows: HostRows, n: number) => HostRows | DeviceTensor,
+  temporaries: DeviceTensor[],
+): Promise<{ maxErr: number; problem: string; out: DeviceTensor<DType>; y: HostRows | DeviceTensor }> {
+  const rank = engine.rank;
+  const recvRows = oracle.results.map((r) => r.recv.rows);
+  const ys = caseYs(plan, c, recvRows);
+  const wantOut = toF32(await (await sim.combine(oracle.handle, ys))[rank].read(), plan.dtype);
+  const out = DeviceTensor.alloc(engine.device, plan.dtype, tokens, plan.hidden);
+  temporaries.push(out);
+  out.poison();
+  const y = onSide(ys[rank], recvRows[rank]);
+  await engine.combine(handle, [y], { out: [out] });
+  const got = toF32(await out.read(), plan.dtype);
+  const u = unitRoundoff(plan.dtype);
+  // The default wire carries partials in the dtype (one more rounding each).
+  const uWire = c.combineWire === "f32" ? 2 ** -24 : u;
+  const bound = 2 * u + (plan.topK + 2) * Math.max(uWire, 2 ** -24);
+  const { maxErr, problem } = combineError(
+    got,
+    wantOut,
+    combineScale(plan, rank, tokens, oracle.results, ys),
+    bound,
+  );
+  return {
+    maxErr,
+    problem: problem ? `combine beyond ${bound.toExponential(2)}: ${problem}` : "",
+    out,
+    y,
+  };
 }
 
 /**
