@@ -826,7 +826,9 @@ async function checkCombine(
   tokens: number,
   onSide: (rows: HostRows, n: number) => HostRows | DeviceTensor,
   temporaries: DeviceTensor[],
-): Promise<{ maxErr: number; problem: string; out: DeviceTensor<DType>; y: HostRows | DeviceTensor }> {
+): Promise<
+  { maxErr: number; problem: string; out: DeviceTensor<DType>; y: HostRows | DeviceTensor }
+> {
   const rank = engine.rank;
   const recvRows = oracle.results.map((r) => r.recv.rows);
   const ys = caseYs(plan, c, recvRows);
