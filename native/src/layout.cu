@@ -348,43 +348,54 @@ int32_t route_prepare(const PlanHost& p, size_t smem_optin) {
   return WEFT_OK;
 }
 
-int32_t route_tokens(const PlanHost& p, const RouteTables& rt, int src_rank, int tokens, const int* idx,
-                     const float* weights, const RouteOut& out, DevStatus* st, cudaStream_t stream) {
-  const int chunks = route_chunks(tokens);
-  if (chunks > out.chunk_stride) {
-    WEFT_FAIL(WEFT_ERR_CAPACITY, "tokens = %d exceeds the routing scratch (%d chunks)", tokens, out.chunk_stride);
-  }
+namespace {
+
+// The routing's three launches, in grids for grid_tokens tokens: the batch
+// (a.tokens), or the capacity when a.call gives the count at run time.
+int32_t launch_route(const PlanHost& p, const RouteArgs& a, int* slot_count, int* meta, int grid_tokens,
+                     cudaStream_t s) {
+  const int chunks = route_chunks(grid_tokens);
   if (chunks > 0) {
-    RouteArgs a;
-    a.rt = rt;
-    a.src_rank = src_rank;
-    a.tokens = tokens;
-    a.top_k = p.top_k;
-    a.slots = p.slots;
-    a.idx = idx;
-    a.weights = weights;
-    a.slot_out = out.slot;
-    a.ord_out = out.ord;
-    a.dmask_out = out.dmask;
-    a.chunk_counts = out.chunk_counts;
-    a.chunk_stride = out.chunk_stride;
-    a.call = nullptr;
-    a.idx_stage = nullptr;
-    a.w_stage = nullptr;
-    a.st = st;
-    route_chunk_kernel<<<chunks, 32, route_smem_bytes(p), stream>>>(a);
-    WEFT_LAUNCHED("route_chunk", stream);
+    route_chunk_kernel<<<chunks, 32, route_smem_bytes(p), s>>>(a);
+    WEFT_LAUNCHED("route_chunk", s);
   }
-  chunk_scan_kernel<<<grid_for(static_cast<long long>(p.slots) * 32, 128), 128, 0, stream>>>(
-      out.chunk_counts, out.chunk_stride, chunks, p.slots, out.slot_count, out.meta, tokens, nullptr);
-  WEFT_LAUNCHED("chunk_scan", stream);
-  const long long pairs = static_cast<long long>(tokens) * p.top_k;
+  chunk_scan_kernel<<<grid_for(static_cast<long long>(p.slots) * 32, 128), 128, 0, s>>>(
+      a.chunk_counts, a.chunk_stride, chunks, p.slots, slot_count, meta, a.tokens, a.call);
+  WEFT_LAUNCHED("chunk_scan", s);
+  const long long pairs = static_cast<long long>(grid_tokens) * p.top_k;
   if (pairs > 0) {
-    ord_finalize_kernel<<<grid_for(pairs, 256), 256, 0, stream>>>(out.slot, out.ord, pairs, p.top_k,
-                                                                  out.chunk_counts, out.chunk_stride, nullptr);
-    WEFT_LAUNCHED("ord_finalize", stream);
+    ord_finalize_kernel<<<grid_for(pairs, 256), 256, 0, s>>>(a.slot_out, a.ord_out, pairs, p.top_k, a.chunk_counts,
+                                                             a.chunk_stride, a.call);
+    WEFT_LAUNCHED("ord_finalize", s);
   }
   return WEFT_OK;
+}
+
+}  // namespace
+
+int32_t route_tokens(const PlanHost& p, const RouteTables& rt, int src_rank, int tokens, const int* idx,
+                     const float* weights, const RouteOut& out, DevStatus* st, cudaStream_t stream) {
+  if (route_chunks(tokens) > out.chunk_stride) {
+    WEFT_FAIL(WEFT_ERR_CAPACITY, "tokens = %d exceeds the routing scratch (%d chunks)", tokens, out.chunk_stride);
+  }
+  RouteArgs a;
+  a.rt = rt;
+  a.src_rank = src_rank;
+  a.tokens = tokens;
+  a.top_k = p.top_k;
+  a.slots = p.slots;
+  a.idx = idx;
+  a.weights = weights;
+  a.slot_out = out.slot;
+  a.ord_out = out.ord;
+  a.dmask_out = out.dmask;
+  a.chunk_counts = out.chunk_counts;
+  a.chunk_stride = out.chunk_stride;
+  a.call = nullptr;
+  a.idx_stage = nullptr;
+  a.w_stage = nullptr;
+  a.st = st;
+  return launch_route(p, a, out.slot_count, out.meta, tokens, stream);
 }
 
 namespace {
@@ -443,22 +454,8 @@ int32_t layout_source(weft_engine* e, cudaStream_t s) {
   a.chunk_counts = e->d_chunk_counts;
   a.chunk_stride = e->chunk_stride;
   a.st = c->d_status;
-  const int chunks = route_chunks(p.max_tokens);
-  if (chunks > 0) {
-    route_chunk_kernel<<<chunks, 32, route_smem_bytes(p), s>>>(a);
-    WEFT_LAUNCHED("route_chunk", s);
-  }
-  chunk_scan_kernel<<<grid_for(static_cast<long long>(p.slots) * 32, 128), 128, 0, s>>>(
-      e->d_chunk_counts, e->chunk_stride, 0, p.slots, reinterpret_cast<int*>(c->heap + hl.slot_count),
-      reinterpret_cast<int*>(c->heap + hl.meta), 0, e->d_call);
-  WEFT_LAUNCHED("chunk_scan", s);
-  const long long pairs = static_cast<long long>(p.max_tokens) * p.top_k;
-  if (pairs > 0) {
-    ord_finalize_kernel<<<grid_for(pairs, 256), 256, 0, s>>>(a.slot_out, a.ord_out, pairs, p.top_k,
-                                                             e->d_chunk_counts, e->chunk_stride, e->d_call);
-    WEFT_LAUNCHED("ord_finalize", s);
-  }
-  return WEFT_OK;
+  return launch_route(p, a, reinterpret_cast<int*>(c->heap + hl.slot_count), reinterpret_cast<int*>(c->heap + hl.meta),
+                      p.max_tokens, s);
 }
 
 int32_t layout_bases(weft_engine* e, cudaStream_t s) {
