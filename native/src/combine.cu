@@ -352,10 +352,8 @@ int32_t combine_impl(weft_handle* h, const void* y, void* out, bool ok, const st
   c->profile.mark(c->stream, "barrier: partials");
   WEFT_TRY(launch_combine_reduce(e, h, out));
   c->profile.mark(c->stream, "reduce");
-  WEFT_TRY(comm_barrier_async(c, "combine end"));
-  c->profile.mark(c->stream, "barrier: end");
   // Return while the partials move; a later call settles this one.
-  WEFT_TRY(comm_end_call(c, "weft_combine", "combine", ok));
+  WEFT_TRY(comm_end_with_barrier(c, "combine end", "weft_combine", "combine", ok));
   c->profile.host_lap("combine");
   if (!ok) {
     WEFT_FAIL(WEFT_ERR_INVALID, "%s (rank %d: y [%d x hidden], out [%d x hidden]). Every rank failed the call",

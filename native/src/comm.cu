@@ -25,14 +25,20 @@ namespace weft {
 namespace {
 
 // epoch_at, when not null, holds the epoch (written by an earlier kernel of
-// the call), so that a captured graph can replay the launch.
+// the call), so that a captured graph can replay the launch. publish, when
+// not null, receives the status once the barrier is done (a call's end
+// barrier: its tail's slot in mapped host memory).
 __global__ void __launch_bounds__(32) barrier_kernel(PeerTable peers, int rank, int world, uint64_t epoch,
-                                                     const uint64_t* epoch_at, uint64_t timeout_ns, DevStatus* st) {
+                                                     const uint64_t* epoch_at, uint64_t timeout_ns, DevStatus* st,
+                                                     DevStatus* publish) {
   const int lane = threadIdx.x;
   if (epoch_at != nullptr) epoch = *epoch_at;
   // A peer already failed to arrive in this call: waiting again would only
   // double the time to the error.
-  if (ld_volatile_u32(&st->timeout_mask) != 0u) return;
+  if (ld_volatile_u32(&st->timeout_mask) != 0u) {
+    if (lane == 0 && publish != nullptr) publish_status(st, publish);
+    return;
+  }
   const unsigned err = (ld_volatile_u32(&st->local_bad) | ld_volatile_u32(&st->internal)) != 0u ? 1u : 0u;
   // Make this rank's earlier writes (its own kernels' remote stores included)
   // visible system-wide before announcing arrival.
@@ -63,6 +69,9 @@ __global__ void __launch_bounds__(32) barrier_kernel(PeerTable peers, int rank, 
     if (errs != 0u) atomicOr(&st->peer_err_mask, errs);
     if (missing != 0u) atomicOr(&st->timeout_mask, missing);
     if ((errs | missing) != 0u) atomicExch(&st->abort, 1u);
+    // Every write to st of this call is done: earlier kernels have ended,
+    // and this one's were made by this thread.
+    if (publish != nullptr) publish_status(st, publish);
   }
 }
 
@@ -235,8 +244,10 @@ int32_t comm_init(weft_comm* c, const uint8_t* nccl_id) {
   WEFT_CUDA(cudaMallocHost(&hst, sizeof(DevStatus)));
   c->h_status = static_cast<DevStatus*>(hst);
   memset(c->h_status, 0, sizeof(DevStatus));
-  WEFT_CUDA(cudaMallocHost(&hst, sizeof(DevStatus) * weft_comm::kMaxTails));
+  void* dst = nullptr;
+  WEFT_TRY(alloc_mapped(sizeof(DevStatus) * weft_comm::kMaxTails, &hst, &dst));
   c->h_tail_status = static_cast<DevStatus*>(hst);
+  c->d_tail_status = static_cast<DevStatus*>(dst);
   // The flags must be zero before any peer can see this heap's IPC handle.
   WEFT_CUDA(cudaDeviceSynchronize());
 
@@ -315,10 +326,10 @@ int32_t comm_barrier_async(weft_comm* c, const char* stage) {
   return comm_barrier_at(c, c->stream, nullptr);
 }
 
-int32_t comm_barrier_at(weft_comm* c, cudaStream_t s, const uint64_t* epoch_at) {
+int32_t comm_barrier_at(weft_comm* c, cudaStream_t s, const uint64_t* epoch_at, DevStatus* publish) {
   const uint64_t timeout_ns = static_cast<uint64_t>(c->timeout_ms) * 1000000ull;
   barrier_kernel<<<1, 32, 0, s>>>(c->peers, c->rank, c->world, epoch_at != nullptr ? 0 : c->epoch, epoch_at,
-                                  timeout_ns, c->d_status);
+                                  timeout_ns, c->d_status, publish);
   WEFT_LAUNCHED("barrier", s);
   return WEFT_OK;
 }
@@ -327,6 +338,21 @@ int32_t comm_waited(weft_comm* c, cudaError_t e) {
   if (e == cudaSuccess) return WEFT_OK;
   comm_mark_broken(c, WEFT_ERR_CUDA, cudaGetErrorString(e));
   WEFT_FAIL(WEFT_ERR_CUDA, "rank %d: a kernel failed: %s (%s)", c->rank, cudaGetErrorName(e), cudaGetErrorString(e));
+}
+
+int32_t alloc_mapped(size_t bytes, void** host, void** device) {
+  *host = nullptr;
+  *device = nullptr;
+  WEFT_CUDA(cudaHostAlloc(host, bytes, cudaHostAllocMapped | cudaHostAllocPortable));
+  memset(*host, 0, bytes);
+  const cudaError_t e = cudaHostGetDevicePointer(device, *host, 0);
+  if (e != cudaSuccess) {
+    cudaFreeHost(*host);
+    *host = nullptr;
+    WEFT_FAIL(WEFT_ERR_CUDA, "cudaHostGetDevicePointer: %s (this GPU cannot write mapped host memory)",
+              cudaGetErrorString(e));
+  }
+  return WEFT_OK;
 }
 
 int32_t comm_sync_status(weft_comm* c) {
@@ -363,22 +389,28 @@ int32_t settle_oldest(weft_comm* c) {
 
 }  // namespace
 
-int32_t comm_finish_async(weft_comm* c, const char* call) {
+int32_t comm_end_with_barrier(weft_comm* c, const char* barrier_stage, const char* call, const char* stage,
+                              bool queue) {
+  if (!queue) {
+    WEFT_TRY(comm_barrier_async(c, barrier_stage));
+    c->profile.mark(c->stream, "barrier: end");
+    const int32_t rc = comm_sync_status(c);
+    c->profile.end(c->stream);
+    return rc != WEFT_OK ? rc : comm_check_peers(c, stage);
+  }
   if (c->tail_count == weft_comm::kMaxTails) WEFT_TRY(settle_oldest(c));
   const int slot = (c->tail_head + c->tail_count) % weft_comm::kMaxTails;
-  WEFT_CUDA(cudaMemcpyAsync(c->h_tail_status + slot, c->d_status, sizeof(DevStatus), cudaMemcpyDeviceToHost,
-                            c->stream));
+  c->epoch += 1;
+  debug_log("rank %d barrier %llu (%s)", c->rank, static_cast<unsigned long long>(c->epoch), barrier_stage);
+  // The barrier itself writes the status into the tail's slot: no copy on
+  // the stream between this call and the next.
+  WEFT_TRY(comm_barrier_at(c, c->stream, nullptr, c->d_tail_status + slot));
+  c->profile.mark(c->stream, "barrier: end");
   WEFT_CUDA(cudaEventRecord(c->tails[slot].done, c->stream));
   c->tails[slot].call = call;
   c->tail_count += 1;
-  return WEFT_OK;
-}
-
-int32_t comm_end_call(weft_comm* c, const char* call, const char* stage, bool queue) {
-  const int32_t rc = queue ? comm_finish_async(c, call) : comm_sync_status(c);
   c->profile.end(c->stream);
-  if (rc != WEFT_OK || queue) return rc;
-  return comm_check_peers(c, stage);
+  return WEFT_OK;
 }
 
 int32_t comm_check_not_begun(weft_comm* c) {

@@ -55,8 +55,8 @@ struct weft_comm {
   weft::DevStatus* h_status = nullptr;  // pinned host mirror
 
   // Stream-ordered returns: a collective call that got past its last host
-  // decision enqueues the rest (data movement, end barrier, a copy of the
-  // status into its own host slot), records an event and returns. Tails queue
+  // decision enqueues the rest (data movement, end barrier, which
+  // also writes the status into the tail's own host slot), records an event and returns. Tails queue
   // up here, oldest first; later calls enqueue behind them without waiting.
   // They are checked, in order, where a call waits for the stream anyway
   // (weft_dispatch_finish's one sync), or must (weft_comm_sync, barriers,
@@ -68,7 +68,8 @@ struct weft_comm {
   };
   static constexpr int kMaxTails = 4;
   Tail tails[kMaxTails];
-  weft::DevStatus* h_tail_status = nullptr;  // pinned, one slot per tail
+  weft::DevStatus* h_tail_status = nullptr;  // pinned and mapped, one slot per tail
+  weft::DevStatus* d_tail_status = nullptr;  // the same slots as the device addresses them
   int tail_head = 0;                         // oldest queued tail
   int tail_count = 0;
 
@@ -115,7 +116,8 @@ int32_t comm_barrier_async(weft_comm* c, const char* stage);
 // The barrier kernel alone, on stream s: with epoch_at null, for epoch
 // c->epoch (the caller has counted it); otherwise for the epoch an earlier
 // kernel wrote at epoch_at (a launch a CUDA graph can replay).
-int32_t comm_barrier_at(weft_comm* c, cudaStream_t s, const uint64_t* epoch_at);
+// publish, when not null, receives the status after the barrier (mapped host memory).
+int32_t comm_barrier_at(weft_comm* c, cudaStream_t s, const uint64_t* epoch_at, DevStatus* publish = nullptr);
 // Synchronizes the comm stream and copies the device status to c->h_status.
 int32_t comm_sync_status(weft_comm* c);
 // The result of a host wait on this comm's work (a stream or event sync): a
@@ -123,15 +125,14 @@ int32_t comm_sync_status(weft_comm* c);
 int32_t comm_waited(weft_comm* c, cudaError_t e);
 // A barrier the host waits for (status reset, barrier, sync, peer check).
 int32_t comm_barrier_now(weft_comm* c, const char* stage);
-// Ends a call whose outcome this rank cannot know yet: queues its tail (the
-// status copy and an event) for comm_settle. With the queue full, settles
-// the oldest tail first.
-int32_t comm_finish_async(weft_comm* c, const char* call);
-// Ends a collective call, after its last barrier is enqueued. queue: the
-// call's outcome is for later (comm_finish_async, tail named `call`);
-// otherwise (it already failed on this rank) waits for the stream and
+// Ends a collective call with its last barrier (named `barrier_stage`).
+// queue: the call's outcome is for later: the barrier writes the status into
+// the tail's slot (mapped host memory) and the tail, named `call`, is queued
+// for comm_settle (settling the oldest first when the queue is full).
+// Otherwise (the call already failed on this rank) waits for the stream and
 // reports a peer's failure or timeout, naming `stage`. Closes the profile.
-int32_t comm_end_call(weft_comm* c, const char* call, const char* stage, bool queue);
+int32_t comm_end_with_barrier(weft_comm* c, const char* barrier_stage, const char* call, const char* stage,
+                              bool queue);
 // Waits for every queued tail and reports, oldest first, what went wrong in
 // it (peer timeout, a peer's failure, a kernel fault). Called under the lock.
 int32_t comm_settle(weft_comm* c);
@@ -149,6 +150,10 @@ int32_t comm_nccl_stream_wait(weft_comm* c, const char* what);
 // After ncclGroupEnd: waits until a nonblocking NCCL comm has enqueued the group.
 int32_t comm_nccl_group_end(weft_comm* c, const char* what);
 int32_t comm_nccl_check(weft_comm* c, ncclResult_t r, const char* what);
+
+// Page-locked host memory the device can write (and read) directly: `host`
+// for the CPU, `device` for kernels. Zeroed. Freed with cudaFreeHost(host).
+int32_t alloc_mapped(size_t bytes, void** host, void** device);
 
 // Bytes of the heap available to engines (after the comm's reserved area).
 inline uint64_t comm_engine_bytes(const weft_comm* c) {

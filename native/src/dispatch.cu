@@ -20,8 +20,8 @@
 //      (routing on this GPU is read where it is and copied into the heap as
 //      it is read); barrier "dispatch staging" (error bits merged: one bad
 //      rank fails all); layout_bases: every rank's totals → the receive-row
-//      base of each (source rank, slot), R and the token counts, copied to
-//      the host;
+//      base of each (source rank, slot), R and the token counts, written
+//      with the status to mapped host memory by layout_publish;
 //   4. layout_build: every pair's receive row, into the index arrays, run
 //      while the host waits; then, in dispatch_finish, the host sync (on the
 //      counts alone). Steps 3 and 4 replay as two CUDA graphs;
@@ -36,6 +36,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -383,8 +384,9 @@ bool on_this_device(const void* ptr, int device) {
 // The first half of a dispatch: everything up to the one host sync, all
 // enqueued without waiting. dispatch_finish does the rest.
 //
-// What changes per call goes to the device in open_call's arguments; the
-// layout's ~10 launches that read it replay as graphs (layout_graph.cu): on
+// What changes per call goes to the device through open_call, which copies
+// it from mapped host memory; the layout's ~10 launches that read it replay
+// as graphs (layout_graph.cu), nothing in them updated per call: on
 // the fast path one graph launch opens the call and runs everything up to
 // the host sync, a second the build, so the GPU, not the host's issue rate,
 // sets the pace up to the staging barrier.
@@ -424,6 +426,17 @@ int32_t dispatch_begin(weft_engine* e, const Rows& rows, const int32_t* idx, con
   call.epoch = ++c->epoch;
   call.ix = e->pending;
   debug_log("rank %d barrier %llu (dispatch staging)", c->rank, static_cast<unsigned long long>(c->epoch));
+  // open_call copies h_call when the GPU reaches it: the previous call's
+  // copy must be done before it is rewritten. After dispatch_finish (the
+  // usual case) it is; after a begin that never finished, wait for the
+  // stream (an error path: no event of that call may have been recorded).
+  if (e->counts_unwaited) {
+    e->counts_unwaited = false;
+    WEFT_TRY(comm_waited(c, cudaStreamSynchronize(c->stream)));
+  }
+  *e->h_call = call;
+  e->counts_unwaited = true;
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // the stores, before the launch that reads them
   c->profile.host_lap("begin: call values");
   // Routing not on this GPU, then x (and its quantization): into the heap.
   auto stage_inputs = [&]() -> int32_t {
@@ -441,12 +454,11 @@ int32_t dispatch_begin(weft_engine* e, const Rows& rows, const int32_t* idx, con
     // The fast path: copies (if any) first, as nothing in them reads the
     // status; then one launch opens the call and runs the front.
     WEFT_TRY(stage_inputs());
-    WEFT_TRY(open_call_set(e, e->graph_front_open, e->open_node, call));
     WEFT_CUDA(cudaGraphLaunch(e->graph_front_open, c->stream));
     c->profile.mark(c->stream, "layout: open, source, barrier, bases (graph)");
   } else if (ok) {
     // Quantizing reads the status, so it follows the open.
-    WEFT_TRY(open_call(e, c->stream, call));
+    WEFT_TRY(open_call(e, c->stream));
     c->profile.mark(c->stream, "open call");
     WEFT_TRY(stage_inputs());
     if (graphs) {
@@ -457,7 +469,7 @@ int32_t dispatch_begin(weft_engine* e, const Rows& rows, const int32_t* idx, con
     }
   } else {
     // Bad input: no routing; the barrier carries this rank's error bit.
-    WEFT_TRY(open_call(e, c->stream, call));
+    WEFT_TRY(open_call(e, c->stream));
     if (!index_ok) {
       WEFT_TRY(comm_report_bad(c, 0, kBadArgument));  // every rank fails at the staging barrier; finish says why
     } else if (!tokens_ok) {
@@ -467,11 +479,11 @@ int32_t dispatch_begin(weft_engine* e, const Rows& rows, const int32_t* idx, con
     }
     WEFT_TRY(comm_barrier_at(c, c->stream, &e->d_call->epoch));
     WEFT_TRY(layout_bases(e, c->stream));
+    WEFT_TRY(layout_publish(e, c->stream));
   }
   c->profile.host_lap("begin: staging, front");
-  // What the host waits for: the token counts, R and this call's status.
-  WEFT_CUDA(cudaMemcpyAsync(e->h_counts, e->d_counts, (p.world + 1) * sizeof(int), cudaMemcpyDeviceToHost, c->stream));
-  WEFT_CUDA(cudaMemcpyAsync(c->h_status, c->d_status, sizeof(DevStatus), cudaMemcpyDeviceToHost, c->stream));
+  // What the host waits for (the token counts, R and this call's status) is
+  // in h_readback once this event has completed.
   WEFT_CUDA(cudaEventRecord(e->counts_ready, c->stream));
   // The rest of the layout runs while the host waits for those.
   if (ok && graphs) {
@@ -511,8 +523,10 @@ int32_t dispatch_finish(weft_engine* e, weft_handle** out) {
   int32_t rc = comm_settle(c);
   if (rc != WEFT_OK) return fail_early(rc);
   c->profile.host_lap("finish: settle tails");
+  e->counts_unwaited = false;
   rc = comm_waited(c, cudaEventSynchronize(e->counts_ready));
   if (rc != WEFT_OK) return fail_early(rc);
+  *c->h_status = e->h_readback->status;
   c->profile.host_lap("finish: wait for counts");
   rc = comm_check_peers(c, "dispatch");
   if (rc != WEFT_OK) return fail_early(rc);
@@ -533,7 +547,7 @@ int32_t dispatch_finish(weft_engine* e, weft_handle** out) {
   }
 
   const int W = p.world;
-  const int* tokens_of = e->h_counts;
+  const int* tokens_of = e->h_readback->counts;
   weft_handle* h = new weft_handle();
   h->engine = e;
   engine_retain(e);
@@ -583,13 +597,11 @@ int32_t dispatch_finish(weft_engine* e, weft_handle** out) {
     c->profile.mark(c->stream, "pull");
     if (rc != WEFT_OK) return fail(rc);
   }
-  rc = comm_barrier_async(c, "dispatch end");
-  c->profile.mark(c->stream, "barrier: end");
   // Every host decision is made: return while the rows move; a peer that
   // fails from here on is reported by a later call (comm_settle). A rank that
   // failed to allocate waits instead, so every rank's error is in view.
-  if (rc == WEFT_OK) rc = comm_end_call(c, move_rows ? "weft_dispatch" : "weft_dispatch_layout", "dispatch",
-                                        alloc_rc == WEFT_OK);
+  rc = comm_end_with_barrier(c, "dispatch end", move_rows ? "weft_dispatch" : "weft_dispatch_layout", "dispatch",
+                             alloc_rc == WEFT_OK);
   if (rc == WEFT_OK) rc = alloc_rc;
   if (rc != WEFT_OK) return fail(rc);
   c->profile.host_lap("finish: end barrier, tail");
@@ -613,10 +625,8 @@ int32_t redispatch_impl(weft_handle* h, const Rows& rows) {
   c->profile.mark(c->stream, "barrier: staged");
   WEFT_TRY(launch_pull(e, h));
   c->profile.mark(c->stream, "pull");
-  WEFT_TRY(comm_barrier_async(c, "redispatch end"));
-  c->profile.mark(c->stream, "barrier: end");
   // x was staged in stream order; a peer's failure surfaces at a later call.
-  WEFT_TRY(comm_end_call(c, "weft_redispatch", "redispatch", !bad));
+  WEFT_TRY(comm_end_with_barrier(c, "redispatch end", "weft_redispatch", "redispatch", !bad));
   if (bad) {
     WEFT_FAIL(WEFT_ERR_INVALID,
               "x is NULL while the handle has %d tokens on rank %d, or q and scales are not both given, or given to "

@@ -23,13 +23,13 @@ void engine_release(weft_engine* e) {
   if (e->spare_recv != nullptr) cudaFree(e->spare_recv);
   if (e->d_counts != nullptr) cudaFree(e->d_counts);
   if (e->d_base != nullptr) cudaFree(e->d_base);
-  if (e->h_counts != nullptr) cudaFreeHost(e->h_counts);
+  if (e->h_readback != nullptr) cudaFreeHost(e->h_readback);
   if (e->counts_ready != nullptr) cudaEventDestroy(e->counts_ready);
   if (e->d_call != nullptr) cudaFree(e->d_call);
+  if (e->h_call != nullptr) cudaFreeHost(e->h_call);
   if (e->graph_front != nullptr) cudaGraphExecDestroy(e->graph_front);
   if (e->graph_build != nullptr) cudaGraphExecDestroy(e->graph_build);
   if (e->graph_front_open != nullptr) cudaGraphExecDestroy(e->graph_front_open);
-  if (e->front_open_template != nullptr) cudaGraphDestroy(e->front_open_template);
   if (e->capture != nullptr) cudaStreamDestroy(e->capture);
   (void)cudaGetLastError();
   delete e;
@@ -71,11 +71,16 @@ int32_t engine_init(weft_engine* e) {
   e->d_counts = static_cast<int*>(d);
   WEFT_CUDA(cudaMalloc(&d, ws * sizeof(int)));
   e->d_base = static_cast<int*>(d);
-  WEFT_CUDA(cudaMallocHost(&d, (p.world + 1) * sizeof(int)));
-  e->h_counts = static_cast<int*>(d);
+  void* h = nullptr;
+  WEFT_TRY(alloc_mapped(sizeof(LayoutReadback), &h, &d));
+  e->h_readback = static_cast<LayoutReadback*>(h);
+  e->d_readback = static_cast<LayoutReadback*>(d);
   WEFT_CUDA(cudaEventCreateWithFlags(&e->counts_ready, cudaEventDisableTiming));
   WEFT_CUDA(cudaMalloc(&d, sizeof(DispatchCall)));
   e->d_call = static_cast<DispatchCall*>(d);
+  WEFT_TRY(alloc_mapped(sizeof(DispatchCall), &h, &d));
+  e->h_call = static_cast<DispatchCall*>(h);
+  e->d_call_src = static_cast<DispatchCall*>(d);
   const long long cap = recv_capacity(p);
   if (cap > 0x7fffffffLL) {
     WEFT_FAIL(WEFT_ERR_CAPACITY,

@@ -167,8 +167,10 @@ struct IndexArrays {
 };
 // What differs from one dispatch to the next, in device memory (e->d_call):
 // the layout kernels read it there, so one set of launches serves every
-// call and can be captured once as a CUDA graph (dispatch.cu). The call's
-// first kernel (open_call) writes it, taking it by value.
+// call and can be captured once as a CUDA graph (layout_graph.cu). The host
+// writes it into mapped host memory (e->h_call); the call's first kernel
+// (open_call) copies it to the device, so nothing in the graph changes per
+// call.
 struct DispatchCall {
   int tokens = 0;
   int pad_ = 0;
@@ -176,6 +178,14 @@ struct DispatchCall {
   const float* w = nullptr;  // topk_weights, likewise
   uint64_t epoch = 0;        // the staging barrier's epoch
   IndexArrays ix;            // where this call's index arrays go
+};
+
+// What dispatch's one host sync reads: written by the layout's last kernel
+// (layout_publish) into mapped host memory, so no copy-engine transfer sits
+// on the stream between the layout's kernels.
+struct LayoutReadback {
+  DevStatus status;            // the call's status after the staging barrier
+  int counts[kMaxWorld + 1];   // tokens of each rank, then R of this rank
 };
 
 // Receive rows this rank can get at most: a token holds each slot at most
@@ -197,12 +207,19 @@ struct weft_engine {
   int* d_chunk_counts = nullptr;  // [slots][chunk_stride]
   int chunk_stride = 0;
   int* d_counts = nullptr;        // [world] tokens of each rank, then R of this rank (layout_bases)
-  int* h_counts = nullptr;        // pinned mirror, read at the host sync
   int* d_base = nullptr;          // [world][slots] receive-row base of each (source rank, slot)
   int recv_cap = 0;               // recv_capacity(plan)
-  cudaEvent_t counts_ready = nullptr;  // h_counts and the status are on the host
+  weft::LayoutReadback* h_readback = nullptr;  // mapped host memory, read at the host sync
+  weft::LayoutReadback* d_readback = nullptr;  // the same, as kernels address it
+  cudaEvent_t counts_ready = nullptr;  // h_readback holds this call's values
+  bool counts_unwaited = false;   // a begun dispatch's h_call may be unread (not yet finished)
   weft::IndexArrays pending;      // the begun dispatch's index arrays, until a handle takes them
   weft::DispatchCall* d_call = nullptr;  // the current dispatch's DispatchCall (device)
+  // The next call's values, written by the host (mapped host memory) and
+  // copied to d_call by open_call: rewritten only once the previous
+  // open_call has run (counts_ready is recorded after it).
+  weft::DispatchCall* h_call = nullptr;
+  weft::DispatchCall* d_call_src = nullptr;  // h_call as kernels address it
   // The layout's launches as CUDA graphs (dispatch.cu), captured on first use
   // on a stream of their own: before the host sync (source side, staging
   // barrier, bases) and after it (build). graphs: -1 not tried yet, 0 off
@@ -211,10 +228,8 @@ struct weft_engine {
   cudaGraphExec_t graph_front = nullptr;
   cudaGraphExec_t graph_build = nullptr;
   // open_call followed by the front, for calls that stage nothing after the
-  // status reset (no quantize): open_node's arguments are set per call.
-  cudaGraph_t front_open_template = nullptr;  // kept: open_node belongs to it
+  // status reset (no quantize).
   cudaGraphExec_t graph_front_open = nullptr;
-  cudaGraphNode_t open_node = nullptr;
   int graphs = -1;
   unsigned long long dispatches = 0;  // dispatches begun (WEFT_GRAPH=2 alternates on it)
   // One block of each kind kept from a closed handle for the next dispatch
@@ -275,11 +290,10 @@ int32_t launch_combine_reduce(weft_engine* e, weft_handle* h, void* out);
 // the host's sync, writing the index arrays of e->d_call. Each reads what
 // the call changes from e->d_call and launches for the plan's capacity, so
 // the same launches serve every call (and replay as a graph).
-int32_t open_call(weft_engine* e, cudaStream_t s, const DispatchCall& call);  // status reset + d_call
-// Sets the arguments of open_call's node (captured by open_call) in exec.
-int32_t open_call_set(weft_engine* e, cudaGraphExec_t exec, cudaGraphNode_t node, const DispatchCall& call);
+int32_t open_call(weft_engine* e, cudaStream_t s);            // status reset, h_call → d_call
 int32_t layout_source(weft_engine* e, cudaStream_t s);        // before the staging barrier
 int32_t layout_bases(weft_engine* e, cudaStream_t s);         // after it: bases, R, token counts → d_counts
+int32_t layout_publish(weft_engine* e, cudaStream_t s);       // d_counts and the status → h_readback
 int32_t layout_build(weft_engine* e, cudaStream_t s);         // receive rows of every pair
 
 // layout_graph.cu: the steps above as dispatch enqueues them, directly

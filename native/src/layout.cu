@@ -138,7 +138,10 @@ __device__ __forceinline__ int chunks_of(int tokens) { return tokens <= 0 ? 0 : 
 
 // One warp per slot: chunk counts → exclusive prefixes (in place), and the
 // total. Thread 0 also publishes the token count (meta), when asked. With
-// call, the token count (and so the chunks) comes from there.
+// call, the token count (and so the chunks) comes from there. The row is
+// read 32 chunks a load, kScanTiles loads in flight before their scans (the
+// carry runs through the scans, not the loads).
+constexpr int kScanTiles = 4;
 __global__ void chunk_scan_kernel(int* chunk_counts, int chunk_stride, int chunks, int slots, int* slot_count,
                                   int* meta, int tokens, const DispatchCall* call) {
   const int warp = static_cast<int>((blockIdx.x * static_cast<unsigned>(blockDim.x) + threadIdx.x) / 32u);
@@ -150,24 +153,28 @@ __global__ void chunk_scan_kernel(int* chunk_counts, int chunk_stride, int chunk
   if (meta != nullptr && blockIdx.x == 0 && threadIdx.x == 0) *meta = tokens;
   if (warp >= slots) return;
   int* row = chunk_counts + static_cast<size_t>(warp) * chunk_stride;
-  const int per = (chunks + 31) / 32;
-  const int begin = min(lane * per, chunks);
-  const int end = min(begin + per, chunks);
-  int sum = 0;
-  for (int c = begin; c < end; ++c) sum += row[c];
-  int incl = sum;
+  int carry = 0;
+  for (int c0 = 0; c0 < chunks; c0 += 32 * kScanTiles) {
+    int v[kScanTiles];
 #pragma unroll
-  for (int d = 1; d < 32; d <<= 1) {
-    const int v = __shfl_up_sync(0xffffffffu, incl, d);
-    if (lane >= d) incl += v;
+    for (int j = 0; j < kScanTiles; ++j) {
+      const int c = c0 + j * 32 + lane;
+      v[j] = c < chunks ? row[c] : 0;
+    }
+#pragma unroll
+    for (int j = 0; j < kScanTiles; ++j) {
+      int incl = v[j];
+#pragma unroll
+      for (int d = 1; d < 32; d <<= 1) {
+        const int u = __shfl_up_sync(0xffffffffu, incl, d);
+        if (lane >= d) incl += u;
+      }
+      const int c = c0 + j * 32 + lane;
+      if (c < chunks) row[c] = carry + incl - v[j];
+      carry += __shfl_sync(0xffffffffu, incl, 31);
+    }
   }
-  int run = incl - sum;
-  for (int c = begin; c < end; ++c) {
-    const int v = row[c];
-    row[c] = run;
-    run += v;
-  }
-  if (lane == 31) slot_count[warp] = incl;
+  if (lane == 0) slot_count[warp] = carry;
 }
 
 __global__ void ord_finalize_kernel(const int* slot, int* ord, long long pairs, int top_k, const int* chunk_counts,
@@ -400,34 +407,37 @@ int32_t route_tokens(const PlanHost& p, const RouteTables& rt, int src_rank, int
 
 namespace {
 
-// A dispatch's first kernel: the status reset, and the call's values where
-// the layout kernels read them.
-__global__ void open_call_kernel(DevStatus* st, DispatchCall call, DispatchCall* out) {
-  reset_status(st);
-  *out = call;
+// A dispatch's first kernel: the status reset, and the call's values copied
+// from mapped host memory to where the layout kernels read them, one 8-byte
+// word a lane so that the reads over PCIe are in flight together.
+__global__ void __launch_bounds__(32) open_call_kernel(DevStatus* st, const DispatchCall* src, DispatchCall* out) {
+  static_assert(sizeof(DispatchCall) % 8 == 0 && sizeof(DispatchCall) / 8 <= 64, "DispatchCall: two words a lane");
+  constexpr int kWords = static_cast<int>(sizeof(DispatchCall) / 8);
+  const volatile unsigned long long* from = reinterpret_cast<const volatile unsigned long long*>(src);
+  unsigned long long* to = reinterpret_cast<unsigned long long*>(out);
+  for (int i = threadIdx.x; i < kWords; i += 32) to[i] = from[i];
+  if (threadIdx.x == 0) reset_status(st);
+}
+
+// The layout's values the host waits for, into mapped host memory.
+__global__ void __launch_bounds__(32) publish_layout_kernel(const int* counts, int n, const DevStatus* st,
+                                                            LayoutReadback* out) {
+  for (int i = threadIdx.x; i < n; i += 32) out->counts[i] = counts[i];
+  if (threadIdx.x == 0) publish_status(st, &out->status);
+  __threadfence_system();  // every lane's stores, before the event the host waits on
 }
 
 }  // namespace
 
-int32_t open_call(weft_engine* e, cudaStream_t s, const DispatchCall& call) {
-  open_call_kernel<<<1, 1, 0, s>>>(e->comm->d_status, call, e->d_call);
+int32_t open_call(weft_engine* e, cudaStream_t s) {
+  open_call_kernel<<<1, 32, 0, s>>>(e->comm->d_status, e->d_call_src, e->d_call);
   WEFT_LAUNCHED("open_call", s);
   return WEFT_OK;
 }
 
-int32_t open_call_set(weft_engine* e, cudaGraphExec_t exec, cudaGraphNode_t node, const DispatchCall& call) {
-  DevStatus* st = e->comm->d_status;
-  DispatchCall value = call;
-  DispatchCall* out = e->d_call;
-  void* args[] = {&st, &value, &out};
-  cudaKernelNodeParams kp = {};
-  kp.func = reinterpret_cast<void*>(open_call_kernel);
-  kp.gridDim = dim3(1);
-  kp.blockDim = dim3(1);
-  kp.sharedMemBytes = 0;
-  kp.kernelParams = args;
-  kp.extra = nullptr;
-  WEFT_CUDA(cudaGraphExecKernelNodeSetParams(exec, node, &kp));
+int32_t layout_publish(weft_engine* e, cudaStream_t s) {
+  publish_layout_kernel<<<1, 32, 0, s>>>(e->d_counts, e->plan.world + 1, e->comm->d_status, e->d_readback);
+  WEFT_LAUNCHED("layout_publish", s);
   return WEFT_OK;
 }
 

@@ -7,15 +7,17 @@
 // the staging barrier is the host's; replayed, it is the GPU's (2026-11-22,
 // 4xH200: dispatch's GPU time 0.711 → 0.684 ms at 4096 tokens, 2.224 →
 // 2.181 at 16384, bench/NOTES-nvlink.md step 18). Everything a call changes
-// reaches the kernels through DispatchCall in device memory (open_call), so
-// one capture serves every call.
+// reaches the kernels through DispatchCall, which open_call copies from
+// mapped host memory to the device, so one capture serves every call and
+// nothing in it is updated per call.
 #include "engine.h"
 
 namespace weft {
 
 // The layout's launches up to the host sync: routing of this rank's tokens,
-// the staging barrier, the receive-row bases. `marks`: profile each step
-// (direct launches on the comm stream only, never while capturing).
+// the staging barrier, the receive-row bases, and what the host waits for
+// written to it. `marks`: profile each step (direct launches on the comm
+// stream only, never while capturing).
 int32_t enqueue_layout_front(weft_engine* e, cudaStream_t s, bool marks) {
   weft_comm* c = e->comm;
   WEFT_TRY(layout_source(e, s));
@@ -24,6 +26,8 @@ int32_t enqueue_layout_front(weft_engine* e, cudaStream_t s, bool marks) {
   if (marks) c->profile.mark(s, "barrier: staged");
   WEFT_TRY(layout_bases(e, s));
   if (marks) c->profile.mark(s, "layout: bases");
+  WEFT_TRY(layout_publish(e, s));
+  if (marks) c->profile.mark(s, "layout: publish");
   return WEFT_OK;
 }
 
@@ -35,16 +39,14 @@ int32_t enqueue_layout_build(weft_engine* e, cudaStream_t s, bool marks) {
 
 namespace {
 
-// open_call (its arguments set per call) and the front.
+// open_call and the front.
 int32_t enqueue_open_front(weft_engine* e, cudaStream_t s, bool marks) {
-  WEFT_TRY(open_call(e, s, DispatchCall{}));
+  WEFT_TRY(open_call(e, s));
   return enqueue_layout_front(e, s, marks);
 }
 
-// Captures enqueue(e, capture stream) as an executable graph; `keep` (when
-// not null) receives the graph itself, which the caller then owns.
-int32_t capture_graph(weft_engine* e, int32_t (*enqueue)(weft_engine*, cudaStream_t, bool), cudaGraphExec_t* out,
-                      cudaGraph_t* keep = nullptr) {
+// Captures enqueue(e, capture stream) as an executable graph.
+int32_t capture_graph(weft_engine* e, int32_t (*enqueue)(weft_engine*, cudaStream_t, bool), cudaGraphExec_t* out) {
   cudaStream_t s = e->capture;
   WEFT_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
   const int32_t rc = enqueue(e, s, false);
@@ -60,25 +62,7 @@ int32_t capture_graph(weft_engine* e, int32_t (*enqueue)(weft_engine*, cudaStrea
     (void)cudaGetLastError();
     return WEFT_ERR_CUDA;
   }
-  if (keep != nullptr) {
-    *keep = g;
-  } else {
-    cudaGraphDestroy(g);
-  }
-  return WEFT_OK;
-}
-
-// The one root of front_open's graph: open_call's kernel node.
-int32_t find_open_node(weft_engine* e) {
-  cudaGraphNode_t roots[2] = {};
-  size_t n = 2;
-  WEFT_CUDA(cudaGraphGetRootNodes(e->front_open_template, roots, &n));
-  cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
-  if (n == 1) WEFT_CUDA(cudaGraphNodeGetType(roots[0], &type));
-  if (n != 1 || type != cudaGraphNodeTypeKernel) {
-    WEFT_FAIL(WEFT_ERR_CUDA, "the captured layout graph has %zu roots, not open_call's kernel", n);
-  }
-  e->open_node = roots[0];
+  cudaGraphDestroy(g);
   return WEFT_OK;
 }
 
@@ -98,8 +82,7 @@ bool layout_graphs(weft_engine* e) {
   }
   if (capture_graph(e, enqueue_layout_front, &e->graph_front) != WEFT_OK ||
       capture_graph(e, enqueue_layout_build, &e->graph_build) != WEFT_OK ||
-      capture_graph(e, enqueue_open_front, &e->graph_front_open, &e->front_open_template) != WEFT_OK ||
-      find_open_node(e) != WEFT_OK) {
+      capture_graph(e, enqueue_open_front, &e->graph_front_open) != WEFT_OK) {
     (void)cudaGetLastError();
     return false;
   }
