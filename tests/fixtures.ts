@@ -136,6 +136,9 @@ export interface HostInput extends RankInput {
   readonly topkWeights: Float32Array;
 }
 
+/** The token count of a host input, from its routing. */
+export const tokensOf = (plan: PlanSpec, i: HostInput): number => i.topkIdx.length / plan.topK;
+
 /** A full batch for a plan: rows, routing and weights per rank. */
 export function makeInputs(
   plan: PlanSpec,

@@ -10,6 +10,7 @@ import {
   type HostInput,
   makeInputs,
   makePlan,
+  tokensOf,
   weftError,
   weftErrorAsync,
 } from "./fixtures.ts";
@@ -22,7 +23,6 @@ type Mutation = {
   message?: RegExp;
 };
 
-const tokensOf = (plan: PlanSpec, i: HostInput) => i.topkIdx.length / plan.topK;
 /** Index of the first routed slot, or -1. */
 const firstRouted = (i: HostInput) => i.topkIdx.findIndex((e) => e >= 0);
 

@@ -18,11 +18,10 @@ import {
   type HostInput,
   makeInputs,
   makePlan,
+  tokensOf,
   weftError,
   weftErrorAsync,
 } from "./fixtures.ts";
-
-const tokensOf = (plan: PlanSpec, i: HostInput): number => i.topkIdx.length / plan.topK;
 
 /** The routing of `i` as host tensors of its shape (copies: the arrays are not shared). */
 function tensors(

@@ -430,12 +430,12 @@ int32_t dispatch_begin(weft_engine* e, const Rows& rows, const int32_t* idx, con
   // copy must be done before it is rewritten. After dispatch_finish (the
   // usual case) it is; after a begin that never finished, wait for the
   // stream (an error path: no event of that call may have been recorded).
-  if (e->counts_unwaited) {
-    e->counts_unwaited = false;
+  if (e->call_unread) {
+    e->call_unread = false;
     WEFT_TRY(comm_waited(c, cudaStreamSynchronize(c->stream)));
   }
   *e->h_call = call;
-  e->counts_unwaited = true;
+  e->call_unread = true;
   std::atomic_thread_fence(std::memory_order_seq_cst);  // the stores, before the launch that reads them
   c->profile.host_lap("begin: call values");
   // Routing not on this GPU, then x (and its quantization): into the heap.
@@ -523,7 +523,7 @@ int32_t dispatch_finish(weft_engine* e, weft_handle** out) {
   int32_t rc = comm_settle(c);
   if (rc != WEFT_OK) return fail_early(rc);
   c->profile.host_lap("finish: settle tails");
-  e->counts_unwaited = false;
+  e->call_unread = false;
   rc = comm_waited(c, cudaEventSynchronize(e->counts_ready));
   if (rc != WEFT_OK) return fail_early(rc);
   *c->h_status = e->h_readback->status;

@@ -212,7 +212,7 @@ struct weft_engine {
   weft::LayoutReadback* h_readback = nullptr;  // mapped host memory, read at the host sync
   weft::LayoutReadback* d_readback = nullptr;  // the same, as kernels address it
   cudaEvent_t counts_ready = nullptr;  // h_readback holds this call's values
-  bool counts_unwaited = false;   // a begun dispatch's h_call may be unread (not yet finished)
+  bool call_unread = false;   // a begun dispatch's h_call may be unread (not yet finished)
   weft::IndexArrays pending;      // the begun dispatch's index arrays, until a handle takes them
   weft::DispatchCall* d_call = nullptr;  // the current dispatch's DispatchCall (device)
   // The next call's values, written by the host (mapped host memory) and
