@@ -82,20 +82,20 @@ export type {
   RoutingInput,
   ShuffleEngine,
   Tensor,
-} from "./lib/engine_api.ts";
+} from "./lib/core/engine_api.ts";
 export {
   type SimDispatched,
   type SimDispatchResult,
   Simulator,
   type SimulatorHandle,
-} from "./lib/simulator.ts";
-export { Engine, type EngineOptions, type GpuDispatchHandle } from "./lib/engine.ts";
-export { Communicator, type CommunicatorOptions } from "./lib/communicator.ts";
-export { HostTensor } from "./lib/host_tensor.ts";
-export { DeviceTensor, type ViewOwner } from "./lib/device_tensor.ts";
-export { availableGpus, type GpuProbe, probeGpus } from "./lib/gpus.ts";
-export { launch, type LaunchOptions, type LaunchResult, type RankExit } from "./lib/launch.ts";
-export { StoreClient, StoreServer } from "./lib/store.ts";
+} from "./lib/sim/simulator.ts";
+export { Engine, type EngineOptions, type GpuDispatchHandle } from "./lib/gpu/engine.ts";
+export { Communicator, type CommunicatorOptions } from "./lib/dist/communicator.ts";
+export { HostTensor } from "./lib/core/host_tensor.ts";
+export { DeviceTensor, type ViewOwner } from "./lib/gpu/device_tensor.ts";
+export { availableGpus, type GpuProbe, probeGpus } from "./lib/gpu/gpus.ts";
+export { launch, type LaunchOptions, type LaunchResult, type RankExit } from "./lib/dist/launch.ts";
+export { StoreClient, StoreServer } from "./lib/dist/store.ts";
 
 // Routing generators and trace loaders.
 export {
@@ -109,10 +109,10 @@ export {
   type RoutingPlan,
   uniform,
   zipf,
-} from "./lib/routing.ts";
+} from "./lib/io/routing.ts";
 
 // Data types, errors, reports.
-export { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, fromF32, toF32 } from "./lib/dtype.ts";
+export { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, fromF32, toF32 } from "./lib/core/dtype.ts";
 export {
   dequantizeRows,
   E4M3_MAX,
@@ -122,6 +122,6 @@ export {
   type QuantizedRows,
   quantizeRows,
   scaleExponent,
-} from "./lib/fp8.ts";
-export { WeftError, type WeftErrorInfo } from "./lib/errors.ts";
-export { formatLinks, formatLoad, type TrafficTotals, trafficTotals } from "./lib/traffic.ts";
+} from "./lib/core/fp8.ts";
+export { WeftError, type WeftErrorInfo } from "./dsl/errors.ts";
+export { formatLinks, formatLoad, type TrafficTotals, trafficTotals } from "./lib/core/traffic.ts";

@@ -7,12 +7,12 @@
  * @module
  */
 import type { PlanSpec } from "../dsl/types.ts";
-import type { Communicator } from "../lib/communicator.ts";
-import type { DeviceTensor } from "../lib/device_tensor.ts";
-import { planDescFields } from "../lib/engine.ts";
-import { packPlanDesc, readPointer } from "../lib/ffi.ts";
-import { native, unwrap } from "../lib/native.ts";
-import { WeftError } from "../lib/errors.ts";
+import type { Communicator } from "../lib/dist/communicator.ts";
+import type { DeviceTensor } from "../lib/gpu/device_tensor.ts";
+import { planDescFields } from "../lib/gpu/engine.ts";
+import { packPlanDesc, readPointer } from "../lib/native/ffi.ts";
+import { native, unwrap } from "../lib/native/native.ts";
+import { WeftError } from "../dsl/errors.ts";
 
 /** A 4-byte out-parameter in its own ArrayBuffer, so its address stays put across a nonblocking call. */
 function outInt32(): Int32Array<ArrayBuffer> {

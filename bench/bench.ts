@@ -14,9 +14,9 @@
  *
  * @module
  */
-import { launch } from "../lib/launch.ts";
-import { deviceCount } from "../lib/native.ts";
-import { WeftError } from "../lib/errors.ts";
+import { launch } from "../lib/dist/launch.ts";
+import { deviceCount } from "../lib/native/native.ts";
+import { WeftError } from "../dsl/errors.ts";
 import { SCENARIOS, scenariosByName } from "./scenarios.ts";
 import { type BenchResult, markdownTable, toJson } from "./report.ts";
 import { latencyChart } from "./chart.ts";

@@ -11,9 +11,9 @@
 import type { PlanSpec } from "../dsl/types.ts";
 import { DTYPE_BYTES } from "../dsl/types.ts";
 import { computeLayout, dispatchRowBytes } from "../dsl/layout.ts";
-import { WeftError } from "../lib/errors.ts";
+import { WeftError } from "../dsl/errors.ts";
 import type { LinkBytes } from "./report.ts";
-import { deviceLocal, hotMix, type RankRouting, uniform, zipf } from "../lib/routing.ts";
+import { deviceLocal, hotMix, type RankRouting, uniform, zipf } from "../lib/io/routing.ts";
 
 /** Plan fields the scenarios need (a compiled Plan satisfies it). */
 export type ScenarioPlan = PlanSpec;

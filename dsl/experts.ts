@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { WeftError } from "../lib/errors.ts";
+import { WeftError } from "./errors.ts";
 import { type FreshState, type Pattern, startPattern } from "./pattern.ts";
 import { checkExpertCount } from "./validate_pattern.ts";
 

@@ -14,11 +14,10 @@
  */
 import { Document, parse as parseYaml, visit } from "@std/yaml";
 import type { BatchLayout, LinkTraffic, PlanSpec, RankLayout } from "./types.ts";
-import { DTYPE_BYTES } from "./types.ts";
+import { DTYPE_BYTES, QUANT_BLOCK } from "./types.ts";
 import { resolveSlot, slotRankTable } from "./placement.ts";
-import { checkTopkIdx } from "../lib/input_check.ts";
-import { WeftError } from "../lib/errors.ts";
-import { QUANT_BLOCK } from "../lib/fp8.ts";
+import { checkTopkIdxArray } from "./check_routing.ts";
+import { WeftError } from "./errors.ts";
 
 /** Sort the first n entries of a by value (n ≤ K, tiny: insertion sort). */
 function sortSmall(a: Int32Array, n: number): void {
@@ -96,7 +95,7 @@ export function computeLayout(plan: PlanSpec, topkIdx: readonly Int32Array[]): B
       fix: `pass ${W} Int32Arrays in rank order`,
     });
   }
-  const tokens = topkIdx.map((idx, r) => checkTopkIdx(plan, r, idx));
+  const tokens = topkIdx.map((idx, r) => checkTopkIdxArray(plan, r, idx));
 
   const S = plan.slotBase[W];
   const slotRank = slotRankTable(plan);

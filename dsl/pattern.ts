@@ -14,7 +14,7 @@
  *
  * @module
  */
-import { WeftError } from "../lib/errors.ts";
+import { WeftError } from "./errors.ts";
 import { Plan } from "./plan.ts";
 import type {
   BasePlacement,

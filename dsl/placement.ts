@@ -11,7 +11,7 @@
  * @module
  */
 import type { BasePlacement, PlanSpec, Replication } from "./types.ts";
-import { WeftError } from "../lib/errors.ts";
+import { WeftError } from "./errors.ts";
 
 /** The flat tables {@link compilePlacement} produces; the placement half of a {@link PlanSpec}. */
 export interface CompiledPlacement {

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { WeftError } from "../lib/errors.ts";
+import { WeftError } from "./errors.ts";
 import { computeLayout } from "./layout.ts";
 import { compilePlacement } from "./placement.ts";
 import type {

@@ -13,6 +13,13 @@
  * @module
  */
 
+/**
+ * Elements per FP8 scale block: a quantized row carries one f32 scale per
+ * QUANT_BLOCK elements, so the hidden size of an e4m3 pattern is a multiple
+ * of it (lib/core/fp8.ts defines the bits).
+ */
+export const QUANT_BLOCK = 128;
+
 /** Element type of the hidden-state rows. */
 export type DType = "bf16" | "f16" | "f32";
 

@@ -9,8 +9,8 @@
  *
  * @module
  */
-import { WeftError } from "../lib/errors.ts";
-import { QUANT_BLOCK } from "../lib/fp8.ts";
+import { WeftError } from "./errors.ts";
+import { QUANT_BLOCK } from "./types.ts";
 import type {
   BasePlacement,
   CombineOp,

@@ -9,7 +9,7 @@
  */
 import { isAlias, LineCounter, parseDocument, stringify, visit } from "@std/yaml";
 import type { Document } from "@std/yaml";
-import { WeftError } from "../lib/errors.ts";
+import { WeftError } from "./errors.ts";
 import type { PatternSpec } from "./types.ts";
 import { canonicalPattern, readPatternSpec } from "./validate_pattern.ts";
 

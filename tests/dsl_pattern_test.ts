@@ -1,5 +1,5 @@
 import { strict as assert } from "node:assert";
-import { WeftError } from "../lib/errors.ts";
+import { WeftError } from "../dsl/errors.ts";
 import { experts, fromSpec, PATTERN_DEFAULTS } from "../dsl/mod.ts";
 
 /** Asserts that `fn` throws a WeftError whose field is `field` and whose message names it. */

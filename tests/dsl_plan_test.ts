@@ -1,5 +1,5 @@
 import { strict as assert } from "node:assert";
-import { WeftError } from "../lib/errors.ts";
+import { WeftError } from "../dsl/errors.ts";
 import { experts, fromSpec, Plan, type PlanSpec } from "../dsl/mod.ts";
 
 function assertFieldError(fn: () => unknown, field: string): WeftError {

@@ -1,6 +1,6 @@
 import { strict as assert } from "node:assert";
 import fc from "fast-check";
-import { WeftError } from "../lib/errors.ts";
+import { WeftError } from "../dsl/errors.ts";
 import {
   type CompletePattern,
   experts,

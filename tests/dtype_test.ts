@@ -8,7 +8,7 @@ import {
   fromF32,
   roundThrough,
   toF32,
-} from "../lib/dtype.ts";
+} from "../lib/core/dtype.ts";
 import { weftError } from "./fixtures.ts";
 
 const bitsOf = (x: number): number => new Uint32Array(Float32Array.of(x).buffer)[0];

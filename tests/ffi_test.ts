@@ -15,18 +15,18 @@ import {
   stableCopy,
   Status,
   symbols,
-} from "../lib/ffi.ts";
-import { deviceCount, libraryPath, load, nativeError, requireNccl } from "../lib/native.ts";
-import { WeftError } from "../lib/errors.ts";
-import { DeviceTensor } from "../lib/device_tensor.ts";
-import { Communicator } from "../lib/communicator.ts";
-import { Engine, planDescFields } from "../lib/engine.ts";
-import { StoreServer } from "../lib/store.ts";
+} from "../lib/native/ffi.ts";
+import { deviceCount, libraryPath, load, nativeError, requireNccl } from "../lib/native/native.ts";
+import { WeftError } from "../dsl/errors.ts";
+import { DeviceTensor } from "../lib/gpu/device_tensor.ts";
+import { Communicator } from "../lib/dist/communicator.ts";
+import { Engine, planDescFields } from "../lib/gpu/engine.ts";
+import { StoreServer } from "../lib/dist/store.ts";
 import { experts } from "../dsl/mod.ts";
-import { Simulator } from "../lib/simulator.ts";
-import { HostTensor } from "../lib/host_tensor.ts";
-import type { RankInput, Tensor } from "../lib/engine_api.ts";
-import { fromF32 } from "../lib/dtype.ts";
+import { Simulator } from "../lib/sim/simulator.ts";
+import { HostTensor } from "../lib/core/host_tensor.ts";
+import type { RankInput, Tensor } from "../lib/core/engine_api.ts";
+import { fromF32 } from "../lib/core/dtype.ts";
 import { gpuCases } from "./gpu/cases.ts";
 
 const here = (p: string): string => new URL(p, import.meta.url).pathname;

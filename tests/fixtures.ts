@@ -17,10 +17,10 @@ import type {
   Replication,
 } from "../dsl/types.ts";
 import { compilePlacement } from "../dsl/placement.ts";
-import { mulberry32 } from "../lib/routing.ts";
-import { fromF32 } from "../lib/dtype.ts";
-import type { HostRows, RankInput } from "../lib/engine_api.ts";
-import { WeftError } from "../lib/errors.ts";
+import { mulberry32 } from "../lib/io/routing.ts";
+import { fromF32 } from "../lib/core/dtype.ts";
+import type { HostRows, RankInput } from "../lib/core/engine_api.ts";
+import { WeftError } from "../dsl/errors.ts";
 
 export interface PlanOptions {
   world?: number;

@@ -8,8 +8,8 @@ import {
   QUANT_BLOCK,
   quantizeRows,
   scaleExponent,
-} from "../lib/fp8.ts";
-import { f32ToBf16 } from "../lib/dtype.ts";
+} from "../lib/core/fp8.ts";
+import { f32ToBf16 } from "../lib/core/dtype.ts";
 import { weftError } from "./fixtures.ts";
 
 /** Every finite E4M3 code's value, ascending, with its code. */

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { Simulator } from "../lib/simulator.ts";
-import { checkRankInput, checkRankInputs } from "../lib/input_check.ts";
-import { HostTensor } from "../lib/host_tensor.ts";
-import type { HostRows } from "../lib/engine_api.ts";
+import { Simulator } from "../lib/sim/simulator.ts";
+import { checkRankInput, checkRankInputs } from "../lib/core/input_check.ts";
+import { HostTensor } from "../lib/core/host_tensor.ts";
+import type { HostRows } from "../lib/core/engine_api.ts";
 import type { PlanSpec } from "../dsl/types.ts";
 import {
   arbBatch,

@@ -5,8 +5,8 @@ import {
   type LaunchResult,
   parseLaunchArgs,
   placeRanks,
-} from "../lib/launch.ts";
-import { WeftError } from "../lib/errors.ts";
+} from "../lib/dist/launch.ts";
+import { WeftError } from "../dsl/errors.ts";
 
 const fixture = (name: string): string => new URL(`./fixtures/${name}`, import.meta.url).pathname;
 
@@ -219,7 +219,7 @@ Deno.test("launch: arguments parse up to the script and bad ones are WeftErrors"
 });
 
 Deno.test("launch: the CLI exits non-zero and names the failing rank", async () => {
-  const cli = new URL("../lib/launch.ts", import.meta.url).pathname;
+  const cli = new URL("../lib/dist/launch.ts", import.meta.url).pathname;
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -243,7 +243,7 @@ Deno.test("launch: the CLI exits non-zero and names the failing rank", async () 
 });
 
 Deno.test("launch: SIGINT to the CLI stops every rank and exits 130", async () => {
-  const cli = new URL("../lib/launch.ts", import.meta.url).pathname;
+  const cli = new URL("../lib/dist/launch.ts", import.meta.url).pathname;
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "run",

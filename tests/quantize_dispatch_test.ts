@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
 import { experts, fromYAML } from "../dsl/mod.ts";
-import { Simulator } from "../lib/simulator.ts";
-import { HostTensor } from "../lib/host_tensor.ts";
+import { Simulator } from "../lib/sim/simulator.ts";
+import { HostTensor } from "../lib/core/host_tensor.ts";
 import { computeLayout } from "../dsl/layout.ts";
 import type { PlanSpec } from "../dsl/types.ts";
-import { dequantizeRows, quantizeRows } from "../lib/fp8.ts";
-import { toF32 } from "../lib/dtype.ts";
-import type { HostRows } from "../lib/engine_api.ts";
+import { dequantizeRows, quantizeRows } from "../lib/core/fp8.ts";
+import { toF32 } from "../lib/core/dtype.ts";
+import type { HostRows } from "../lib/core/engine_api.ts";
 import {
   arbBatch,
   makeInputs,

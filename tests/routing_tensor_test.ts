@@ -7,12 +7,12 @@
  */
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { Simulator } from "../lib/simulator.ts";
-import { HostTensor } from "../lib/host_tensor.ts";
-import { hostArrayType } from "../lib/dtype.ts";
-import type { HostArrayOf, RankInput, RoutingInput, Tensor } from "../lib/engine_api.ts";
+import { Simulator } from "../lib/sim/simulator.ts";
+import { HostTensor } from "../lib/core/host_tensor.ts";
+import { hostArrayType } from "../lib/core/dtype.ts";
+import type { HostArrayOf, RankInput, RoutingInput, Tensor } from "../lib/core/engine_api.ts";
 import type { PlanSpec, TensorDType } from "../dsl/types.ts";
-import { checkRankInput, checkRankShapes } from "../lib/input_check.ts";
+import { checkRankInput, checkRankShapes } from "../lib/core/input_check.ts";
 import {
   arbBatch,
   type HostInput,

@@ -8,8 +8,8 @@ import {
   type RankRouting,
   uniform,
   zipf,
-} from "../lib/routing.ts";
-import { encodeNpy, parseNpy } from "../lib/npy.ts";
+} from "../lib/io/routing.ts";
+import { encodeNpy, parseNpy } from "../lib/io/npy.ts";
 import { computeLayout } from "../dsl/layout.ts";
 import type { PlanSpec } from "../dsl/types.ts";
 import { makePlan, weftError } from "./fixtures.ts";

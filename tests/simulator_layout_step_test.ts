@@ -1,6 +1,6 @@
 import { strict as assert } from "node:assert";
 import fc from "fast-check";
-import { Simulator } from "../lib/simulator.ts";
+import { Simulator } from "../lib/sim/simulator.ts";
 import { arbBatch, makeInputs } from "./fixtures.ts";
 
 Deno.test("simulator: layout then redispatch gives exactly what dispatch gives", async () => {

@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { Simulator } from "../lib/simulator.ts";
-import { fromF32, toF32 } from "../lib/dtype.ts";
-import type { HostRows } from "../lib/engine_api.ts";
+import { Simulator } from "../lib/sim/simulator.ts";
+import { fromF32, toF32 } from "../lib/core/dtype.ts";
+import type { HostRows } from "../lib/core/engine_api.ts";
 import type { BatchLayout, PlanSpec } from "../dsl/types.ts";
 import { arbBatch, makeInputs, randomF32 } from "./fixtures.ts";
-import { mulberry32 } from "../lib/routing.ts";
+import { mulberry32 } from "../lib/io/routing.ts";
 
 const RUNS = { numRuns: 30 };
 const EPS = { bf16: 2 ** -8, f16: 2 ** -11, f32: 2 ** -24 } as const;

@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
-import { Simulator } from "../lib/simulator.ts";
-import { HostTensor } from "../lib/host_tensor.ts";
-import { bf16ToF32, f32ToBf16 } from "../lib/dtype.ts";
-import type { RankInput } from "../lib/engine_api.ts";
+import { Simulator } from "../lib/sim/simulator.ts";
+import { HostTensor } from "../lib/core/host_tensor.ts";
+import { bf16ToF32, f32ToBf16 } from "../lib/core/dtype.ts";
+import type { RankInput } from "../lib/core/engine_api.ts";
 import { makeInputs, makePlan, weftErrorAsync } from "./fixtures.ts";
 
 const arr = (a: ArrayLike<number>): number[] => Array.from(a);

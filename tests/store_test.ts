@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { StoreClient, StoreServer } from "../lib/store.ts";
-import { WeftError } from "../lib/errors.ts";
+import { StoreClient, StoreServer } from "../lib/dist/store.ts";
+import { WeftError } from "../dsl/errors.ts";
 
 const bytes = (s: string): Uint8Array => new TextEncoder().encode(s);
 const text = (b: Uint8Array): string => new TextDecoder().decode(b);

@@ -18,16 +18,16 @@ import type {
   RankInput,
   RankRouting,
   RoutingInput,
-} from "../../lib/engine_api.ts";
-import { fromF32, toF32 } from "../../lib/dtype.ts";
-import { QUANT_BLOCK, quantizeRows } from "../../lib/fp8.ts";
-import { mulberry32 } from "../../lib/routing.ts";
-import { Simulator } from "../../lib/simulator.ts";
-import { WeftError } from "../../lib/errors.ts";
-import { isQuantizedInput } from "../../lib/input_check.ts";
-import type { Communicator } from "../../lib/communicator.ts";
-import { DeviceTensor } from "../../lib/device_tensor.ts";
-import { Engine } from "../../lib/engine.ts";
+} from "../../lib/core/engine_api.ts";
+import { fromF32, toF32 } from "../../lib/core/dtype.ts";
+import { QUANT_BLOCK, quantizeRows } from "../../lib/core/fp8.ts";
+import { mulberry32 } from "../../lib/io/routing.ts";
+import { Simulator } from "../../lib/sim/simulator.ts";
+import { WeftError } from "../../dsl/errors.ts";
+import { isQuantizedInput } from "../../lib/core/input_check.ts";
+import type { Communicator } from "../../lib/dist/communicator.ts";
+import { DeviceTensor } from "../../lib/gpu/device_tensor.ts";
+import { Engine } from "../../lib/gpu/engine.ts";
 
 /** How a case routes tokens to experts. */
 export type Routing =

@@ -12,8 +12,8 @@
  *
  * @module
  */
-import { launch } from "../../lib/launch.ts";
-import { deviceCount, libraryPath } from "../../lib/native.ts";
+import { launch } from "../../lib/dist/launch.ts";
+import { deviceCount, libraryPath } from "../../lib/native/native.ts";
 
 const worker = new URL("./worker.ts", import.meta.url).pathname;
 const args = Deno.args;

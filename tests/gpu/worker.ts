@@ -10,10 +10,10 @@
  *
  * @module
  */
-import { readLaunchEnv } from "../../lib/env.ts";
-import { Communicator } from "../../lib/communicator.ts";
-import { Engine } from "../../lib/engine.ts";
-import { WeftError } from "../../lib/errors.ts";
+import { readLaunchEnv } from "../../lib/dist/env.ts";
+import { Communicator } from "../../lib/dist/communicator.ts";
+import { Engine } from "../../lib/gpu/engine.ts";
+import { WeftError } from "../../dsl/errors.ts";
 import { caseInputs, caseMaxTokens, gpuCases, planFor, runCase } from "./cases.ts";
 
 const mode = Deno.args[0] ?? "cases";

@@ -8,8 +8,8 @@
  *
  * @module
  */
-import type { BatchLayout, DType, PlanSpec } from "../dsl/types.ts";
-import { computeLayout } from "../dsl/layout.ts";
+import type { BatchLayout, DType, PlanSpec } from "../../dsl/types.ts";
+import { computeLayout } from "../../dsl/layout.ts";
 import type {
   Dispatched,
   DispatchHandle,
@@ -22,18 +22,18 @@ import type {
   RoutingInput,
   ShuffleEngine,
   Tensor,
-} from "./engine_api.ts";
-import { fromF32 } from "./dtype.ts";
-import { QUANT_BLOCK, type QuantizedRows, quantizeRows } from "./fp8.ts";
-import { HostTensor } from "./host_tensor.ts";
+} from "../core/engine_api.ts";
+import { fromF32 } from "../core/dtype.ts";
+import { QUANT_BLOCK, type QuantizedRows, quantizeRows } from "../core/fp8.ts";
+import { HostTensor } from "../core/host_tensor.ts";
 import {
   checkInputRows,
   checkRankInput,
   checkRankInputs,
   checkRows,
   isQuantizedInput,
-} from "./input_check.ts";
-import { WeftError } from "./errors.ts";
+} from "../core/input_check.ts";
+import { WeftError } from "../../dsl/errors.ts";
 
 /** A Simulator dispatch result: `recv` (and `recvScales`) are {@link HostTensor}s. */
 export interface SimDispatchResult extends DispatchResult {
@@ -119,8 +119,8 @@ export class SimulatorHandle implements DispatchHandle {
  * ```ts
  * import assert from "node:assert/strict";
  * import { Simulator } from "./simulator.ts";
- * import { compilePlacement } from "../dsl/placement.ts";
- * import type { PlanSpec } from "../dsl/types.ts";
+ * import { compilePlacement } from "../../dsl/placement.ts";
+ * import type { PlanSpec } from "../../dsl/types.ts";
  * const pattern = { placement: { kind: "byDevice" }, topK: 2, dedupe: "device", receive: "expert-major", combine: "weighted", dtype: "f32" } as const;
  * const plan: PlanSpec = {
  *   pattern, world: 2, gpusPerNode: 2, nodes: 1, experts: 4, topK: 2, hidden: 2, dtype: "f32",

@@ -7,12 +7,12 @@
  *
  * @module
  */
-import type { HostArray, HostArrayOf, HostRows, Tensor } from "./engine_api.ts";
-import { TENSOR_DTYPE_BYTES, type TensorDType } from "../dsl/types.ts";
-import { hostArrayType } from "./dtype.ts";
-import { WeftError } from "./errors.ts";
-import { hostPointer, pointerValue, readPointer } from "./ffi.ts";
-import { native, unwrap } from "./native.ts";
+import type { HostArray, HostArrayOf, HostRows, Tensor } from "../core/engine_api.ts";
+import { TENSOR_DTYPE_BYTES, type TensorDType } from "../../dsl/types.ts";
+import { hostArrayType } from "../core/dtype.ts";
+import { WeftError } from "../../dsl/errors.ts";
+import { hostPointer, pointerValue, readPointer } from "../native/ffi.ts";
+import { native, unwrap } from "../native/native.ts";
 
 /** Something that owns device memory a view points into. */
 export interface ViewOwner {

@@ -23,7 +23,7 @@
  *
  * @module
  */
-import { WeftError } from "./errors.ts";
+import { WeftError } from "../../dsl/errors.ts";
 import { ENV, parseAddress } from "./env.ts";
 import { StoreServer } from "./store.ts";
 

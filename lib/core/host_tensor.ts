@@ -4,10 +4,10 @@
  *
  * @module
  */
-import type { DType, TensorDType } from "../dsl/types.ts";
+import type { DType, TensorDType } from "../../dsl/types.ts";
 import type { HostArray, HostArrayOf, HostRows, Tensor } from "./engine_api.ts";
 import { fromF32, hostArrayType, toF32 } from "./dtype.ts";
-import { WeftError } from "./errors.ts";
+import { WeftError } from "../../dsl/errors.ts";
 
 /**
  * Host data with its shape and dtype. `data` is the storage itself (f32 as

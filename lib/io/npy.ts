@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { WeftError } from "./errors.ts";
+import { WeftError } from "../../dsl/errors.ts";
 
 /** The element types weft reads and writes. */
 export type NpyDescr = "<i4" | "<i8" | "<f4" | "<f8";

@@ -21,13 +21,13 @@
  *
  * @module
  */
-import type { DType } from "../dsl/types.ts";
+import { type DType, QUANT_BLOCK } from "../../dsl/types.ts";
 import type { HostRows } from "./engine_api.ts";
 import { toF32 } from "./dtype.ts";
-import { WeftError } from "./errors.ts";
+import { WeftError } from "../../dsl/errors.ts";
 
-/** Elements per scale block. */
-export const QUANT_BLOCK = 128;
+/** Elements per scale block (declared with the plan's types in dsl/types.ts). */
+export { QUANT_BLOCK };
 /** The largest finite E4M3 value. */
 export const E4M3_MAX = 448;
 /** The smallest scale exponent a block gets (2^−126 is the least normal f32). */

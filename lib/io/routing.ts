@@ -11,8 +11,8 @@
  *
  * @module
  */
-import type { PlanSpec } from "../dsl/types.ts";
-import { WeftError } from "./errors.ts";
+import type { PlanSpec } from "../../dsl/types.ts";
+import { WeftError } from "../../dsl/errors.ts";
 import { parseNpy } from "./npy.ts";
 
 /** One rank's routing: [T × K] expert ids (`-1` = empty slot) and weights. */

@@ -24,7 +24,7 @@
  *
  * @module
  */
-import type { DType, PlanSpec } from "../dsl/types.ts";
+import type { DType, PlanSpec } from "../../dsl/types.ts";
 import type {
   Dispatched,
   DispatchHandle,
@@ -37,9 +37,9 @@ import type {
   RoutingInput,
   ShuffleEngine,
   Tensor,
-} from "./engine_api.ts";
-import { WeftError } from "./errors.ts";
-import { QUANT_BLOCK } from "./fp8.ts";
+} from "../core/engine_api.ts";
+import { WeftError } from "../../dsl/errors.ts";
+import { QUANT_BLOCK } from "../core/fp8.ts";
 import {
   checkInputRows,
   checkRankShapes,
@@ -48,7 +48,7 @@ import {
   isQuantizedInput,
   type QuantizedShape,
   type RowsShape,
-} from "./input_check.ts";
+} from "../core/input_check.ts";
 import {
   Codes,
   decodeDispatchInfo,
@@ -61,10 +61,10 @@ import {
   readPointer,
   stableCopy,
   Status,
-} from "./ffi.ts";
-import { native, nativeError, unwrap } from "./native.ts";
+} from "../native/ffi.ts";
+import { native, nativeError, unwrap } from "../native/native.ts";
 import { DeviceTensor, type ViewOwner } from "./device_tensor.ts";
-import type { Communicator } from "./communicator.ts";
+import type { Communicator } from "../dist/communicator.ts";
 
 /** Tokens per rank per batch when {@link EngineOptions.maxTokens} is not given. */
 export const DEFAULT_MAX_TOKENS = 4096;
@@ -308,9 +308,9 @@ interface Prepared {
  *
  * @example
  * ```ts ignore
- * import { Communicator } from "./communicator.ts";
+ * import { Communicator } from "../dist/communicator.ts";
  * import { Engine } from "./engine.ts";
- * import { experts } from "../dsl/mod.ts";
+ * import { experts } from "../../dsl/mod.ts";
  * await using comm = await Communicator.fromEnv();
  * const plan = experts(256).byDevice().topK(8).dtype("bf16").hidden(7168).compile({ world: comm.world });
  * using engine = await Engine.create(plan, comm, { maxTokens: 8192 });

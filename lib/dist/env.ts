@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { WeftError } from "./errors.ts";
+import { WeftError } from "../../dsl/errors.ts";
 
 /** Names of the variables the launcher sets for every process it starts. */
 export const ENV: Readonly<{

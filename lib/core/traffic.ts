@@ -5,7 +5,7 @@
  *
  * @module
  */
-import type { BatchLayout } from "../dsl/types.ts";
+import type { BatchLayout } from "../../dsl/types.ts";
 
 /** Totals over all links of a batch. */
 export interface TrafficTotals {
@@ -26,7 +26,7 @@ export interface TrafficTotals {
  *
  * @example
  * ```ts
- * import { experts } from "../dsl/mod.ts";
+ * import { experts } from "../../dsl/mod.ts";
  * import { trafficTotals } from "./traffic.ts";
  * const plan = experts(8).byDevice().topK(2).dtype("f32").hidden(8).compile({ world: 2 });
  * const layout = plan.layout([Int32Array.of(0, 5), Int32Array.of(1, 2)]);
@@ -66,7 +66,7 @@ function table(header: readonly string[], rows: readonly (readonly string[])[]):
  *
  * @example
  * ```ts
- * import { experts } from "../dsl/mod.ts";
+ * import { experts } from "../../dsl/mod.ts";
  * import { formatLinks } from "./traffic.ts";
  * const plan = experts(8).byDevice().topK(2).dtype("f32").hidden(8).compile({ world: 2 });
  * console.assert(formatLinks(plan.layout([Int32Array.of(4, 5), new Int32Array(0)])).includes("0 → 1"));
@@ -104,7 +104,7 @@ export function formatLinks(layout: BatchLayout): string {
  *
  * @example
  * ```ts
- * import { experts } from "../dsl/mod.ts";
+ * import { experts } from "../../dsl/mod.ts";
  * import { formatLoad } from "./traffic.ts";
  * const plan = experts(8).byDevice().topK(2).dtype("f32").hidden(8).compile({ world: 2 });
  * console.assert(formatLoad(plan.layout([Int32Array.of(4, 5), new Int32Array(0)])).includes("| 1"));

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { WeftError } from "./errors.ts";
+import { WeftError } from "../../dsl/errors.ts";
 import {
   openLibrary,
   Status,

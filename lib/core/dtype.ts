@@ -9,9 +9,9 @@
  *
  * @module
  */
-import type { DType, TensorDType } from "../dsl/types.ts";
+import type { DType, TensorDType } from "../../dsl/types.ts";
 import type { HostRows } from "./engine_api.ts";
-import { WeftError } from "./errors.ts";
+import { WeftError } from "../../dsl/errors.ts";
 
 function u32View(a: Float32Array): Uint32Array {
   return new Uint32Array(a.buffer, a.byteOffset, a.length);

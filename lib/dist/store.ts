@@ -20,7 +20,7 @@
  *
  * @module
  */
-import { WeftError } from "./errors.ts";
+import { WeftError } from "../../dsl/errors.ts";
 import { parseAddress } from "./env.ts";
 
 const OP_SET = 1;

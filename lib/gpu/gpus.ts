@@ -5,8 +5,8 @@
  *
  * @module
  */
-import { WeftError } from "./errors.ts";
-import { deviceCount } from "./native.ts";
+import { WeftError } from "../../dsl/errors.ts";
+import { deviceCount } from "../native/native.ts";
 
 /** How many GPUs the engine can use here, and why none when there are none. */
 export interface GpuProbe {

@@ -11,9 +11,9 @@
  *
  * @module
  */
-import { WeftError } from "./errors.ts";
-import { holding, IPC_HANDLE_BYTES, readPointer, UNIQUE_ID_BYTES } from "./ffi.ts";
-import { deviceCount, native, requireNccl, unwrap } from "./native.ts";
+import { WeftError } from "../../dsl/errors.ts";
+import { holding, IPC_HANDLE_BYTES, readPointer, UNIQUE_ID_BYTES } from "../native/ffi.ts";
+import { deviceCount, native, requireNccl, unwrap } from "../native/native.ts";
 import { DEFAULT_STORE_TIMEOUT_MS, StoreClient } from "./store.ts";
 import { readLaunchEnv } from "./env.ts";
 

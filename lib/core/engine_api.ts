@@ -10,8 +10,8 @@
  *
  * @module
  */
-import type { DType, TensorDType } from "../dsl/types.ts";
-import type { RankRouting } from "./routing.ts";
+import type { DType, TensorDType } from "../../dsl/types.ts";
+import type { RankRouting } from "../io/routing.ts";
 
 /**
  * One rank's routing on the host, as the generators in lib/routing.ts make

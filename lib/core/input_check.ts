@@ -11,9 +11,10 @@
  *
  * @module
  */
-import type { DType, PlanSpec } from "../dsl/types.ts";
+import type { DType, PlanSpec } from "../../dsl/types.ts";
 import type { HostRows, QuantizedInput, Tensor } from "./engine_api.ts";
-import { WeftError } from "./errors.ts";
+import { WeftError } from "../../dsl/errors.ts";
+import { checkTopkIdxArray, describe } from "../../dsl/check_routing.ts";
 import { QUANT_BLOCK } from "./fp8.ts";
 
 /** Anything with a row count, a column count and a dtype: a {@link Tensor} or a shape descriptor. */
@@ -41,12 +42,6 @@ export type PlanShape = Pick<PlanSpec, "experts" | "topK" | "hidden" | "dtype" |
 
 function bad(field: string, rank: number, problem: string, fix: string): never {
   throw new WeftError({ field, rank, problem, fix });
-}
-
-function describe(v: unknown): string {
-  if (v === null) return "null";
-  if (typeof v !== "object") return typeof v;
-  return (v as object).constructor?.name ?? "object";
 }
 
 function hostArrayType(dtype: DType): string {
@@ -349,75 +344,8 @@ export function checkTopkIdx(
   topkIdx: unknown,
   tokens?: number,
 ): number {
-  const K = plan.topK;
-  const E = plan.experts;
   if (isShape(topkIdx)) return checkRoutingTensor(plan, rank, "topkIdx", topkIdx, tokens);
-  if (!(topkIdx instanceof Int32Array)) {
-    bad(
-      "topkIdx",
-      rank,
-      `must be an Int32Array or an i32 tensor, got ${describe(topkIdx)}`,
-      "wrap the ids with Int32Array.from(ids)",
-    );
-  }
-  const L = topkIdx.length;
-  if (tokens === undefined) {
-    if (L % K !== 0) {
-      bad(
-        "topkIdx",
-        rank,
-        `has ${L} entries, not a multiple of the plan's topK ${K} (K mismatch?)`,
-        `pass T × ${K} ids, padding unused slots with -1, or compile with the K your router uses`,
-      );
-    }
-    tokens = L / K;
-  } else if (L !== tokens * K) {
-    if (tokens > 0 && L % tokens === 0) {
-      bad(
-        "topkIdx",
-        rank,
-        `has ${L} = ${tokens} × ${
-          L / tokens
-        } entries for ${tokens} tokens: K mismatch, the plan's topK is ${K}`,
-        `pass ${K} ids per token (pad with -1), or compile the plan with topK(${L / tokens})`,
-      );
-    }
-    bad(
-      "topkIdx",
-      rank,
-      `has ${L} entries, expected tokens × topK = ${tokens} × ${K} = ${tokens * K}`,
-      `pass ${K} ids for each of the ${tokens} tokens of x`,
-    );
-  }
-  // seen[e] = t + 1 when token t already listed e: one pass, no clearing.
-  const seen = new Int32Array(E);
-  for (let t = 0; t < tokens; t++) {
-    const row = t * K;
-    for (let k = 0; k < K; k++) {
-      const e = topkIdx[row + k];
-      if (e === -1) continue;
-      if (e < -1 || e >= E) {
-        bad(
-          "topkIdx",
-          rank,
-          `token ${t} slot ${k} holds expert ${e}, outside [0, ${E}) (and not -1 for an empty slot)`,
-          `route to experts 0…${E - 1}, or use -1 for an unused slot`,
-        );
-      }
-      if (seen[e] === t + 1) {
-        let first = 0;
-        while (topkIdx[row + first] !== e) first++;
-        bad(
-          "topkIdx",
-          rank,
-          `token ${t} lists expert ${e} twice (slots ${first} and ${k})`,
-          "give each token distinct experts in its top-k; use -1 for unused slots",
-        );
-      }
-      seen[e] = t + 1;
-    }
-  }
-  return tokens;
+  return checkTopkIdxArray(plan, rank, topkIdx, tokens);
 }
 
 /**
