@@ -79,6 +79,7 @@ Deno.test("launch: emulated nodes get distinct NCCL_HOSTID and NODE_RANK, device
     script: fixture("launch_env.ts"),
     gpus: 4,
     emulateNodes: 2,
+    jobId: "t1",
   });
   assert.equal(result.code, 0);
   const envs = stdout.map((l) => JSON.parse(l.replace(/^\[rank \d+\] /, "")).env)
@@ -88,10 +89,10 @@ Deno.test("launch: emulated nodes get distinct NCCL_HOSTID and NODE_RANK, device
       e,
     ) => [e.RANK, e.NODE_RANK, e.LOCAL_RANK, e.LOCAL_WORLD_SIZE, e.WEFT_DEVICE, e.NCCL_HOSTID]),
     [
-      ["0", "0", "0", "2", "0", "weft-node-0"],
-      ["1", "0", "1", "2", "1", "weft-node-0"],
-      ["2", "1", "0", "2", "2", "weft-node-1"],
-      ["3", "1", "1", "2", "3", "weft-node-1"],
+      ["0", "0", "0", "2", "0", "weft-t1-node-0"],
+      ["1", "0", "1", "2", "1", "weft-t1-node-0"],
+      ["2", "1", "0", "2", "2", "weft-t1-node-1"],
+      ["3", "1", "1", "2", "3", "weft-t1-node-1"],
     ],
   );
 });
@@ -168,6 +169,7 @@ Deno.test("launch: two node launchers share node 0's store through --master", as
   const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const master = `127.0.0.1:${(probe.addr as Deno.NetAddr).port}`;
   probe.close();
+  const secret = "0123456789abcdef0123";
   // Node 1 starts first: its ranks must wait for node 0's store to come up.
   const node1 = run({
     script: fixture("launch_store.ts"),
@@ -175,6 +177,7 @@ Deno.test("launch: two node launchers share node 0's store through --master", as
     nnodes: 2,
     nodeRank: 1,
     master,
+    secret,
   });
   await new Promise((r) => setTimeout(r, 300));
   const node0 = run({
@@ -183,6 +186,7 @@ Deno.test("launch: two node launchers share node 0's store through --master", as
     nnodes: 2,
     nodeRank: 0,
     master,
+    secret,
   });
   const [a, b] = await Promise.all([node0, node1]);
   assert.equal(a.result.code, 0, a.stderr.join(""));

@@ -1,5 +1,5 @@
 /**
- * The environment contract between `lib/launch.ts` and the processes it
+ * The environment contract between `lib/dist/launch.ts` and the processes it
  * starts: which rank a process is, how many there are, which GPU it drives and
  * where the rendezvous store listens. The launcher writes these variables; a
  * worker reads them with {@link readLaunchEnv}.
@@ -18,6 +18,7 @@ export const ENV: Readonly<{
   store: "WEFT_STORE";
   device: "WEFT_DEVICE";
   timeoutMs: "WEFT_TIMEOUT_MS";
+  secret: "WEFT_STORE_SECRET";
 }> = Object.freeze({
   rank: "RANK",
   world: "WORLD_SIZE",
@@ -25,9 +26,11 @@ export const ENV: Readonly<{
   localWorld: "LOCAL_WORLD_SIZE",
   nodeRank: "NODE_RANK",
   store: "WEFT_STORE",
-  /** The CUDA device index: LOCAL_RANK, except with `--emulate-nodes`, where LOCAL_RANK counts inside an emulated node. */
+  /** The CUDA device index: ⌊i/k⌋ for process i of the host with `--ranks-per-gpu k` (LOCAL_RANK counts inside a possibly emulated node, so it cannot name the device). */
   device: "WEFT_DEVICE",
   timeoutMs: "WEFT_TIMEOUT_MS",
+  /** The job's store secret, which every store connection presents first. */
+  secret: "WEFT_STORE_SECRET",
 });
 
 /** Where this process sits in the launched world. */
@@ -46,14 +49,16 @@ export interface LaunchEnv {
   readonly nodes: number;
   /**
    * The CUDA device this process drives: `WEFT_DEVICE` when set (the
-   * launcher always sets it; with emulated nodes on one host LOCAL_RANK
-   * repeats across nodes, so it cannot name the device), else LOCAL_RANK.
+   * launcher always sets it; with emulated nodes or several ranks per GPU
+   * LOCAL_RANK cannot name the device), else LOCAL_RANK.
    */
   readonly device: number;
   /** Rendezvous store address `host:port`. */
   readonly store: string;
   /** Timeout for waits on peers, from `WEFT_TIMEOUT_MS`, if set. */
   readonly timeoutMs?: number;
+  /** The store secret, from `WEFT_STORE_SECRET`, if set (the launcher always sets it). */
+  readonly secret?: string;
 }
 
 /**
@@ -66,7 +71,10 @@ export interface LaunchEnv {
  * ```ts
  * import { readLaunchEnv } from "./env.ts";
  * const env = readLaunchEnv({ RANK: "1", WORLD_SIZE: "2", LOCAL_RANK: "1", WEFT_STORE: "127.0.0.1:29500" });
- * console.assert(env.rank === 1 && env.device === 1 && env.nodes === 1);
+ * console.assert(env.rank === 1 && env.device === 1 && env.nodes === 1 && env.secret === undefined);
+ * const k = readLaunchEnv({ RANK: "3", WORLD_SIZE: "4", LOCAL_RANK: "1", LOCAL_WORLD_SIZE: "2",
+ *   NODE_RANK: "1", WEFT_DEVICE: "0", WEFT_STORE: "127.0.0.1:29500", WEFT_STORE_SECRET: "s" });
+ * console.assert(k.device === 0 && k.nodes === 2 && k.secret === "s");
  * ```
  */
 export function readLaunchEnv(
@@ -95,6 +103,7 @@ export function readLaunchEnv(
     );
   }
   const timeout = env[ENV.timeoutMs];
+  const secret = env[ENV.secret];
   return {
     rank,
     world,
@@ -105,7 +114,27 @@ export function readLaunchEnv(
     device,
     store,
     ...(timeout !== undefined ? { timeoutMs: intVar(env, ENV.timeoutMs, undefined) } : {}),
+    ...(secret !== undefined ? { secret } : {}),
   };
+}
+
+/**
+ * The job's store secret from `WEFT_STORE_SECRET`, or "" when it is unset or
+ * the environment is not readable (no `--allow-env`). Store clients and
+ * servers default to it.
+ *
+ * @example
+ * ```ts
+ * import { storeSecretFromEnv } from "./env.ts";
+ * console.assert(typeof storeSecretFromEnv() === "string");
+ * ```
+ */
+export function storeSecretFromEnv(): string {
+  try {
+    return Deno.env.get(ENV.secret) ?? "";
+  } catch {
+    return "";
+  }
 }
 
 /**
