@@ -1,5 +1,5 @@
 /*
- * weft native engine — the C ABI that lib/ffi.ts binds with Deno.dlopen.
+ * weft native engine — the C ABI that lib/native/ffi.ts binds with Deno.dlopen.
  *
  * Rules every entry point follows:
  *  - returns WEFT_OK (0) or a nonzero status; the message of the most recent
@@ -29,6 +29,14 @@
 extern "C" {
 #endif
 
+/* The ABI version, bumped on any change of this header (2: weft_dispatch_layout;
+ * 3: stream-ordered returns, weft_comm_sync, weft_engine_input_rows,
+ * weft_engine_pin_host, weft_dispatch_begin/_finish; 4: weft_plan_desc.quantize,
+ * weft_dispatch_info.recv_scales; 5: weft_dispatch_begin_e4m3, weft_redispatch_e4m3,
+ * weft_engine_input_e4m3; 6: weft_last_error_rank, this macro). weft_abi_version()
+ * returns it; lib/native/ffi.ts's ABI_VERSION must equal it. */
+#define WEFT_ABI_VERSION 6
+
 #define WEFT_OK 0
 #define WEFT_ERR_CUDA 1        /* a CUDA runtime call or launch failed */
 #define WEFT_ERR_NCCL 2        /* an NCCL call failed, or NCCL could not be loaded */
@@ -57,7 +65,7 @@ extern "C" {
 #define WEFT_SUM 1
 /* quantize codes: how dispatch carries rows */
 #define WEFT_QUANTIZE_NONE 0 /* in the plan's dtype, bit for bit */
-#define WEFT_QUANTIZE_E4M3 1 /* FP8 E4M3 + one power-of-two f32 scale per 128 elements (lib/fp8.ts) */
+#define WEFT_QUANTIZE_E4M3 1 /* FP8 E4M3 + one power-of-two f32 scale per 128 elements (lib/core/fp8.ts) */
 #define WEFT_QUANT_BLOCK 128
 
 typedef struct weft_comm* weft_comm_t;
@@ -70,11 +78,12 @@ typedef struct weft_timer* weft_timer_t;
 
 /* Copies the process's most recent error message (NUL-terminated, truncated to len). Returns its full length. */
 int32_t weft_last_error(char* buf, int32_t len);
-/* ABI version, bumped on any change of this header (2: weft_dispatch_layout;
- * 3: stream-ordered returns, weft_comm_sync, weft_engine_input_rows,
- * weft_engine_pin_host, weft_dispatch_begin/_finish; 4: weft_plan_desc.quantize,
- * weft_dispatch_info.recv_scales; 5: weft_dispatch_begin_e4m3, weft_redispatch_e4m3,
- * weft_engine_input_e4m3). */
+/* The rank the most recent failure (the one weft_last_error describes) names
+ * as failing: this rank for its own bad input, a peer's rank when a peer
+ * failed or timed out (the first such rank), -1 when no rank is known.
+ * Process-wide, like weft_last_error. */
+int32_t weft_last_error_rank(void);
+/* WEFT_ABI_VERSION of the header the library was built with. */
 int32_t weft_abi_version(void);
 /* Number of visible CUDA devices (0 with WEFT_ERR_NO_DEVICE when there is no driver). */
 int32_t weft_device_count(int32_t* out);
@@ -89,7 +98,7 @@ int32_t weft_memset(int32_t device, void* dst, int32_t value, uint64_t bytes);
 
 /* ---- communicator --------------------------------------------------------
  * Creation is two-phase because the IPC handles travel through the TCP store
- * (lib/store.ts) between the phases:
+ * (lib/dist/store.ts) between the phases:
  *   1. weft_comm_create: set device, init NCCL (unique id from rank 0), allocate
  *      this rank's symmetric heap; weft_comm_ipc_handle gives its handle.
  *   2. weft_comm_open_peers: map the handles of every rank (world × 64 bytes,

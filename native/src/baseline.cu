@@ -17,7 +17,9 @@
 #include <string>
 #include <vector>
 
-#include "engine.h"
+#include "bench.h"
+#include "input_check.h"
+#include "layout.h"
 
 struct weft_baseline {
   weft_comm* comm = nullptr;
@@ -216,24 +218,11 @@ void release_baseline(weft_baseline* b) {
 int32_t baseline_init(weft_baseline* b) {
   const PlanHost& p = b->plan;
   WEFT_TRY(route_prepare(p, b->comm->smem_optin));
-  std::vector<int> all;
-  all.insert(all.end(), p.slot_rank.begin(), p.slot_rank.end());
-  all.insert(all.end(), p.replica_start.begin(), p.replica_start.end());
-  all.insert(all.end(), p.replica_slots.begin(), p.replica_slots.end());
-  all.insert(all.end(), p.slot_base.begin(), p.slot_base.end());
-  all.insert(all.end(), p.local_experts.begin(), p.local_experts.end());
-  void* d = nullptr;
-  WEFT_CUDA(cudaMalloc(&d, all.size() * sizeof(int)));
-  b->d_tables = static_cast<int*>(d);
-  WEFT_CUDA(cudaMemcpy(b->d_tables, all.data(), all.size() * sizeof(int), cudaMemcpyHostToDevice));
-  b->rt.slot_rank = b->d_tables;
-  b->rt.replica_start = b->rt.slot_rank + p.slot_rank.size();
-  b->rt.replica_slots = b->rt.replica_start + p.replica_start.size();
-  b->d_slot_base = b->rt.replica_slots + p.replica_slots.size();
+  std::vector<int> extra(p.slot_base.begin(), p.slot_base.end());
+  extra.insert(extra.end(), p.local_experts.begin(), p.local_experts.end());
+  WEFT_TRY(upload_route_tables(p, extra, &b->d_tables, &b->rt, &b->d_slot_base));
   b->d_local_experts = b->d_slot_base + p.slot_base.size();
-  b->rt.experts = p.experts;
-  b->rt.top_k = p.top_k;
-  b->rt.gpus_per_node = p.gpus_per_node;
+  void* d = nullptr;
   b->chunk_stride = std::max(route_chunks(p.max_tokens), 1);
   const size_t pairs = std::max<size_t>(static_cast<size_t>(p.max_tokens) * p.top_k, 1);
   const size_t msg = 2ull * p.world * (p.max_local + 1);
@@ -306,8 +295,8 @@ struct Temps {
     cudaError_t e = cudaMallocAsync(out, bytes > 0 ? bytes : 16, c->stream);
     if (e != cudaSuccess) {
       (void)cudaGetLastError();
-      WEFT_FAIL(WEFT_ERR_CUDA, "cannot allocate %llu bytes on rank %d: %s", static_cast<unsigned long long>(bytes),
-                c->rank, cudaGetErrorString(e));
+      WEFT_FAIL_AT(WEFT_ERR_CUDA, c->rank, "cannot allocate %llu bytes on rank %d: %s",
+                   static_cast<unsigned long long>(bytes), c->rank, cudaGetErrorString(e));
     }
     ptrs.push_back(*out);
     return WEFT_OK;
@@ -501,18 +490,18 @@ int32_t baseline_impl(weft_baseline* b, const void* x, const int32_t* idx, const
   for (int r = 0; r < W; ++r) {
     if (h_recv[static_cast<size_t>(r) * stride] != 0) bad_ranks |= 1u << r;
   }
-  if (host_bad) WEFT_FAIL(WEFT_ERR_INVALID, "%s on rank %d. Every rank failed the call", host_msg.c_str(), c->rank);
+  if (host_bad) {
+    WEFT_FAIL_AT(WEFT_ERR_INVALID, c->rank, "%s on rank %d. Every rank failed the call", host_msg.c_str(), c->rank);
+  }
   if (c->h_status->local_bad != 0u) {
     const unsigned kind = static_cast<unsigned>(c->h_status->bad_key & 15ull);
-    WEFT_FAIL(bad_input_code(kind), "%s", bad_input_message(p, *c->h_status, c->rank, tokens, idx, "").c_str());
+    WEFT_FAIL_AT(bad_input_code(kind), c->rank, "%s",
+                 bad_input_message(p, *c->h_status, c->rank, tokens, idx, "").c_str());
   }
   if (bad_ranks != 0u) {
-    std::string list;
-    for (int r = 0; r < W; ++r) {
-      if ((bad_ranks >> r) & 1u) list += (list.empty() ? "" : ", ") + std::to_string(r);
-    }
-    WEFT_FAIL(WEFT_ERR_BAD_INPUT, "rank(s) %s rejected their input (see the error on those ranks); every rank failed the call",
-              list.c_str());
+    WEFT_FAIL_AT(WEFT_ERR_BAD_INPUT, first_rank(bad_ranks),
+                 "rank(s) %s rejected their input (see the error on those ranks); every rank failed the call",
+                 rank_list(bad_ranks).c_str());
   }
 
   // Split sizes and the two segment tables of the received rows.
@@ -630,56 +619,49 @@ int32_t baseline_impl(weft_baseline* b, const void* x, const int32_t* idx, const
 }
 
 }  // namespace
-}  // namespace weft
 
-extern "C" int32_t weft_baseline_create(weft_comm_t c, const weft_plan_desc* plan, weft_baseline_t* out) {
-  WEFT_API("weft_baseline_create");
+int32_t baseline_create(weft_comm_t c, const weft_plan_desc* plan, weft_baseline_t* out) {
   if (out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "out is NULL");
   *out = nullptr;
-  WEFT_TRY(weft::comm_enter(c, false));
+  WEFT_TRY(comm_enter(c, false));
   if (c->nccl == nullptr) {
     WEFT_FAIL(WEFT_ERR_INVALID, "the communicator has no NCCL: create it with an NCCL unique id (weft_nccl_unique_id on rank 0)");
   }
-  weft::PlanHost p;
-  WEFT_TRY(weft::plan_from_desc(plan, &p));
-  if (p.world != c->world || p.rank != c->rank) {
-    WEFT_FAIL(WEFT_ERR_INVALID, "the plan is for rank %d of %d, the communicator is rank %d of %d", p.rank, p.world,
-              c->rank, c->world);
-  }
+  PlanHost p;
+  WEFT_TRY(plan_for_comm(plan, c, &p));
   if (p.quantize != WEFT_QUANTIZE_NONE) {
     WEFT_FAIL(WEFT_ERR_INVALID, "plan.quantize = %d; the NCCL baseline moves rows in the plan's dtype: pass "
               "WEFT_QUANTIZE_NONE", p.quantize);
   }
   weft_baseline* b = new weft_baseline();
   b->comm = c;
-  weft::comm_retain(c);
+  comm_retain(c);
   b->plan = std::move(p);
-  const int32_t rc = weft::baseline_init(b);
+  const int32_t rc = baseline_init(b);
   if (rc != WEFT_OK) {
-    weft::release_baseline(b);
+    release_baseline(b);
     return rc;
   }
   *out = b;
   return WEFT_OK;
 }
 
-extern "C" int32_t weft_baseline_run(weft_baseline_t b, const void* x, const int32_t* topk_idx,
-                                     const float* topk_weights, int32_t tokens, void* out, int32_t* recv_rows_out) {
-  WEFT_API("weft_baseline_run");
+int32_t baseline_run(weft_baseline_t b, const void* x, const int32_t* topk_idx, const float* topk_weights, int32_t tokens, void* out, int32_t* recv_rows_out) {
   if (b == nullptr || recv_rows_out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "baseline or recv_rows_out is NULL");
   *recv_rows_out = 0;
-  WEFT_TRY(weft::comm_enter(b->comm, false));
+  WEFT_TRY(comm_enter(b->comm, false));
   if (b->comm->nccl == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "the communicator's NCCL was aborted or destroyed");
-  weft::CommLock lock(b->comm);
-  WEFT_TRY(weft::comm_settle(b->comm));
-  const int32_t rc = weft::baseline_impl(b, x, topk_idx, topk_weights, tokens, out, recv_rows_out);
-  if (rc == WEFT_ERR_CUDA) weft::comm_mark_broken(b->comm, rc, "a CUDA call failed inside weft_baseline_run");
+  CommLock lock(b->comm);
+  WEFT_TRY(comm_settle(b->comm));
+  const int32_t rc = baseline_impl(b, x, topk_idx, topk_weights, tokens, out, recv_rows_out);
+  if (rc == WEFT_ERR_CUDA) comm_mark_broken(b->comm, rc, "a CUDA call failed inside weft_baseline_run");
   return rc;
 }
 
-extern "C" int32_t weft_baseline_destroy(weft_baseline_t b) {
-  WEFT_API("weft_baseline_destroy");
+int32_t baseline_destroy(weft_baseline_t b) {
   if (b == nullptr) return WEFT_OK;
-  weft::release_baseline(b);
+  release_baseline(b);
   return WEFT_OK;
 }
+
+}  // namespace weft

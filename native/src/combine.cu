@@ -15,7 +15,7 @@
 #include <algorithm>
 #include <string>
 
-#include "engine.h"
+#include "combine.h"
 
 namespace weft {
 namespace {
@@ -184,9 +184,8 @@ int32_t launch_push_typed(weft_comm* c, const PushArgs& a, long long warps_wante
   auto kernel = push_kernel<DT, WDT, WEIGHTED, kPushUnroll>;
   int occupancy = 0;
   WEFT_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, kernel, kPushThreads, 0));
-  const int sms = std::min(c->num_sms, tuning_knob("WEFT_PUSH_SMS", c->num_sms));
-  const int per_sm = std::min(std::max(occupancy, 1), tuning_knob("WEFT_PUSH_BLOCKS_PER_SM", occupancy));
-  long long blocks = static_cast<long long>(sms) * std::max(per_sm, 1);
+  // A persistent grid at full occupancy on every SM the comm uses.
+  long long blocks = static_cast<long long>(c->num_sms) * std::max(occupancy, 1);
   blocks = std::min(blocks, (warps_wanted + kPushThreads / 32 - 1) / (kPushThreads / 32));
   kernel<<<static_cast<unsigned>(blocks), kPushThreads, 0, c->stream>>>(a);
   WEFT_LAUNCHED("combine_push", c->stream);
@@ -284,9 +283,6 @@ int32_t launch_combine_reduce(weft_engine* e, weft_handle* h, void* out) {
   }
 }
 
-}  // namespace weft
-
-namespace weft {
 namespace {
 
 // A device pointer the kernels of this comm may use: device (or managed)
@@ -356,27 +352,28 @@ int32_t combine_impl(weft_handle* h, const void* y, void* out, bool ok, const st
   WEFT_TRY(comm_end_with_barrier(c, "combine end", "weft_combine", "combine", ok));
   c->profile.host_lap("combine");
   if (!ok) {
-    WEFT_FAIL(WEFT_ERR_INVALID, "%s (rank %d: y [%d x hidden], out [%d x hidden]). Every rank failed the call",
-              why.c_str(), c->rank, h->recv_rows, h->tokens);
+    WEFT_FAIL_AT(WEFT_ERR_INVALID, c->rank,
+                 "%s (rank %d: y [%d x hidden], out [%d x hidden]). Every rank failed the call", why.c_str(), c->rank,
+                 h->recv_rows, h->tokens);
   }
   return WEFT_OK;
 }
 
 }  // namespace
-}  // namespace weft
 
-extern "C" int32_t weft_combine(weft_handle_t h, const void* y, void* out) {
-  WEFT_API("weft_combine");
+int32_t combine_entry(weft_handle_t h, const void* y, void* out) {
   if (h == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "the handle is NULL");
   weft_engine* e = h->engine;
   if (e->closed) WEFT_FAIL(WEFT_ERR_INVALID, "the handle's engine was destroyed");
-  WEFT_TRY(weft::comm_enter(e->comm, true));
+  WEFT_TRY(comm_enter(e->comm, true));
   std::string why;
-  const bool ok = weft::combine_args_ok(h, e->comm->device, y, out, &why);
-  weft::CommLock lock(e->comm);
+  const bool ok = combine_args_ok(h, e->comm->device, y, out, &why);
+  CommLock lock(e->comm);
   // Queued behind the dispatch's tail without waiting for it.
-  WEFT_TRY(weft::comm_check_not_begun(e->comm));
-  const int32_t rc = weft::combine_impl(h, y, out, ok, why);
-  if (rc == WEFT_ERR_CUDA) weft::comm_mark_broken(e->comm, rc, "a CUDA call failed inside weft_combine");
+  WEFT_TRY(comm_check_not_begun(e->comm));
+  const int32_t rc = combine_impl(h, y, out, ok, why);
+  if (rc == WEFT_ERR_CUDA) comm_mark_broken(e->comm, rc, "a CUDA call failed inside weft_combine");
   return rc;
 }
+
+}  // namespace weft

@@ -79,25 +79,6 @@ __global__ void reset_status_kernel(DevStatus* st) { reset_status(st); }
 
 __global__ void report_bad_kernel(DevStatus* st, unsigned long long pos, unsigned kind) { report_bad(st, pos, kind); }
 
-// Profiling aid: keeps the stream busy for `ns` so that the host has queued
-// what follows before the GPU reaches it.
-__global__ void hold_kernel(uint64_t ns) {
-  const uint64_t t0 = globaltimer_ns();
-  while (globaltimer_ns() - t0 < ns) {
-  }
-}
-
-std::string rank_list(unsigned mask) {
-  std::string s;
-  for (int r = 0; r < kMaxWorld; ++r) {
-    if ((mask >> r) & 1u) {
-      if (!s.empty()) s += ", ";
-      s += std::to_string(r);
-    }
-  }
-  return s;
-}
-
 using Clock = std::chrono::steady_clock;
 
 
@@ -118,7 +99,7 @@ int32_t nccl_init(weft_comm* c, const uint8_t* id_bytes) {
     ncclResult_t r = api->CommInitRank(&c->nccl, c->world, id, c->rank);
     if (r != ncclSuccess) {
       c->nccl = nullptr;
-      WEFT_FAIL(WEFT_ERR_NCCL, "ncclCommInitRank(rank %d of %d) failed: %s", c->rank, c->world,
+      WEFT_FAIL_AT(WEFT_ERR_NCCL, c->rank, "ncclCommInitRank(rank %d of %d) failed: %s", c->rank, c->world,
                 api->GetErrorString(r));
     }
     return WEFT_OK;
@@ -137,7 +118,7 @@ int32_t nccl_init(weft_comm* c, const uint8_t* id_bytes) {
   if (r != ncclSuccess && r != ncclInProgress) {
     if (c->nccl != nullptr) api->CommAbort(c->nccl);
     c->nccl = nullptr;
-    WEFT_FAIL(WEFT_ERR_NCCL, "ncclCommInitRankConfig(rank %d of %d) failed: %s", c->rank, c->world,
+    WEFT_FAIL_AT(WEFT_ERR_NCCL, c->rank, "ncclCommInitRankConfig(rank %d of %d) failed: %s", c->rank, c->world,
               api->GetErrorString(r));
   }
   // Joining takes seconds on a busy node: allow at least 30 s.
@@ -150,7 +131,8 @@ int32_t nccl_init(weft_comm* c, const uint8_t* id_bytes) {
     if (a == ncclSuccess) return WEFT_OK;
     if (a != ncclInProgress) {
       nccl_abort(c);
-      WEFT_FAIL(WEFT_ERR_NCCL, "NCCL init (rank %d of %d) failed: %s", c->rank, c->world, api->GetErrorString(a));
+      WEFT_FAIL_AT(WEFT_ERR_NCCL, c->rank, "NCCL init (rank %d of %d) failed: %s", c->rank, c->world,
+                   api->GetErrorString(a));
     }
     if (Clock::now() > deadline) {
       nccl_abort(c);
@@ -206,10 +188,7 @@ int32_t comm_init(weft_comm* c, const uint8_t* nccl_id) {
   WEFT_CUDA(cudaGetDeviceProperties(&prop, c->device));
   c->num_sms = prop.multiProcessorCount;
   c->cc_major = prop.major;
-  if (const char* env = getenv("WEFT_SMS"); env != nullptr && env[0] != '\0') {
-    const int n = atoi(env);
-    if (n >= 1 && n < c->num_sms) c->num_sms = n;
-  }
+  if (const int n = setting_int(Setting::kSms); n >= 1 && n < c->num_sms) c->num_sms = n;
   c->smem_optin = prop.sharedMemPerBlockOptin;
   WEFT_CUDA(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
   for (weft_comm::Tail& t : c->tails) WEFT_CUDA(cudaEventCreateWithFlags(&t.done, cudaEventDisableTiming));
@@ -257,6 +236,19 @@ int32_t comm_init(weft_comm* c, const uint8_t* nccl_id) {
 
 }  // namespace
 
+std::string rank_list(unsigned mask) {
+  std::string s;
+  for (int r = 0; r < kMaxWorld; ++r) {
+    if ((mask >> r) & 1u) {
+      if (!s.empty()) s += ", ";
+      s += std::to_string(r);
+    }
+  }
+  return s;
+}
+
+int first_rank(unsigned mask) { return mask == 0u ? -1 : __builtin_ctz(mask); }
+
 void comm_retain(weft_comm* c) { c->refs.fetch_add(1); }
 
 void comm_release(weft_comm* c) {
@@ -265,7 +257,7 @@ void comm_release(weft_comm* c) {
   if (c->peers_open) close_peers(c);
   if (c->nccl != nullptr) nccl_finish(c);
   if (c->stream != nullptr) cudaStreamSynchronize(c->stream);
-  if (weft::PhaseProfile::enabled()) c->profile.print(c->rank);
+  if (PhaseProfile::enabled()) c->profile.print(c->rank);
   if (c->heap != nullptr) cudaFree(c->heap);
   if (c->d_status != nullptr) cudaFree(c->d_status);
   if (c->h_status != nullptr) cudaFreeHost(c->h_status);
@@ -306,14 +298,6 @@ int32_t comm_reset_status(weft_comm* c) {
   return WEFT_OK;
 }
 
-int32_t comm_hold(weft_comm* c) {
-  static const int hold_us = tuning_knob("WEFT_HOLD_US", 0);
-  if (hold_us <= 0) return WEFT_OK;
-  hold_kernel<<<1, 1, 0, c->stream>>>(static_cast<uint64_t>(hold_us) * 1000ull);
-  WEFT_LAUNCHED("hold", c->stream);
-  return WEFT_OK;
-}
-
 int32_t comm_report_bad(weft_comm* c, unsigned long long pos, unsigned kind) {
   report_bad_kernel<<<1, 1, 0, c->stream>>>(c->d_status, pos, kind);
   WEFT_LAUNCHED("report_bad", c->stream);
@@ -337,7 +321,8 @@ int32_t comm_barrier_at(weft_comm* c, cudaStream_t s, const uint64_t* epoch_at, 
 int32_t comm_waited(weft_comm* c, cudaError_t e) {
   if (e == cudaSuccess) return WEFT_OK;
   comm_mark_broken(c, WEFT_ERR_CUDA, cudaGetErrorString(e));
-  WEFT_FAIL(WEFT_ERR_CUDA, "rank %d: a kernel failed: %s (%s)", c->rank, cudaGetErrorName(e), cudaGetErrorString(e));
+  WEFT_FAIL_AT(WEFT_ERR_CUDA, c->rank, "rank %d: a kernel failed: %s (%s)", c->rank, cudaGetErrorName(e),
+               cudaGetErrorString(e));
 }
 
 int32_t alloc_mapped(size_t bytes, void** host, void** device) {
@@ -380,8 +365,8 @@ int32_t settle_oldest(weft_comm* c) {
   cudaError_t e = cudaEventSynchronize(t.done);
   if (e != cudaSuccess) {
     comm_mark_broken(c, WEFT_ERR_CUDA, cudaGetErrorString(e));
-    WEFT_FAIL(WEFT_ERR_CUDA, "rank %d: a kernel of %s failed: %s (%s)", c->rank, stage.c_str(), cudaGetErrorName(e),
-              cudaGetErrorString(e));
+    WEFT_FAIL_AT(WEFT_ERR_CUDA, c->rank, "rank %d: a kernel of %s failed: %s (%s)", c->rank, stage.c_str(),
+                 cudaGetErrorName(e), cudaGetErrorString(e));
   }
   *c->h_status = c->h_tail_status[slot];
   return comm_check_peers(c, stage.c_str());
@@ -435,21 +420,21 @@ int32_t comm_check_peers(weft_comm* c, const char* stage) {
     snprintf(why, sizeof why, "rank(s) %s did not reach the %s barrier of rank %d within %d ms",
              rank_list(s.timeout_mask).c_str(), stage, c->rank, c->timeout_ms);
     comm_mark_broken(c, WEFT_ERR_TIMEOUT, why);
-    WEFT_FAIL(WEFT_ERR_TIMEOUT,
+    WEFT_FAIL_AT(WEFT_ERR_TIMEOUT, first_rank(s.timeout_mask),
               "%s: the process is dead or stuck, or did not make the same collective call. "
               "This communicator is now unusable: destroy it and create a new one",
               why);
   }
   if (s.local_bad != 0u) return WEFT_OK;  // the caller describes its own bad input
   if (s.internal != 0u) {
-    WEFT_FAIL(WEFT_ERR_INVALID,
+    WEFT_FAIL_AT(WEFT_ERR_INVALID, c->rank,
               "internal error on rank %d during %s: a layout index fell outside its buffer "
               "(a weft bug; rerun with WEFT_DEBUG=1 and report it). Nothing was written to the outputs",
               c->rank, stage);
   }
   const unsigned others = s.peer_err_mask & ~(1u << c->rank);
   if (others != 0u) {
-    WEFT_FAIL(WEFT_ERR_BAD_INPUT,
+    WEFT_FAIL_AT(WEFT_ERR_BAD_INPUT, first_rank(others),
               "rank(s) %s failed during %s (bad input, or out of memory: see the error reported on those "
               "ranks); every rank failed the call and nothing was written to the outputs",
               rank_list(others).c_str(), stage);
@@ -462,7 +447,7 @@ int32_t comm_nccl_check(weft_comm* c, ncclResult_t r, const char* what) {
   const char* msg = c->nccl_api->GetErrorString(r);
   nccl_abort(c);
   comm_mark_broken(c, WEFT_ERR_NCCL, msg);
-  WEFT_FAIL(WEFT_ERR_NCCL, "%s failed on rank %d: %s", what, c->rank, msg);
+  WEFT_FAIL_AT(WEFT_ERR_NCCL, c->rank, "%s failed on rank %d: %s", what, c->rank, msg);
 }
 
 int32_t comm_nccl_group_end(weft_comm* c, const char* what) {
@@ -491,7 +476,8 @@ int32_t comm_nccl_stream_wait(weft_comm* c, const char* what) {
     if (q == cudaSuccess) return WEFT_OK;
     if (q != cudaErrorNotReady) {
       comm_mark_broken(c, WEFT_ERR_CUDA, cudaGetErrorString(q));
-      WEFT_FAIL(WEFT_ERR_CUDA, "%s on rank %d: %s (%s)", what, c->rank, cudaGetErrorName(q), cudaGetErrorString(q));
+      WEFT_FAIL_AT(WEFT_ERR_CUDA, c->rank, "%s on rank %d: %s (%s)", what, c->rank, cudaGetErrorName(q),
+                   cudaGetErrorString(q));
     }
     if (c->nccl != nullptr) {
       ncclResult_t a = ncclSuccess;
@@ -511,54 +497,47 @@ int32_t comm_nccl_stream_wait(weft_comm* c, const char* what) {
   }
 }
 
-}  // namespace weft
 
-using weft::CommLock;
-
-extern "C" int32_t weft_comm_create(int32_t device, int32_t rank, int32_t world, const uint8_t* nccl_id,
-                                    uint64_t heap_bytes, int32_t timeout_ms, weft_comm_t* out) {
-  WEFT_API("weft_comm_create");
+int32_t comm_create(int32_t device, int32_t rank, int32_t world, const uint8_t* nccl_id, uint64_t heap_bytes, int32_t timeout_ms, weft_comm_t* out) {
   if (out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "out is NULL");
   *out = nullptr;
-  if (world < 1 || world > weft::kMaxWorld) {
-    WEFT_FAIL(WEFT_ERR_INVALID, "world = %d; it must be in [1, %d]", world, weft::kMaxWorld);
+  if (world < 1 || world > kMaxWorld) {
+    WEFT_FAIL(WEFT_ERR_INVALID, "world = %d; it must be in [1, %d]", world, kMaxWorld);
   }
   if (rank < 0 || rank >= world) WEFT_FAIL(WEFT_ERR_INVALID, "rank = %d; it must be in [0, world = %d)", rank, world);
-  WEFT_TRY(weft::set_device(device));
+  WEFT_TRY(set_device(device));
   weft_comm* c = new weft_comm();
   c->device = device;
   c->rank = rank;
   c->world = world;
   c->timeout_ms = timeout_ms > 0 ? timeout_ms : 30000;
   const uint64_t granule = 4096;
-  uint64_t bytes = heap_bytes < weft::kCommReserved ? weft::kCommReserved : heap_bytes;
+  uint64_t bytes = heap_bytes < kCommReserved ? kCommReserved : heap_bytes;
   c->heap_bytes = (bytes + granule - 1) / granule * granule;
-  int32_t rc = weft::comm_init(c, nccl_id);
+  int32_t rc = comm_init(c, nccl_id);
   if (rc != WEFT_OK) {
-    weft::comm_release(c);
+    comm_release(c);
     return rc;
   }
-  weft::debug_log("rank %d of %d on device %d: heap %llu bytes, %d SMs, nccl %s", rank, world, device,
+  debug_log("rank %d of %d on device %d: heap %llu bytes, %d SMs, nccl %s", rank, world, device,
                   static_cast<unsigned long long>(c->heap_bytes), c->num_sms, c->nccl ? "yes" : "no");
   *out = c;
   return WEFT_OK;
 }
 
-extern "C" int32_t weft_comm_ipc_handle(weft_comm_t c, uint8_t* out) {
-  WEFT_API("weft_comm_ipc_handle");
+int32_t comm_ipc_handle(weft_comm_t c, uint8_t* out) {
   static_assert(sizeof(cudaIpcMemHandle_t) == WEFT_IPC_HANDLE_BYTES, "IPC handle size");
   if (out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "out is NULL (needs %d bytes)", WEFT_IPC_HANDLE_BYTES);
-  WEFT_TRY(weft::comm_enter(c, false));
+  WEFT_TRY(comm_enter(c, false));
   cudaIpcMemHandle_t h;
   WEFT_CUDA(cudaIpcGetMemHandle(&h, c->heap));
   memcpy(out, &h, sizeof h);
   return WEFT_OK;
 }
 
-extern "C" int32_t weft_comm_open_peers(weft_comm_t c, const uint8_t* handles) {
-  WEFT_API("weft_comm_open_peers");
+int32_t comm_open_peers(weft_comm_t c, const uint8_t* handles) {
   if (handles == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "handles is NULL (needs world x %d bytes)", WEFT_IPC_HANDLE_BYTES);
-  WEFT_TRY(weft::comm_enter(c, false));
+  WEFT_TRY(comm_enter(c, false));
   CommLock lock(c);
   if (c->peers_open) WEFT_FAIL(WEFT_ERR_INVALID, "peers are already mapped");
 
@@ -572,7 +551,7 @@ extern "C" int32_t weft_comm_open_peers(weft_comm_t c, const uint8_t* handles) {
     if (cudaDeviceCanAccessPeer(&can, c->device, d) == cudaSuccess && can) {
       cudaError_t e = cudaDeviceEnablePeerAccess(d, 0);
       if (e != cudaSuccess && e != cudaErrorPeerAccessAlreadyEnabled) {
-        weft::debug_log("cudaDeviceEnablePeerAccess(%d): %s", d, cudaGetErrorString(e));
+        debug_log("cudaDeviceEnablePeerAccess(%d): %s", d, cudaGetErrorString(e));
       }
     }
   }
@@ -586,55 +565,52 @@ extern "C" int32_t weft_comm_open_peers(weft_comm_t c, const uint8_t* handles) {
     cudaError_t e = cudaIpcOpenMemHandle(&ptr, h, cudaIpcMemLazyEnablePeerAccess);
     if (e != cudaSuccess) {
       (void)cudaGetLastError();
-      weft::close_peers(c);
-      WEFT_FAIL(WEFT_ERR_CUDA,
+      close_peers(c);
+      WEFT_FAIL_AT(WEFT_ERR_CUDA, p,
                 "cannot map rank %d's heap on rank %d: %s (%s). The NVLink path needs every rank on "
                 "one node with peer access between their GPUs, and the handles in rank order",
                 p, c->rank, cudaGetErrorName(e), cudaGetErrorString(e));
     }
     c->peers.base[p] = static_cast<uint8_t*>(ptr);
-    weft::HeapHeader hdr;
-    e = cudaMemcpy(&hdr, c->peers.base[p] + weft::kHeaderOffset, sizeof hdr, cudaMemcpyDefault);
+    HeapHeader hdr;
+    e = cudaMemcpy(&hdr, c->peers.base[p] + kHeaderOffset, sizeof hdr, cudaMemcpyDefault);
     if (e != cudaSuccess) {
-      weft::close_peers(c);
-      WEFT_FAIL(WEFT_ERR_CUDA, "cannot read rank %d's heap header: %s", p, cudaGetErrorString(e));
+      close_peers(c);
+      WEFT_FAIL_AT(WEFT_ERR_CUDA, p, "cannot read rank %d's heap header: %s", p, cudaGetErrorString(e));
     }
-    if (hdr.magic != weft::kHeapMagic || hdr.rank != p || hdr.world != c->world) {
-      weft::close_peers(c);
-      WEFT_FAIL(WEFT_ERR_INVALID,
+    if (hdr.magic != kHeapMagic || hdr.rank != p || hdr.world != c->world) {
+      close_peers(c);
+      WEFT_FAIL_AT(WEFT_ERR_INVALID, p,
                 "handle %d is not rank %d's heap of a world of %d (it says rank %d of %d): pass the "
                 "handles of every rank in rank order",
                 p, p, c->world, hdr.rank, hdr.world);
     }
     if (hdr.heap_bytes != c->heap_bytes) {
-      weft::close_peers(c);
-      WEFT_FAIL(WEFT_ERR_INVALID,
+      close_peers(c);
+      WEFT_FAIL_AT(WEFT_ERR_INVALID, p,
                 "rank %d's heap has %llu bytes and rank %d's has %llu: every rank must pass the same heap_bytes",
                 p, static_cast<unsigned long long>(hdr.heap_bytes), c->rank,
                 static_cast<unsigned long long>(c->heap_bytes));
     }
   }
   c->peers_open = true;
-  return weft::comm_barrier_now(c, "open_peers");
+  return comm_barrier_now(c, "open_peers");
 }
 
-extern "C" int32_t weft_comm_barrier(weft_comm_t c) {
-  WEFT_API("weft_comm_barrier");
-  WEFT_TRY(weft::comm_enter(c, true));
+int32_t comm_barrier(weft_comm_t c) {
+  WEFT_TRY(comm_enter(c, true));
   CommLock lock(c);
-  WEFT_TRY(weft::comm_settle(c));
-  return weft::comm_barrier_now(c, "weft_comm_barrier");
+  WEFT_TRY(comm_settle(c));
+  return comm_barrier_now(c, "weft_comm_barrier");
 }
 
-extern "C" int32_t weft_comm_sync(weft_comm_t c) {
-  WEFT_API("weft_comm_sync");
-  WEFT_TRY(weft::comm_enter(c, false));
+int32_t comm_sync(weft_comm_t c) {
+  WEFT_TRY(comm_enter(c, false));
   CommLock lock(c);
-  return weft::comm_settle(c);
+  return comm_settle(c);
 }
 
-extern "C" int32_t weft_comm_destroy(weft_comm_t c) {
-  WEFT_API("weft_comm_destroy");
+int32_t comm_destroy(weft_comm_t c) {
   if (c == nullptr) return WEFT_OK;
   {
     CommLock lock(c);
@@ -646,15 +622,17 @@ extern "C" int32_t weft_comm_destroy(weft_comm_t c) {
     // Best effort: wait until every peer stops reading this heap before it is
     // unmapped; bounded by the timeout when a peer is gone.
     if (c->peers_open && c->broken == WEFT_OK) {
-      if (weft::comm_reset_status(c) == WEFT_OK && weft::comm_barrier_async(c, "weft_comm_destroy") == WEFT_OK) {
+      if (comm_reset_status(c) == WEFT_OK && comm_barrier_async(c, "weft_comm_destroy") == WEFT_OK) {
         cudaStreamSynchronize(c->stream);
       }
     }
-    if (c->peers_open) weft::close_peers(c);
-    weft::nccl_finish(c);
+    if (c->peers_open) close_peers(c);
+    nccl_finish(c);
     c->closed = true;
     (void)cudaGetLastError();
   }
-  weft::comm_release(c);
+  comm_release(c);
   return WEFT_OK;
 }
+
+}  // namespace weft

@@ -94,6 +94,10 @@ struct weft_comm {
 
 namespace weft {
 
+// "0, 2, 3": the ranks of a mask, for messages; first_rank: the lowest, -1 none.
+std::string rank_list(unsigned mask);
+int first_rank(unsigned mask);
+
 void comm_retain(weft_comm* c);
 void comm_release(weft_comm* c);  // frees everything when the last reference goes
 
@@ -104,11 +108,6 @@ void comm_mark_broken(weft_comm* c, int32_t code, const char* why);
 
 // Resets the device status for a new call (on the comm stream).
 int32_t comm_reset_status(weft_comm* c);
-// Diagnostic (WEFT_HOLD_US=N): enqueues a kernel that spins N µs, so that
-// the GPU reaches what the host enqueues next only once it is all queued:
-// a dispatch's time minus N is then its GPU time without waiting on the
-// host's issue rate. Otherwise nothing.
-int32_t comm_hold(weft_comm* c);
 // Sets this rank's error bit from the host side (bad argument found on the host).
 int32_t comm_report_bad(weft_comm* c, unsigned long long pos, unsigned kind);
 // Enqueues one bounded barrier. `stage` names it in timeout messages.
@@ -159,6 +158,15 @@ int32_t alloc_mapped(size_t bytes, void** host, void** device);
 inline uint64_t comm_engine_bytes(const weft_comm* c) {
   return c->heap_bytes > kCommReserved ? c->heap_bytes - kCommReserved : 0;
 }
+
+// The communicator's C ABI calls (comm.cu), wrapped by api_comm.cu.
+int32_t comm_create(int32_t device, int32_t rank, int32_t world, const uint8_t* nccl_id, uint64_t heap_bytes,
+                    int32_t timeout_ms, weft_comm_t* out);
+int32_t comm_ipc_handle(weft_comm_t c, uint8_t* out);
+int32_t comm_open_peers(weft_comm_t c, const uint8_t* handles);
+int32_t comm_barrier(weft_comm_t c);
+int32_t comm_sync(weft_comm_t c);
+int32_t comm_destroy(weft_comm_t c);
 
 // RAII: holds the comm's call lock.
 struct CommLock {

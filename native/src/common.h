@@ -21,8 +21,15 @@ constexpr int kMaxTopK = 32;
 // ---- errors ----------------------------------------------------------------
 
 // Records a failure: the message is prefixed with the current API call's name
-// and kept both per thread and process-wide (see weft_last_error).
+// and kept process-wide (see weft_last_error), with no failing rank known.
 void set_error(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+// The same for a message that names `rank` as the failing one (this rank for
+// its own bad input, the first peer that failed or timed out): what
+// weft_last_error_rank returns until the next failure (errors.cpp).
+void set_error_at(int32_t rank, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+int32_t last_error_rank();
+// weft_last_error's copy of the message.
+int32_t last_error(char* buf, int32_t len);
 // Names the C ABI call that is running on this thread (for messages).
 struct ApiScope {
   explicit ApiScope(const char* name);
@@ -32,10 +39,15 @@ struct ApiScope {
 // WEFT_DEBUG=1: synchronize and check after every kernel, log stages to stderr.
 bool debug_enabled();
 void debug_log(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-// An integer tuning knob from the environment, or `fallback` when unset or not a positive integer.
-int tuning_knob(const char* name, int fallback);
-// Checks that `device` is a visible CUDA device and makes it current (api.cu).
+// Checks that `device` is a visible CUDA device and makes it current (device.cu).
 int32_t set_device(int32_t device);
+// The device and memory calls of the C ABI (device.cu).
+int32_t device_count(int32_t* out);
+int32_t device_alloc(int32_t device, uint64_t bytes, void** out);
+int32_t device_free(int32_t device, void* ptr);
+int32_t device_copy_h2d(int32_t device, void* dst, const void* src, uint64_t bytes);
+int32_t device_copy_d2h(int32_t device, void* dst, const void* src, uint64_t bytes);
+int32_t device_memset(int32_t device, void* dst, int32_t value, uint64_t bytes);
 
 #define WEFT_API(name)      \
   weft::ApiScope weft_scope_(name); \
@@ -77,6 +89,13 @@ int32_t set_device(int32_t device);
   do {                                  \
     weft::set_error(__VA_ARGS__);       \
     return (code);                      \
+  } while (0)
+
+// WEFT_FAIL for a message that names `rank` as the failing rank.
+#define WEFT_FAIL_AT(code, rank, ...)          \
+  do {                                         \
+    weft::set_error_at((rank), __VA_ARGS__);   \
+    return (code);                             \
   } while (0)
 
 // ---- device status of one collective call -----------------------------------
@@ -202,43 +221,44 @@ __device__ __forceinline__ unsigned f32_to_f16_bits(float f) {
   return static_cast<unsigned>(__half_as_ushort(__float2half_rn(f)));
 }
 
+// The two 16-bit dtypes differ only in their element conversions.
+template <int DT>
+struct Bits16;
 template <>
-struct Vec<WEFT_BF16> {
+struct Bits16<WEFT_BF16> {
+  __device__ static __forceinline__ float to_f32(unsigned bits) { return bf16_bits_to_f32(bits); }
+  __device__ static __forceinline__ unsigned from_f32(float f) { return f32_to_bf16_bits(f); }
+};
+template <>
+struct Bits16<WEFT_F16> {
+  __device__ static __forceinline__ float to_f32(unsigned bits) { return f16_bits_to_f32(bits); }
+  __device__ static __forceinline__ unsigned from_f32(float f) { return f32_to_f16_bits(f); }
+};
+
+// One uint4 of a 16-bit dtype: 8 elements, two per 32-bit word, low half first.
+template <int DT>
+struct Vec16 {
   static constexpr int kElems = 8;
   __device__ static __forceinline__ void unpack(const uint4& v, float (&f)[kElems]) {
     const unsigned w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      f[2 * i] = bf16_bits_to_f32(w[i] & 0xffffu);
-      f[2 * i + 1] = bf16_bits_to_f32(w[i] >> 16);
+      f[2 * i] = Bits16<DT>::to_f32(w[i] & 0xffffu);
+      f[2 * i + 1] = Bits16<DT>::to_f32(w[i] >> 16);
     }
   }
   __device__ static __forceinline__ uint4 pack(const float (&f)[kElems]) {
     unsigned w[4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) w[i] = f32_to_bf16_bits(f[2 * i]) | (f32_to_bf16_bits(f[2 * i + 1]) << 16);
+    for (int i = 0; i < 4; ++i) w[i] = Bits16<DT>::from_f32(f[2 * i]) | (Bits16<DT>::from_f32(f[2 * i + 1]) << 16);
     return make_uint4(w[0], w[1], w[2], w[3]);
   }
 };
 
 template <>
-struct Vec<WEFT_F16> {
-  static constexpr int kElems = 8;
-  __device__ static __forceinline__ void unpack(const uint4& v, float (&f)[kElems]) {
-    const unsigned w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      f[2 * i] = f16_bits_to_f32(w[i] & 0xffffu);
-      f[2 * i + 1] = f16_bits_to_f32(w[i] >> 16);
-    }
-  }
-  __device__ static __forceinline__ uint4 pack(const float (&f)[kElems]) {
-    unsigned w[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) w[i] = f32_to_f16_bits(f[2 * i]) | (f32_to_f16_bits(f[2 * i + 1]) << 16);
-    return make_uint4(w[0], w[1], w[2], w[3]);
-  }
-};
+struct Vec<WEFT_BF16> : Vec16<WEFT_BF16> {};
+template <>
+struct Vec<WEFT_F16> : Vec16<WEFT_F16> {};
 
 template <>
 struct Vec<WEFT_F32> {
@@ -284,6 +304,9 @@ struct Wire {
 #endif  // __CUDACC__
 
 inline int dtype_bytes(int dt) { return dt == WEFT_F32 ? 4 : 2; }
+
+// Allocation offsets are kept 256-byte aligned (heap regions, index arrays).
+inline uint64_t align256(uint64_t v) { return (v + 255ull) & ~255ull; }
 
 // Blocks to launch for n work items of `per_block` each (0 = launch nothing).
 inline unsigned grid_for(long long n, long long per_block) {

@@ -1,6 +1,5 @@
-// The small C ABI calls: version, devices, memory. The collective calls live
-// beside their implementation (comm.cu, dispatch.cu, combine.cu, baseline.cu,
-// timer.cu).
+// Devices and memory: the device check every entry point makes, and the
+// small calls (device count, alloc, free, copies, memset) that api.cu wraps.
 #include "common.h"
 
 namespace weft {
@@ -19,11 +18,7 @@ int32_t set_device(int32_t device) {
   return WEFT_OK;
 }
 
-}  // namespace weft
-
 namespace {
-
-using weft::set_device;
 
 // Engine calls return before their tails run on the comm stream, which does
 // not order itself with the legacy stream these copies use. Waiting for the
@@ -48,10 +43,7 @@ int32_t blocking_copy(int32_t device, void* dst, const void* src, uint64_t bytes
 
 }  // namespace
 
-extern "C" int32_t weft_abi_version(void) { return 5; }
-
-extern "C" int32_t weft_device_count(int32_t* out) {
-  WEFT_API("weft_device_count");
+int32_t device_count(int32_t* out) {
   if (out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "out is NULL");
   *out = 0;
   int count = 0;
@@ -64,8 +56,7 @@ extern "C" int32_t weft_device_count(int32_t* out) {
   return count > 0 ? WEFT_OK : WEFT_ERR_NO_DEVICE;
 }
 
-extern "C" int32_t weft_alloc(int32_t device, uint64_t bytes, void** out) {
-  WEFT_API("weft_alloc");
+int32_t device_alloc(int32_t device, uint64_t bytes, void** out) {
   if (out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "out is NULL");
   *out = nullptr;
   WEFT_TRY(set_device(device));
@@ -80,8 +71,7 @@ extern "C" int32_t weft_alloc(int32_t device, uint64_t bytes, void** out) {
   return WEFT_OK;
 }
 
-extern "C" int32_t weft_free(int32_t device, void* ptr) {
-  WEFT_API("weft_free");
+int32_t device_free(int32_t device, void* ptr) {
   if (ptr == nullptr) return WEFT_OK;
   WEFT_TRY(set_device(device));
   WEFT_TRY(wait_for_engine_work());
@@ -89,18 +79,15 @@ extern "C" int32_t weft_free(int32_t device, void* ptr) {
   return WEFT_OK;
 }
 
-extern "C" int32_t weft_copy_h2d(int32_t device, void* dst, const void* src, uint64_t bytes) {
-  WEFT_API("weft_copy_h2d");
+int32_t device_copy_h2d(int32_t device, void* dst, const void* src, uint64_t bytes) {
   return blocking_copy(device, dst, src, bytes);
 }
 
-extern "C" int32_t weft_copy_d2h(int32_t device, void* dst, const void* src, uint64_t bytes) {
-  WEFT_API("weft_copy_d2h");
+int32_t device_copy_d2h(int32_t device, void* dst, const void* src, uint64_t bytes) {
   return blocking_copy(device, dst, src, bytes);
 }
 
-extern "C" int32_t weft_memset(int32_t device, void* dst, int32_t value, uint64_t bytes) {
-  WEFT_API("weft_memset");
+int32_t device_memset(int32_t device, void* dst, int32_t value, uint64_t bytes) {
   if (bytes == 0) return WEFT_OK;
   if (dst == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "dst is NULL");
   WEFT_TRY(set_device(device));
@@ -109,3 +96,5 @@ extern "C" int32_t weft_memset(int32_t device, void* dst, int32_t value, uint64_
   WEFT_CUDA(cudaStreamSynchronize(cudaStreamLegacy));
   return WEFT_OK;
 }
+
+}  // namespace weft

@@ -28,281 +28,25 @@
 //   5. allocate recv (R rows) and hand the index arrays to the handle; pull;
 //   6. barrier "dispatch end" (no rank restages while a peer still reads it).
 //
-// The pull: one warp per (source rank r, token t) that has a pair here. It
-// reads the row once (16-byte loads, 4 per lane in flight) and stores it to
-// every receive row it feeds (dedupe device/node), or reads it once per pair
-// (dedupe none). The (r, t) are visited interleaved over sources, starting
-// at a different source on every rank, so all links carry traffic at once.
-#include <string.h>
-
-#include <algorithm>
+// The call path, in file order: api_engine.cu (the C ABI) → dispatch_entry
+// (end of this file) → dispatch_begin: handles.cu (the index block),
+// layout_graph.cu (open_call, the layout's launches or their graphs; the
+// steps themselves in route.cu and layout.cu), quantize.cu →
+// dispatch_finish: the host sync, input_check.cu (messages), handles.cu (the
+// handle, recv), pull_sm.cu / pull_tma.cu (the pull), comm.cu (the end
+// barrier, the queued tail).
 #include <atomic>
 #include <string>
-#include <vector>
 
-#include "engine.h"
+#include "dispatch.h"
+#include "handles.h"
+#include "input_check.h"
+#include "layout.h"
+#include "pull.h"
+#include "quantize.h"
 
 namespace weft {
 namespace {
-
-constexpr int kPullThreads = 256;
-constexpr int kPullUnroll = 4;  // 2 and 8 measured no faster on 4xH200
-
-// A sent row is a head (x's row, or a quantized row's E4M3 bytes) and a
-// tail (a quantized row's scales; none otherwise), each in a dense region of
-// the source's heap and landing in a dense output: recv and recv_scales.
-struct PullArgs {
-  PeerTable peers;
-  TokenTable tok;
-  uint64_t head_off, tail_off;  // heap offsets of the regions (hl.xq, hl.xs)
-  unsigned head_vecs;           // 16-byte vectors of a row's head
-  unsigned tail_vecs;           // ... and of its tail (0 when unquantized)
-  int top_k, world, rank, max_tokens, dedupe_none;
-  const int* fan_rows;
-  uint4* recv;
-  uint4* scales;
-  const DevStatus* st;
-};
-
-// Vector v of token t's sent row on source `base`: v < head_vecs in the
-// head, the rest in the tail.
-__device__ __forceinline__ const uint4* take(const PullArgs& a, const uint8_t* base, int t, unsigned v) {
-  return v < a.head_vecs
-             ? reinterpret_cast<const uint4*>(base + a.head_off) + static_cast<size_t>(t) * a.head_vecs + v
-             : reinterpret_cast<const uint4*>(base + a.tail_off) + static_cast<size_t>(t) * a.tail_vecs +
-                   (v - a.head_vecs);
-}
-
-// Where vector v of a sent row lands for receive row `row`.
-__device__ __forceinline__ uint4* land(const PullArgs& a, int row, unsigned v) {
-  return v < a.head_vecs ? a.recv + static_cast<size_t>(row) * a.head_vecs + v
-                         : a.scales + static_cast<size_t>(row) * a.tail_vecs + (v - a.head_vecs);
-}
-
-// Copies token t's row from source `base` to the receive rows of the lanes
-// in `mask` (each lane k holds the row of pair k in my_row). All lanes run
-// every iteration; each lane keeps U 16-byte loads in flight before the
-// first store.
-template <int U>
-__device__ __forceinline__ void copy_row(const PullArgs& a, const uint8_t* base, int t, int my_row, unsigned mask,
-                                         int lane) {
-  const unsigned row_vecs = a.head_vecs + a.tail_vecs;
-  for (unsigned v0 = 0; v0 < row_vecs; v0 += 32u * U) {
-    uint4 buf[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const unsigned v = v0 + static_cast<unsigned>(lane) + 32u * u;
-      if (v < row_vecs) buf[u] = __ldg(take(a, base, t, v));
-    }
-    unsigned m = mask;
-    while (m != 0u) {
-      const int k = __ffs(m) - 1;
-      m &= m - 1u;
-      const int row = __shfl_sync(0xffffffffu, my_row, k);
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const unsigned v = v0 + static_cast<unsigned>(lane) + 32u * u;
-        if (v < row_vecs) *land(a, row, v) = buf[u];
-      }
-    }
-  }
-}
-
-template <int U>
-__global__ void __launch_bounds__(kPullThreads) pull_kernel(PullArgs a) {
-  if (call_aborted(a.st)) return;
-  const int lane = threadIdx.x & 31;
-  const long long warps = static_cast<long long>(gridDim.x) * (kPullThreads / 32);
-  const long long logical = static_cast<long long>(a.world) * a.max_tokens;
-  for (long long j = (blockIdx.x * static_cast<long long>(kPullThreads) + threadIdx.x) / 32; j < logical; j += warps) {
-    int r, t;
-    long long item;
-    if (!walk_step(a.tok, a.world, a.rank, j, &r, &t, &item)) continue;
-    const int my_row = lane < a.top_k ? a.fan_rows[item * a.top_k + lane] : -1;
-    const unsigned mask = __ballot_sync(0xffffffffu, my_row >= 0);
-    if (mask == 0u) continue;
-    const uint8_t* base = a.peers.base[r];
-    if (!a.dedupe_none) {
-      copy_row<U>(a, base, t, my_row, mask, lane);
-    } else {
-      unsigned m = mask;
-      while (m != 0u) {
-        const int k = __ffs(m) - 1;
-        m &= m - 1u;
-        copy_row<U>(a, base, t, my_row, 1u << k, lane);
-      }
-    }
-  }
-}
-
-uint64_t align256(uint64_t v) { return (v + 255ull) & ~255ull; }
-
-}  // namespace
-
-long long recv_capacity(const PlanHost& p) {
-  const int local = p.local_experts[p.rank];
-  return static_cast<long long>(p.world) * p.max_tokens * (p.top_k < local ? p.top_k : local);
-}
-
-namespace {
-
-// Offsets of the index arrays inside their block; `take` is called in one order.
-template <typename Take>
-IndexArrays carve_index(const PlanHost& p, uintptr_t b, Take& take) {
-  const uint64_t R = static_cast<uint64_t>(recv_capacity(p));
-  const uint64_t pairs = static_cast<uint64_t>(p.max_tokens) * p.top_k;
-  const uint64_t items = static_cast<uint64_t>(p.world) * p.max_tokens;
-  IndexArrays ix;
-  ix.block = reinterpret_cast<void*>(b);
-  ix.recv_weights = reinterpret_cast<float*>(b + take(R * 4));
-  ix.expert_counts = reinterpret_cast<int*>(b + take(static_cast<uint64_t>(p.local_experts[p.rank]) * 4));
-  ix.src_rank = reinterpret_cast<int*>(b + take(R * 4));
-  ix.src_token = reinterpret_cast<int*>(b + take(R * 4));
-  ix.src_k = reinterpret_cast<int*>(b + take(R * 4));
-  ix.dest_row = reinterpret_cast<int*>(b + take(pairs * 4));
-  ix.dmask = reinterpret_cast<unsigned*>(b + take(static_cast<uint64_t>(p.max_tokens) * 4));
-  ix.fan_rows = reinterpret_cast<int*>(b + take(items * p.top_k * 4));
-  ix.part_slot = reinterpret_cast<int*>(b + take(items * 4));
-  return ix;
-}
-
-struct Bump {
-  uint64_t off = 0;
-  uint64_t operator()(uint64_t bytes) {
-    const uint64_t at = off;
-    off = align256(at + (bytes > 0 ? bytes : 16));
-    return at;
-  }
-};
-
-}  // namespace
-
-uint64_t index_block_bytes(const PlanHost& p) {
-  Bump bump;
-  (void)carve_index(p, 0, bump);
-  return bump.off;
-}
-
-IndexArrays index_arrays(const PlanHost& p, void* block) {
-  Bump bump;
-  return carve_index(p, reinterpret_cast<uintptr_t>(block), bump);
-}
-
-namespace {
-
-void free_block(weft_engine* e, void* block) {
-  if (block == nullptr) return;
-  cudaSetDevice(e->comm->device);
-  cudaFreeAsync(block, e->comm->stream);
-  (void)cudaGetLastError();
-}
-
-// An index block goes back to the engine's spare slot if it is free (and
-// the engine open), else to the pool.
-void free_index(weft_engine* e, void* block) {
-  if (block == nullptr) return;
-  if (e->spare_index == nullptr && !e->closed) {
-    e->spare_index = block;
-    return;
-  }
-  free_block(e, block);
-}
-
-// Frees the index arrays of a dispatch that did not reach its handle.
-void drop_pending_index(weft_engine* e) {
-  free_index(e, e->pending.block);
-  e->pending = {};
-}
-
-// The begun dispatch's index arrays, stream-ordered on the comm stream.
-int32_t alloc_pending_index(weft_engine* e) {
-  drop_pending_index(e);
-  void* block = e->spare_index;
-  e->spare_index = nullptr;
-  const uint64_t bytes = index_block_bytes(e->plan);
-  if (block == nullptr && cudaMallocAsync(&block, bytes, e->comm->stream) != cudaSuccess) {
-    // Out of memory keeps the ranks in step (see dispatch_finish): not a broken comm.
-    (void)cudaGetLastError();
-    return WEFT_ERR_CAPACITY;
-  }
-  e->pending = index_arrays(e->plan, block);
-  return WEFT_OK;
-}
-
-// recv (and its scales) of one handle in one stream-ordered allocation: the
-// engine's spare recv block when it is large enough, else a new one with
-// 1/16 to spare, so that the next batch's R (which varies a little from
-// batch to batch) fits in it once this handle closes.
-int32_t handle_alloc(weft_engine* e, weft_handle* h) {
-  const PlanHost& p = e->plan;
-  const uint64_t R = static_cast<uint64_t>(h->recv_rows);
-  Bump take;
-  const uint64_t o_recv = take(R * p.recv_row_bytes());
-  const uint64_t o_scales = take(R * p.scale_row_bytes());
-  if (e->spare_recv != nullptr && e->spare_recv_bytes >= take.off) {
-    uint8_t* b = static_cast<uint8_t*>(e->spare_recv);
-    h->recv_block_bytes = e->spare_recv_bytes;
-    e->spare_recv = nullptr;
-    e->spare_recv_bytes = 0;
-    h->recv = b + o_recv;
-    h->recv_scales = p.fp8() ? reinterpret_cast<float*>(b + o_scales) : nullptr;
-    return WEFT_OK;
-  }
-  free_block(e, e->spare_recv);
-  e->spare_recv = nullptr;
-  e->spare_recv_bytes = 0;
-  const uint64_t bytes = align256(take.off + take.off / 16);
-  void* block = nullptr;
-  cudaError_t err = cudaMallocAsync(&block, bytes, e->comm->stream);
-  if (err == cudaSuccess) h->recv_block_bytes = bytes;
-  if (err != cudaSuccess) {
-    // Out of memory keeps the ranks in step (see dispatch_finish): not a broken comm.
-    (void)cudaGetLastError();
-    WEFT_FAIL(WEFT_ERR_CAPACITY, "cannot allocate %llu bytes for the dispatch outputs on rank %d (%d receive rows): %s",
-              static_cast<unsigned long long>(take.off), e->comm->rank, h->recv_rows, cudaGetErrorString(err));
-  }
-  uint8_t* b = static_cast<uint8_t*>(block);
-  h->recv = b + o_recv;
-  h->recv_scales = p.fp8() ? reinterpret_cast<float*>(b + o_scales) : nullptr;
-  return WEFT_OK;
-}
-
-// The handle takes the index arrays the layout wrote.
-void handle_take_index(weft_handle* h, const IndexArrays& ix) {
-  h->index_block = ix.block;
-  h->recv_weights = ix.recv_weights;
-  h->expert_counts = ix.expert_counts;
-  h->src_rank = ix.src_rank;
-  h->src_token = ix.src_token;
-  h->src_k = ix.src_k;
-  h->dest_row = ix.dest_row;
-  h->dmask = ix.dmask;
-  h->fan_rows = ix.fan_rows;
-  h->part_slot = ix.part_slot;
-}
-
-
-void handle_free(weft_handle* h) {
-  if (h == nullptr) return;
-  weft_engine* e = h->engine;
-  if (h->recv != nullptr) {
-    if (e->spare_recv == nullptr && !e->closed) {
-      e->spare_recv = h->recv;  // recv sits at the block's start
-      e->spare_recv_bytes = h->recv_block_bytes;
-    } else {
-      free_block(e, h->recv);
-    }
-  }
-  free_index(e, h->index_block);
-  delete h;
-  engine_release(e);
-}
-
-int32_t engine_enter(weft_engine* e) {
-  if (e == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "the engine is NULL");
-  if (e->closed) WEFT_FAIL(WEFT_ERR_INVALID, "the engine was destroyed");
-  return comm_enter(e->comm, true);
-}
 
 // Failures that leave this rank's barrier count out of step with its peers
 // make the communicator unusable.
@@ -396,18 +140,13 @@ int32_t dispatch_begin(weft_engine* e, const Rows& rows, const int32_t* idx, con
   const PlanHost& p = e->plan;
   const HeapLayout& hl = e->hl;
   c->profile.host_lap("timer start or previous call -> dispatch_begin");
-  WEFT_TRY(comm_hold(c));
-  // WEFT_GRAPH=2 (a diagnostic): graphs on every other call, so that one
-  // process profiles both ways ("(direct)" marks the calls without).
-  static const bool alternate = tuning_knob("WEFT_GRAPH", 1) == 2;
-  const bool graphs = layout_graphs(e) && (!alternate || (e->dispatches & 1u) == 0u);
-  e->dispatches += 1;
+  const bool graphs = layout_graphs(e);
   const char* name = !move_rows        ? (graphs ? "layout" : "layout (direct)")
                      : !p.fp8()        ? (graphs ? "dispatch" : "dispatch (direct)")
                      : rows.quantized ? "dispatch e4m3, rows given"
                                        : "dispatch e4m3";
   c->profile.begin(c->stream, name);
-  c->profile.host_lap("begin: hold, profile");
+  c->profile.host_lap("begin: profile");
   const bool index_ok = alloc_pending_index(e) == WEFT_OK;
   c->profile.host_lap("begin: index alloc");
   const bool tokens_ok = tokens >= 0 && tokens <= p.max_tokens;
@@ -532,7 +271,7 @@ int32_t dispatch_finish(weft_engine* e, weft_handle** out) {
   if (rc != WEFT_OK) return fail_early(rc);
   if (c->h_status->local_bad != 0u) {
     if (ix.block == nullptr) {
-      set_error("cannot allocate %llu bytes for the dispatch's index arrays on rank %d (max_tokens %d on %d ranks): "
+      set_error_at(c->rank, "cannot allocate %llu bytes for the dispatch's index arrays on rank %d (max_tokens %d on %d ranks): "
                 "free device memory or lower max_tokens. Every rank failed the call",
                 static_cast<unsigned long long>(index_block_bytes(p)), c->rank, p.max_tokens, p.world);
       return fail_early(WEFT_ERR_CAPACITY);
@@ -542,7 +281,7 @@ int32_t dispatch_finish(weft_engine* e, weft_handle** out) {
         bad_input_message(p, *c->h_status, c->rank, tokens, reinterpret_cast<const int*>(c->heap + hl.idx),
                           "x, topk_idx or topk_weights is NULL while tokens > 0, or q and scales are not both "
                           "given, or given to a plan without quantize E4M3");
-    set_error("%s", msg.c_str());
+    set_error_at(c->rank, "%s", msg.c_str());
     return fail_early(bad_input_code(kind));
   }
 
@@ -560,7 +299,7 @@ int32_t dispatch_finish(weft_engine* e, weft_handle** out) {
     if (n < 0 || n > p.max_tokens || (r == p.rank && n != tokens)) {
       handle_free(h);
       comm_mark_broken(c, WEFT_ERR_INVALID, "staged token counts disagree");
-      WEFT_FAIL(WEFT_ERR_INVALID, "internal error: rank %d's staged token count reads %d (do all ranks use the same plan?)", r, n);
+      WEFT_FAIL_AT(WEFT_ERR_INVALID, r, "internal error: rank %d's staged token count reads %d (do all ranks use the same plan?)", r, n);
     }
     h->tok.tokens[r] = n;
     h->tok.base[r + 1] = h->tok.base[r] + n;
@@ -571,7 +310,7 @@ int32_t dispatch_finish(weft_engine* e, weft_handle** out) {
     const int R = h->recv_rows;
     handle_free(h);
     comm_mark_broken(c, WEFT_ERR_INVALID, "receive row count out of range");
-    WEFT_FAIL(WEFT_ERR_INVALID, "internal error: rank %d's receive row count reads %d, capacity %d (a weft bug)", c->rank,
+    WEFT_FAIL_AT(WEFT_ERR_INVALID, c->rank, "internal error: rank %d's receive row count reads %d, capacity %d (a weft bug)", c->rank,
               R, e->recv_cap);
   }
 
@@ -628,59 +367,13 @@ int32_t redispatch_impl(weft_handle* h, const Rows& rows) {
   // x was staged in stream order; a peer's failure surfaces at a later call.
   WEFT_TRY(comm_end_with_barrier(c, "redispatch end", "weft_redispatch", "redispatch", !bad));
   if (bad) {
-    WEFT_FAIL(WEFT_ERR_INVALID,
+    WEFT_FAIL_AT(WEFT_ERR_INVALID, c->rank,
               "x is NULL while the handle has %d tokens on rank %d, or q and scales are not both given, or given to "
               "a plan without quantize E4M3. Every rank failed the call",
               h->tokens, c->rank);
   }
   return WEFT_OK;
 }
-
-}  // namespace
-
-int32_t launch_pull(weft_engine* e, weft_handle* h) {
-  weft_comm* c = e->comm;
-  const PlanHost& p = e->plan;
-  int max_tokens_now = 0;
-  for (int r = 0; r < p.world; ++r) max_tokens_now = std::max(max_tokens_now, h->tok.tokens[r]);
-  if (max_tokens_now == 0 || h->recv_rows == 0) return WEFT_OK;
-  if (pull_tma_wanted(e)) return launch_pull_tma(e, h, max_tokens_now);
-  auto kernel = pull_kernel<kPullUnroll>;
-  int occupancy = 0;
-  WEFT_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, kernel, kPullThreads, 0));
-  // A persistent grid: every resident warp strides over the (rank, token) pairs.
-  const long long logical = static_cast<long long>(p.world) * max_tokens_now;
-  const int sms = std::min(c->num_sms, tuning_knob("WEFT_PULL_SMS", c->num_sms));
-  // Two 8-warp blocks per SM: on 4xH200 this read over NVLink a few percent
-  // faster than full occupancy, and one block starved the local copies.
-  const int per_sm = std::min(std::max(occupancy, 1), tuning_knob("WEFT_PULL_BLOCKS_PER_SM", 2));
-  long long blocks = static_cast<long long>(sms) * std::max(per_sm, 1);
-  blocks = std::min(blocks, (logical + kPullThreads / 32 - 1) / (kPullThreads / 32));
-  PullArgs a;
-  a.peers = c->peers;
-  a.tok = h->tok;
-  a.head_off = e->hl.xq;
-  a.tail_off = e->hl.xs;
-  a.head_vecs = static_cast<unsigned>(p.recv_row_bytes() / 16);
-  a.tail_vecs = static_cast<unsigned>(p.scale_row_bytes() / 16);
-  a.top_k = p.top_k;
-  a.world = p.world;
-  a.rank = p.rank;
-  a.max_tokens = max_tokens_now;
-  a.dedupe_none = p.dedupe == WEFT_DEDUPE_NONE ? 1 : 0;
-  a.fan_rows = h->fan_rows;
-  a.recv = static_cast<uint4*>(h->recv);
-  a.scales = reinterpret_cast<uint4*>(h->recv_scales);
-  a.st = c->d_status;
-  kernel<<<static_cast<unsigned>(blocks), kPullThreads, 0, c->stream>>>(a);
-  WEFT_LAUNCHED("pull", c->stream);
-  return WEFT_OK;
-}
-
-}  // namespace weft
-
-namespace weft {
-namespace {
 
 // weft_dispatch_begin and weft_dispatch_begin_e4m3.
 int32_t begin_entry(weft_engine* e, const Rows& rows, const int32_t* idx, const float* w, int32_t tokens) {
@@ -722,80 +415,50 @@ int32_t dispatch_whole(weft_engine* e, const void* x, const int32_t* idx, const 
 }
 
 }  // namespace
-}  // namespace weft
 
-extern "C" int32_t weft_dispatch(weft_engine_t e, const void* x, const int32_t* topk_idx, const float* topk_weights,
-                                 int32_t tokens, int32_t inputs_on_device, weft_handle_t* out) {
-  WEFT_API("weft_dispatch");
+int32_t dispatch_entry(weft_engine* e, const void* x, const int32_t* topk_idx, const float* topk_weights,
+                       int32_t tokens, int32_t inputs_on_device, weft_handle** out) {
   if (out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "out is NULL");
   *out = nullptr;
   // Host and device inputs are both copied with cudaMemcpyDefault (unified
   // addressing tells them apart); the flag is kept for the ABI.
   (void)inputs_on_device;
-  return weft::dispatch_whole(e, x, topk_idx, topk_weights, tokens, true, out);
+  return dispatch_whole(e, x, topk_idx, topk_weights, tokens, true, out);
 }
 
-extern "C" int32_t weft_dispatch_begin(weft_engine_t e, const void* x, const int32_t* topk_idx,
-                                       const float* topk_weights, int32_t tokens) {
-  WEFT_API("weft_dispatch_begin");
-  return weft::begin_entry(e, weft::Rows::of_x(x), topk_idx, topk_weights, tokens);
+int32_t dispatch_begin_entry(weft_engine* e, const void* x, const int32_t* topk_idx, const float* topk_weights,
+                             int32_t tokens) {
+  return begin_entry(e, Rows::of_x(x), topk_idx, topk_weights, tokens);
 }
 
-extern "C" int32_t weft_dispatch_begin_e4m3(weft_engine_t e, const void* q, const float* scales,
-                                            const int32_t* topk_idx, const float* topk_weights, int32_t tokens) {
-  WEFT_API("weft_dispatch_begin_e4m3");
-  return weft::begin_entry(e, weft::Rows::of_e4m3(q, scales), topk_idx, topk_weights, tokens);
+int32_t dispatch_begin_e4m3_entry(weft_engine* e, const void* q, const float* scales, const int32_t* topk_idx,
+                                  const float* topk_weights, int32_t tokens) {
+  return begin_entry(e, Rows::of_e4m3(q, scales), topk_idx, topk_weights, tokens);
 }
 
-extern "C" int32_t weft_dispatch_finish(weft_engine_t e, weft_handle_t* out) {
-  WEFT_API("weft_dispatch_finish");
+int32_t dispatch_finish_entry(weft_engine* e, weft_handle** out) {
   if (out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "out is NULL");
   *out = nullptr;
-  WEFT_TRY(weft::engine_enter(e));
-  weft::CommLock lock(e->comm);
+  WEFT_TRY(engine_enter(e));
+  CommLock lock(e->comm);
   if (e->comm->begun.call == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "no weft_dispatch_begin precedes this call");
-  return weft::finish_collective(e->comm, weft::dispatch_finish(e, out));
+  return finish_collective(e->comm, dispatch_finish(e, out));
 }
 
-extern "C" int32_t weft_dispatch_layout(weft_engine_t e, const int32_t* topk_idx, const float* topk_weights,
-                                        int32_t tokens, weft_handle_t* out) {
-  WEFT_API("weft_dispatch_layout");
+int32_t dispatch_layout_entry(weft_engine* e, const int32_t* topk_idx, const float* topk_weights, int32_t tokens,
+                              weft_handle** out) {
   if (out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "out is NULL");
   *out = nullptr;
-  return weft::dispatch_whole(e, nullptr, topk_idx, topk_weights, tokens, false, out);
+  return dispatch_whole(e, nullptr, topk_idx, topk_weights, tokens, false, out);
 }
 
-extern "C" int32_t weft_redispatch(weft_handle_t h, const void* x, int32_t inputs_on_device) {
-  WEFT_API("weft_redispatch");
+int32_t redispatch_x_entry(weft_handle* h, const void* x, int32_t inputs_on_device) {
   (void)inputs_on_device;
-  return weft::redispatch_entry(h, weft::Rows::of_x(x));
+  return redispatch_entry(h, Rows::of_x(x));
 }
 
-extern "C" int32_t weft_redispatch_e4m3(weft_handle_t h, const void* q, const float* scales) {
-  WEFT_API("weft_redispatch_e4m3");
-  return weft::redispatch_entry(h, weft::Rows::of_e4m3(q, scales));
+int32_t redispatch_e4m3_entry(weft_handle* h, const void* q, const float* scales) {
+  return redispatch_entry(h, Rows::of_e4m3(q, scales));
 }
 
-extern "C" int32_t weft_handle_info(weft_handle_t h, weft_dispatch_info* out) {
-  WEFT_API("weft_handle_info");
-  if (h == nullptr || out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "handle or out is NULL");
-  out->tokens = h->tokens;
-  out->recv_rows = h->recv_rows;
-  out->local_experts = h->local_experts;
-  out->pad_ = 0;
-  out->recv = h->recv;
-  out->recv_weights = h->recv_weights;
-  out->expert_counts = h->expert_counts;
-  out->src_rank = h->src_rank;
-  out->src_token = h->src_token;
-  out->src_k = h->src_k;
-  out->dest_row = h->dest_row;
-  out->recv_scales = h->recv_scales;
-  return WEFT_OK;
-}
-
-extern "C" int32_t weft_handle_destroy(weft_handle_t h) {
-  WEFT_API("weft_handle_destroy");
-  weft::handle_free(h);
-  return WEFT_OK;
-}
+}  // namespace weft

@@ -5,6 +5,8 @@
 #include <vector>
 
 #include "engine.h"
+#include "handles.h"
+#include "layout.h"
 
 namespace weft {
 
@@ -36,32 +38,18 @@ void engine_release(weft_engine* e) {
   comm_release(c);
 }
 
-namespace {
-
-// Device copies of the routing tables, in one allocation.
-int32_t upload_tables(weft_engine* e) {
-  const PlanHost& p = e->plan;
-  std::vector<int> all;
-  all.insert(all.end(), p.slot_rank.begin(), p.slot_rank.end());
-  all.insert(all.end(), p.replica_start.begin(), p.replica_start.end());
-  all.insert(all.end(), p.replica_slots.begin(), p.replica_slots.end());
-  void* d = nullptr;
-  WEFT_CUDA(cudaMalloc(&d, all.size() * sizeof(int)));
-  e->d_tables = static_cast<int*>(d);
-  WEFT_CUDA(cudaMemcpy(e->d_tables, all.data(), all.size() * sizeof(int), cudaMemcpyHostToDevice));
-  e->rt.slot_rank = e->d_tables;
-  e->rt.replica_start = e->d_tables + p.slot_rank.size();
-  e->rt.replica_slots = e->rt.replica_start + p.replica_start.size();
-  e->rt.experts = p.experts;
-  e->rt.top_k = p.top_k;
-  e->rt.gpus_per_node = p.gpus_per_node;
-  return WEFT_OK;
+int32_t engine_enter(weft_engine* e) {
+  if (e == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "the engine is NULL");
+  if (e->closed) WEFT_FAIL(WEFT_ERR_INVALID, "the engine was destroyed");
+  return comm_enter(e->comm, true);
 }
+
+namespace {
 
 int32_t engine_init(weft_engine* e) {
   const PlanHost& p = e->plan;
   WEFT_TRY(route_prepare(p, e->comm->smem_optin));
-  WEFT_TRY(upload_tables(e));
+  WEFT_TRY(upload_route_tables(p, {}, &e->d_tables, &e->rt, nullptr));
   e->chunk_stride = route_chunks(p.max_tokens) > 0 ? route_chunks(p.max_tokens) : 1;
   const size_t ws = static_cast<size_t>(p.world) * p.slots;
   void* d = nullptr;
@@ -93,20 +81,14 @@ int32_t engine_init(weft_engine* e) {
 }
 
 }  // namespace
-}  // namespace weft
 
-extern "C" int32_t weft_engine_create(weft_comm_t c, const weft_plan_desc* plan, weft_engine_t* out) {
-  WEFT_API("weft_engine_create");
+int32_t engine_create(weft_comm_t c, const weft_plan_desc* plan, weft_engine_t* out) {
   if (out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "out is NULL");
   *out = nullptr;
-  WEFT_TRY(weft::comm_enter(c, false));
-  weft::PlanHost p;
-  WEFT_TRY(weft::plan_from_desc(plan, &p));
-  if (p.world != c->world || p.rank != c->rank) {
-    WEFT_FAIL(WEFT_ERR_INVALID, "the plan is for rank %d of %d, the communicator is rank %d of %d", p.rank, p.world,
-              c->rank, c->world);
-  }
-  const weft::HeapLayout hl = weft::heap_layout(p);
+  WEFT_TRY(comm_enter(c, false));
+  PlanHost p;
+  WEFT_TRY(plan_for_comm(plan, c, &p));
+  const HeapLayout hl = heap_layout(p);
   if (hl.end > c->heap_bytes) {
     WEFT_FAIL(WEFT_ERR_CAPACITY,
               "the plan needs a symmetric heap of %llu bytes (weft_engine_heap_bytes) and the communicator has "
@@ -116,15 +98,15 @@ extern "C" int32_t weft_engine_create(weft_comm_t c, const weft_plan_desc* plan,
   }
   weft_engine* e = new weft_engine();
   e->comm = c;
-  weft::comm_retain(c);
+  comm_retain(c);
   e->plan = std::move(p);
   e->hl = hl;
-  const int32_t rc = weft::engine_init(e);
+  const int32_t rc = engine_init(e);
   if (rc != WEFT_OK) {
-    weft::engine_release(e);
+    engine_release(e);
     return rc;
   }
-  weft::debug_log("engine rank %d: E=%d K=%d H=%d dtype=%d dedupe=%d receive=%d combine=%d wire_f32=%d slots=%d "
+  debug_log("engine rank %d: E=%d K=%d H=%d dtype=%d dedupe=%d receive=%d combine=%d wire_f32=%d slots=%d "
                   "max_tokens=%d heap=%llu",
                   e->plan.rank, e->plan.experts, e->plan.top_k, e->plan.hidden, e->plan.dtype, e->plan.dedupe,
                   e->plan.receive, e->plan.combine, e->plan.wire_f32, e->plan.slots, e->plan.max_tokens,
@@ -133,16 +115,14 @@ extern "C" int32_t weft_engine_create(weft_comm_t c, const weft_plan_desc* plan,
   return WEFT_OK;
 }
 
-extern "C" int32_t weft_engine_input_rows(weft_engine_t e, void** out) {
-  WEFT_API("weft_engine_input_rows");
+int32_t engine_input_rows(weft_engine_t e, void** out) {
   if (e == nullptr || out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "engine or out is NULL");
   if (e->closed) WEFT_FAIL(WEFT_ERR_INVALID, "the engine was destroyed");
   *out = e->comm->heap + e->hl.x;
   return WEFT_OK;
 }
 
-extern "C" int32_t weft_engine_input_e4m3(weft_engine_t e, void** q, float** scales) {
-  WEFT_API("weft_engine_input_e4m3");
+int32_t engine_input_e4m3(weft_engine_t e, void** q, float** scales) {
   if (e == nullptr || q == nullptr || scales == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "engine, q or scales is NULL");
   if (e->closed) WEFT_FAIL(WEFT_ERR_INVALID, "the engine was destroyed");
   if (!e->plan.fp8()) {
@@ -154,8 +134,7 @@ extern "C" int32_t weft_engine_input_e4m3(weft_engine_t e, void** q, float** sca
   return WEFT_OK;
 }
 
-extern "C" int32_t weft_engine_pin_host(weft_engine_t e, void* ptr, uint64_t bytes) {
-  WEFT_API("weft_engine_pin_host");
+int32_t engine_pin_host(weft_engine_t e, void* ptr, uint64_t bytes) {
   if (e == nullptr || ptr == nullptr || bytes == 0) WEFT_FAIL(WEFT_ERR_INVALID, "engine or ptr is NULL, or bytes is 0");
   if (e->closed) WEFT_FAIL(WEFT_ERR_INVALID, "the engine was destroyed");
   if (e->pinned_host != nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "the engine already pins a host range");
@@ -165,8 +144,7 @@ extern "C" int32_t weft_engine_pin_host(weft_engine_t e, void* ptr, uint64_t byt
   return WEFT_OK;
 }
 
-extern "C" int32_t weft_engine_destroy(weft_engine_t e) {
-  WEFT_API("weft_engine_destroy");
+int32_t engine_destroy(weft_engine_t e) {
   if (e == nullptr) return WEFT_OK;
   if (e->closed) WEFT_FAIL(WEFT_ERR_INVALID, "the engine was already destroyed");
   e->closed = true;
@@ -178,6 +156,8 @@ extern "C" int32_t weft_engine_destroy(weft_engine_t e) {
     e->pinned_host = nullptr;
     (void)cudaGetLastError();
   }
-  weft::engine_release(e);
+  engine_release(e);
   return WEFT_OK;
 }
+
+}  // namespace weft

@@ -1,5 +1,8 @@
-// The NVLink engine: a validated plan, the heap regions it carves, and the
-// per-batch handle. The kernels live in layout.cu, dispatch.cu, combine.cu.
+// The NVLink engine's types: a validated plan (plan.cpp), the heap regions
+// it carves, the engine of one rank (engine.cu) and the per-batch handle
+// (handles.cu). Functions are declared per concern: layout.h, handles.h,
+// pull.h, combine.h, quantize.h, dispatch.h, input_check.h; the engine's
+// lifetime at the end of this file.
 #pragma once
 
 #include <atomic>
@@ -10,7 +13,7 @@
 
 namespace weft {
 
-// A weft_plan_desc copied to host memory and checked (plan.cu).
+// A weft_plan_desc copied to host memory and checked (plan.cpp).
 struct PlanHost {
   int world = 0, rank = 0, gpus_per_node = 0;
   int experts = 0, top_k = 0, hidden = 0;
@@ -53,6 +56,8 @@ struct PlanHost {
 
 // Checks and copies a plan.
 int32_t plan_from_desc(const weft_plan_desc* d, PlanHost* out);
+// plan_from_desc, and the plan must be for the comm's rank and world.
+int32_t plan_for_comm(const weft_plan_desc* d, const weft_comm* c, PlanHost* out);
 
 // Offsets inside every rank's heap (identical on all ranks of one plan).
 struct HeapLayout {
@@ -71,13 +76,19 @@ struct HeapLayout {
 };
 HeapLayout heap_layout(const PlanHost& p);
 
-// Route tables on the device (plan.cu), passed to kernels by value.
+// Route tables on the device (upload_route_tables), passed to kernels by value.
 struct RouteTables {
   const int* slot_rank;      // [slots]
   const int* replica_start;  // [experts+1]
   const int* replica_slots;
   int experts, top_k, gpus_per_node;
 };
+
+// Copies the plan's routing tables to the device in one allocation
+// (*block, freed with cudaFree), followed by `extra` ints when given
+// (*extra_at then points at them), and points *rt into it (plan.cpp).
+int32_t upload_route_tables(const PlanHost& p, const std::vector<int>& extra, int** block, RouteTables* rt,
+                            const int** extra_at);
 
 #ifdef __CUDACC__
 // Resolves expert e of token t on rank src to a global slot (DESIGN replica
@@ -123,34 +134,6 @@ __device__ __forceinline__ bool walk_step(const TokenTable& tok, int world, int 
 }
 #endif  // __CUDACC__
 
-// Source-side routing of one rank's tokens, shared by the engine and the
-// NCCL baseline (layout.cu). Validates topk (range, duplicates, NaN weights),
-// resolves every (t,k) to a slot, and gives each pair its ordinal among this
-// rank's pairs of the same slot in (t,k) order, plus per-slot totals.
-struct RouteOut {
-  int* slot;             // [T*K]
-  int* ord;              // [T*K] final ordinal
-  unsigned* dmask;       // [T] destination-rank mask (may be null)
-  int* slot_count;       // [slots]
-  int* chunk_counts;     // scratch [slots][chunk_stride]
-  int chunk_stride;      // >= chunks of max_tokens
-  int* meta = nullptr;   // where to publish the token count (the engine's heap), or null
-};
-constexpr int kRouteChunk = 64;  // tokens per routing block
-int route_chunks(int tokens);
-size_t route_smem_bytes(const PlanHost& p);
-// Raises the routing kernel's dynamic shared memory limit when the plan needs it.
-int32_t route_prepare(const PlanHost& p, size_t smem_optin);
-int32_t route_tokens(const PlanHost& p, const RouteTables& rt, int src_rank, int tokens, const int* idx,
-                     const float* weights, const RouteOut& out, DevStatus* st, cudaStream_t stream);
-
-// The message and status code for this rank's failed input check (after a
-// sync has copied the device status to `s`). idx_device: the checked topk_idx,
-// to quote the offending value; host_msg: what a host-side failure was.
-std::string bad_input_message(const PlanHost& p, const DevStatus& s, int rank, int tokens, const int* idx_device,
-                              const std::string& host_msg);
-int32_t bad_input_code(unsigned kind);
-
 // A batch's index arrays, all in one block sized for the plan's capacity
 // (index_block_bytes): the layout writes them before the host knows R.
 struct IndexArrays {
@@ -188,13 +171,6 @@ struct LayoutReadback {
   int counts[kMaxWorld + 1];   // tokens of each rank, then R of this rank
 };
 
-// Receive rows this rank can get at most: a token holds each slot at most
-// once, so from each rank at most max_tokens x min(K, local slots).
-long long recv_capacity(const PlanHost& p);
-uint64_t index_block_bytes(const PlanHost& p);
-// Carves `block` (index_block_bytes) into the arrays.
-IndexArrays index_arrays(const PlanHost& p, void* block);
-
 }  // namespace weft
 
 // The engine of one rank (one plan on one comm).
@@ -220,7 +196,7 @@ struct weft_engine {
   // open_call has run (counts_ready is recorded after it).
   weft::DispatchCall* h_call = nullptr;
   weft::DispatchCall* d_call_src = nullptr;  // h_call as kernels address it
-  // The layout's launches as CUDA graphs (dispatch.cu), captured on first use
+  // The layout's launches as CUDA graphs (layout_graph.cu), captured on first use
   // on a stream of their own: before the host sync (source side, staging
   // barrier, bases) and after it (build). graphs: -1 not tried yet, 0 off
   // (WEFT_GRAPH=0, or the capture failed), 1 on.
@@ -231,7 +207,6 @@ struct weft_engine {
   // status reset (no quantize).
   cudaGraphExec_t graph_front_open = nullptr;
   int graphs = -1;
-  unsigned long long dispatches = 0;  // dispatches begun (WEFT_GRAPH=2 alternates on it)
   // One block of each kind kept from a closed handle for the next dispatch
   // (stream-ordered on the comm stream, like the pool it came from): taking
   // it costs nothing, where a pool allocation costs ~10 µs of host time on
@@ -272,37 +247,17 @@ struct weft_handle {
 
 namespace weft {
 
+// Engine lifetime (engine.cu). Handles keep their engine alive.
 void engine_retain(weft_engine* e);
 void engine_release(weft_engine* e);
-
-// quantize.cu: x rows staged in the heap → their E4M3 send rows (quantize E4M3).
-int32_t launch_quantize(weft_engine* e, int tokens);
-// dispatch.cu: the pull of rows from every source's staging into recv.
-int32_t launch_pull(weft_engine* e, weft_handle* h);
-// pull_tma.cu: the same pull on the bulk-copy engine (Hopper default for dedupe device/node; WEFT_PULL=sm opts out).
-bool pull_tma_wanted(const weft_engine* e);
-int32_t launch_pull_tma(weft_engine* e, weft_handle* h, int max_tokens_now);
-// combine.cu
-int32_t launch_combine_push(weft_engine* e, weft_handle* h, const void* y);
-int32_t launch_combine_reduce(weft_engine* e, weft_handle* h, void* out);
-
-// layout.cu: the engine's layout steps of one dispatch, all enqueued before
-// the host's sync, writing the index arrays of e->d_call. Each reads what
-// the call changes from e->d_call and launches for the plan's capacity, so
-// the same launches serve every call (and replay as a graph).
-int32_t open_call(weft_engine* e, cudaStream_t s);            // status reset, h_call → d_call
-int32_t layout_source(weft_engine* e, cudaStream_t s);        // before the staging barrier
-int32_t layout_bases(weft_engine* e, cudaStream_t s);         // after it: bases, R, token counts → d_counts
-int32_t layout_publish(weft_engine* e, cudaStream_t s);       // d_counts and the status → h_readback
-int32_t layout_build(weft_engine* e, cudaStream_t s);         // receive rows of every pair
-
-// layout_graph.cu: the steps above as dispatch enqueues them, directly
-// (`marks`: with profile marks) or replayed from graphs.
-int32_t enqueue_layout_front(weft_engine* e, cudaStream_t s, bool marks);  // source, staging barrier, bases
-int32_t enqueue_layout_build(weft_engine* e, cudaStream_t s, bool marks);  // build
-// Whether dispatch replays them as graphs (graph_front, graph_build and
-// graph_front_open, captured on first use); false with WEFT_GRAPH=0, with
-// WEFT_DEBUG, or after a failed capture.
-bool layout_graphs(weft_engine* e);
+// Entry checks of an engine call: not NULL, not destroyed, comm usable.
+int32_t engine_enter(weft_engine* e);
+int32_t engine_create(weft_comm_t c, const weft_plan_desc* plan, weft_engine_t* out);
+int32_t engine_input_rows(weft_engine_t e, void** out);
+int32_t engine_input_e4m3(weft_engine_t e, void** q, float** scales);
+int32_t engine_pin_host(weft_engine_t e, void* ptr, uint64_t bytes);
+int32_t engine_destroy(weft_engine_t e);
+// plan.cpp: the heap a plan needs.
+int32_t engine_heap_bytes(const weft_plan_desc* plan, uint64_t* out);
 
 }  // namespace weft

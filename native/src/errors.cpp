@@ -1,4 +1,4 @@
-// The last-error message and the WEFT_DEBUG knob.
+// The last-error message (and the rank it names), and debug logging.
 //
 // Deno runs `nonblocking` FFI calls on a thread pool, so the thread that asks
 // for the message is usually not the one that failed: a thread-local message
@@ -15,6 +15,7 @@
 #include <string>
 
 #include "common.h"
+#include "settings.h"
 
 namespace weft {
 namespace {
@@ -22,6 +23,19 @@ namespace {
 thread_local const char* t_api_name = nullptr;
 std::mutex g_error_mu;
 std::string g_last_error;
+int32_t g_last_rank = -1;  // the rank g_last_error names as failing, -1 none
+
+void record(int32_t rank, const char* fmt, va_list ap) {
+  char body[2048];
+  vsnprintf(body, sizeof body, fmt, ap);
+  std::string msg = t_api_name ? std::string(t_api_name) + ": " + body : std::string(body);
+  {
+    std::lock_guard<std::mutex> lock(g_error_mu);
+    g_last_error = msg;
+    g_last_rank = rank;
+  }
+  if (debug_enabled()) fprintf(stderr, "[weft] error: %s\n", msg.c_str());
+}
 
 }  // namespace
 
@@ -29,33 +43,27 @@ ApiScope::ApiScope(const char* name) : prev(t_api_name) { t_api_name = name; }
 ApiScope::~ApiScope() { t_api_name = prev; }
 
 void set_error(const char* fmt, ...) {
-  char body[2048];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(body, sizeof body, fmt, ap);
+  record(-1, fmt, ap);
   va_end(ap);
-  std::string msg = t_api_name ? std::string(t_api_name) + ": " + body : std::string(body);
-  {
-    std::lock_guard<std::mutex> lock(g_error_mu);
-    g_last_error = msg;
-  }
-  if (debug_enabled()) fprintf(stderr, "[weft] error: %s\n", msg.c_str());
+}
+
+void set_error_at(int32_t rank, const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  record(rank, fmt, ap);
+  va_end(ap);
+}
+
+int32_t last_error_rank() {
+  std::lock_guard<std::mutex> lock(g_error_mu);
+  return g_last_rank;
 }
 
 bool debug_enabled() {
-  static const bool on = [] {
-    const char* v = getenv("WEFT_DEBUG");
-    return v != nullptr && v[0] != '\0' && strcmp(v, "0") != 0;
-  }();
+  static const bool on = setting_on(Setting::kDebug);
   return on;
-}
-
-int tuning_knob(const char* name, int fallback) {
-  const char* v = getenv(name);
-  if (v == nullptr || v[0] == '\0') return fallback;
-  char* end = nullptr;
-  const long n = strtol(v, &end, 10);
-  return (end != nullptr && *end == '\0' && n > 0 && n < 1000000) ? static_cast<int>(n) : fallback;
 }
 
 void debug_log(const char* fmt, ...) {
@@ -68,13 +76,11 @@ void debug_log(const char* fmt, ...) {
   fprintf(stderr, "[weft] %s%s%s\n", t_api_name ? t_api_name : "", t_api_name ? ": " : "", body);
 }
 
-}  // namespace weft
-
-extern "C" int32_t weft_last_error(char* buf, int32_t len) {
+int32_t last_error(char* buf, int32_t len) {
   std::string msg;
   {
-    std::lock_guard<std::mutex> lock(weft::g_error_mu);
-    msg = weft::g_last_error;
+    std::lock_guard<std::mutex> lock(g_error_mu);
+    msg = g_last_error;
   }
   if (buf != nullptr && len > 0) {
     size_t n = msg.size() < static_cast<size_t>(len - 1) ? msg.size() : static_cast<size_t>(len - 1);
@@ -83,3 +89,5 @@ extern "C" int32_t weft_last_error(char* buf, int32_t len) {
   }
   return static_cast<int32_t>(msg.size());
 }
+
+}  // namespace weft

@@ -1,5 +1,6 @@
 // The layout's launches around dispatch's host sync, issued directly or
-// replayed as CUDA graphs captured once per engine.
+// replayed as CUDA graphs captured once per engine, and open_call, the
+// kernel that opens each dispatch.
 //
 // Why graphs: each launch costs the host ~3-5 µs, more when the stream is
 // idle, and dispatch opens with ~10 small kernels that the GPU finishes
@@ -10,9 +11,32 @@
 // reaches the kernels through DispatchCall, which open_call copies from
 // mapped host memory to the device, so one capture serves every call and
 // nothing in it is updated per call.
-#include "engine.h"
+#include "layout.h"
 
 namespace weft {
+namespace {
+
+// A dispatch's first kernel: the status reset, and the call's values copied
+// from mapped host memory to where the layout kernels read them, one 8-byte
+// word a lane so that the reads over PCIe are in flight together.
+__global__ void __launch_bounds__(32) open_call_kernel(DevStatus* st, const DispatchCall* src, DispatchCall* out) {
+  static_assert(sizeof(DispatchCall) % 8 == 0 && sizeof(DispatchCall) / 8 <= 64, "DispatchCall: two words a lane");
+  constexpr int kWords = static_cast<int>(sizeof(DispatchCall) / 8);
+  const volatile unsigned long long* from = reinterpret_cast<const volatile unsigned long long*>(src);
+  unsigned long long* to = reinterpret_cast<unsigned long long*>(out);
+  for (int i = threadIdx.x; i < kWords; i += 32) to[i] = from[i];
+  if (threadIdx.x == 0) reset_status(st);
+}
+
+}  // namespace
+
+// A dispatch's first launch (alone, or as the head of graph_front_open).
+int32_t open_call(weft_engine* e, cudaStream_t s) {
+  open_call_kernel<<<1, 32, 0, s>>>(e->comm->d_status, e->d_call_src, e->d_call);
+  WEFT_LAUNCHED("open_call", s);
+  return WEFT_OK;
+}
+
 
 // The layout's launches up to the host sync: routing of this rank's tokens,
 // the staging barrier, the receive-row bases, and what the host waits for
@@ -74,7 +98,7 @@ int32_t capture_graph(weft_engine* e, int32_t (*enqueue)(weft_engine*, cudaStrea
 bool layout_graphs(weft_engine* e) {
   if (e->graphs >= 0) return e->graphs == 1;
   e->graphs = 0;
-  if (tuning_knob("WEFT_GRAPH", 1) == 0 || debug_enabled()) return false;
+  if (!setting_on(Setting::kGraph) || debug_enabled()) return false;
   if (cudaStreamCreateWithFlags(&e->capture, cudaStreamNonBlocking) != cudaSuccess) {
     (void)cudaGetLastError();
     e->capture = nullptr;
@@ -89,6 +113,5 @@ bool layout_graphs(weft_engine* e) {
   e->graphs = 1;
   return true;
 }
-
 
 }  // namespace weft

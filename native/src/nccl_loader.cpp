@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common.h"
+#include "settings.h"
 
 namespace weft {
 namespace {
@@ -34,13 +35,13 @@ bool is_dir(const std::string& p) {
 
 std::vector<std::string> candidates() {
   std::vector<std::string> out;
-  if (const char* env = getenv("WEFT_NCCL_PATH"); env != nullptr && env[0] != '\0') {
+  if (const char* env = setting_text(Setting::kNcclPath); env[0] != '\0') {
     std::string p(env);
     out.push_back(is_dir(p) ? p + "/libnccl.so.2" : p);
   }
   out.push_back("libnccl.so.2");
   std::vector<std::string> patterns;
-  if (const char* venv = getenv("VIRTUAL_ENV"); venv != nullptr && venv[0] != '\0') {
+  if (const char* venv = setting_text(Setting::kVirtualEnv); venv[0] != '\0') {
     patterns.push_back(std::string(venv) + "/lib/python3*/site-packages/nvidia/nccl/lib/libnccl.so.2");
   }
   patterns.push_back("/usr/local/lib/python3*/dist-packages/nvidia/nccl/lib/libnccl.so.2");
@@ -49,7 +50,7 @@ std::vector<std::string> candidates() {
   patterns.push_back("/usr/lib/python3*/site-packages/nvidia/nccl/lib/libnccl.so.2");
   patterns.push_back("/opt/*/.venv/lib/python3*/site-packages/nvidia/nccl/lib/libnccl.so.2");
   patterns.push_back("/opt/*/lib/python3*/site-packages/nvidia/nccl/lib/libnccl.so.2");
-  if (const char* home = getenv("HOME"); home != nullptr && home[0] != '\0') {
+  if (const char* home = setting_text(Setting::kHome); home[0] != '\0') {
     patterns.push_back(std::string(home) + "/.local/lib/python3*/site-packages/nvidia/nccl/lib/libnccl.so.2");
   }
   for (const std::string& pat : patterns) {
@@ -128,26 +129,25 @@ const NcclApi* nccl_api() {
   return &g_api;
 }
 
-}  // namespace weft
 
-extern "C" int32_t weft_nccl_available(int32_t* out) {
-  WEFT_API("weft_nccl_available");
+int32_t nccl_available(int32_t* out) {
   if (out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "out is NULL");
-  *out = weft::nccl_api() != nullptr ? 1 : 0;
+  *out = nccl_api() != nullptr ? 1 : 0;
   return WEFT_OK;
 }
 
-extern "C" int32_t weft_nccl_unique_id(uint8_t* out) {
-  WEFT_API("weft_nccl_unique_id");
+int32_t nccl_unique_id(uint8_t* out) {
   if (out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "out is NULL (needs 128 bytes)");
-  const weft::NcclApi* api = weft::nccl_api();
+  const NcclApi* api = nccl_api();
   if (api == nullptr) return WEFT_ERR_NCCL;
-  weft::ncclUniqueId id;
+  ncclUniqueId id;
   memset(&id, 0, sizeof id);
-  weft::ncclResult_t r = api->GetUniqueId(&id);
-  if (r != weft::ncclSuccess) {
+  ncclResult_t r = api->GetUniqueId(&id);
+  if (r != ncclSuccess) {
     WEFT_FAIL(WEFT_ERR_NCCL, "ncclGetUniqueId failed: %s", api->GetErrorString(r));
   }
   memcpy(out, id.internal, sizeof id.internal);
   return WEFT_OK;
 }
+
+}  // namespace weft

@@ -72,5 +72,8 @@ struct NcclApi {
 // Loads NCCL once per process. Returns the API, or null with weft's last
 // error set to a message listing every place that was tried.
 const NcclApi* nccl_api();
+// weft_nccl_available and weft_nccl_unique_id.
+int32_t nccl_available(int32_t* out);
+int32_t nccl_unique_id(uint8_t* out);
 
 }  // namespace weft

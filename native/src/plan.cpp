@@ -9,8 +9,6 @@
 namespace weft {
 namespace {
 
-uint64_t align256(uint64_t v) { return (v + 255ull) & ~255ull; }
-
 bool copy_table(const int32_t* src, size_t n, std::vector<int>* dst) {
   if (n > 0 && src == nullptr) return false;
   dst->assign(src, src + n);
@@ -135,6 +133,36 @@ int32_t plan_from_desc(const weft_plan_desc* d, PlanHost* out) {
   return WEFT_OK;
 }
 
+int32_t plan_for_comm(const weft_plan_desc* d, const weft_comm* c, PlanHost* out) {
+  WEFT_TRY(plan_from_desc(d, out));
+  if (out->world != c->world || out->rank != c->rank) {
+    WEFT_FAIL_AT(WEFT_ERR_INVALID, c->rank, "the plan is for rank %d of %d, the communicator is rank %d of %d",
+                 out->rank, out->world, c->rank, c->world);
+  }
+  return WEFT_OK;
+}
+
+int32_t upload_route_tables(const PlanHost& p, const std::vector<int>& extra, int** block, RouteTables* rt,
+                            const int** extra_at) {
+  std::vector<int> all;
+  all.insert(all.end(), p.slot_rank.begin(), p.slot_rank.end());
+  all.insert(all.end(), p.replica_start.begin(), p.replica_start.end());
+  all.insert(all.end(), p.replica_slots.begin(), p.replica_slots.end());
+  all.insert(all.end(), extra.begin(), extra.end());
+  void* d = nullptr;
+  WEFT_CUDA(cudaMalloc(&d, all.size() * sizeof(int)));
+  *block = static_cast<int*>(d);
+  WEFT_CUDA(cudaMemcpy(*block, all.data(), all.size() * sizeof(int), cudaMemcpyHostToDevice));
+  rt->slot_rank = *block;
+  rt->replica_start = rt->slot_rank + p.slot_rank.size();
+  rt->replica_slots = rt->replica_start + p.replica_start.size();
+  rt->experts = p.experts;
+  rt->top_k = p.top_k;
+  rt->gpus_per_node = p.gpus_per_node;
+  if (extra_at != nullptr) *extra_at = rt->replica_slots + p.replica_slots.size();
+  return WEFT_OK;
+}
+
 HeapLayout heap_layout(const PlanHost& p) {
   HeapLayout h;
   uint64_t off = kCommReserved;
@@ -161,13 +189,13 @@ HeapLayout heap_layout(const PlanHost& p) {
   return h;
 }
 
-}  // namespace weft
 
-extern "C" int32_t weft_engine_heap_bytes(const weft_plan_desc* plan, uint64_t* out) {
-  WEFT_API("weft_engine_heap_bytes");
+int32_t engine_heap_bytes(const weft_plan_desc* plan, uint64_t* out) {
   if (out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "out is NULL");
-  weft::PlanHost p;
-  WEFT_TRY(weft::plan_from_desc(plan, &p));
-  *out = weft::heap_layout(p).end;
+  PlanHost p;
+  WEFT_TRY(plan_from_desc(plan, &p));
+  *out = heap_layout(p).end;
   return WEFT_OK;
 }
+
+}  // namespace weft

@@ -18,15 +18,14 @@
 #include <vector>
 #include <string>
 
+#include "settings.h"
+
 namespace weft {
 
 class PhaseProfile {
  public:
   static bool enabled() {
-    static const bool on = [] {
-      const char* v = std::getenv("WEFT_PROFILE");
-      return v != nullptr && v[0] != '\0' && v[0] != '0';
-    }();
+    static const bool on = setting_on(Setting::kProfile);
     return on;
   }
 

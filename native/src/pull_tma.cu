@@ -1,6 +1,6 @@
 // The pull on Hopper's bulk-copy engine (TMA, cp.async.bulk): the default on
 // sm_90 for dedupe device/node and unquantized rows; WEFT_PULL=sm selects the
-// SM-load pull in dispatch.cu instead (the only one on sm_80, for dedupe
+// SM-load pull in pull_sm.cu instead (the only one on sm_80, for dedupe
 // none, and for E4M3 rows, whose bytes and scales come from two regions).
 //
 // Why: a bulk copy moves a whole row (or a ≤16 KiB chunk of one) per
@@ -19,9 +19,10 @@
 // output is the same bytes.
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
-#include "engine.h"
+#include "pull.h"
 
 namespace weft {
 namespace {
@@ -170,10 +171,7 @@ __global__ void __launch_bounds__(32, 1) pull_tma_kernel(TmaPullArgs a) {
 }  // namespace
 
 bool pull_tma_wanted(const weft_engine* e) {
-  static const bool refused = [] {
-    const char* v = getenv("WEFT_PULL");
-    return v != nullptr && std::string(v) == "sm";
-  }();
+  static const bool refused = strcmp(setting_text(Setting::kPull), "sm") == 0;
   // Quantized rows (half the bytes per row) pulled faster with SM loads:
   // 16384 tokens uniform on 4xH200, e4m3 dispatch + combine 3.58 ms with SM
   // loads against 3.77 with this ring (bench/NOTES-fp8.md).
@@ -208,7 +206,7 @@ int32_t launch_pull_tma(weft_engine* e, weft_handle* h, int max_tokens_now) {
     WEFT_CUDA(cudaFuncSetAttribute(pull_tma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMostSmem));
     int per_sm = 0;
     WEFT_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, pull_tma_kernel, 32, smem));
-    e->pull_blocks_per_sm = std::max(1, std::min(per_sm, tuning_knob("WEFT_PULL_BLOCKS_PER_SM", per_sm)));
+    e->pull_blocks_per_sm = std::max(1, per_sm);
   }
   const int per_sm = e->pull_blocks_per_sm;
   const long long units = static_cast<long long>(p.world) * max_tokens_now;

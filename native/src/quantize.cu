@@ -3,7 +3,7 @@
 // hl.xs ([tokens × hidden/128]), where the peers pull them. It runs at the source, before the staging
 // barrier, so about half the bytes of bf16 cross NVLink.
 //
-// The bits follow lib/fp8.ts exactly (the Simulator is the oracle): per
+// The bits follow lib/core/fp8.ts exactly (the Simulator is the oracle): per
 // block of 128 elements, amax = max |x| (NaN ignored); e = the smallest
 // integer with amax <= 448 * 2^e, at least -126 (0 for amax 0 or Inf);
 // q = e4m3(x * 2^-e), round to nearest even, saturating. The scale is a
@@ -14,7 +14,7 @@
 // team of 16 lanes takes 4 consecutive blocks of a row.
 #include <cuda_fp8.h>
 
-#include "engine.h"
+#include "quantize.h"
 
 namespace weft {
 namespace {
@@ -24,7 +24,7 @@ constexpr int kLanesPerBlock = WEFT_QUANT_BLOCK / 8;  // 16
 static_assert(32 % kLanesPerBlock == 0, "a scale block's lanes stay inside one warp");
 constexpr int kBlocksPerTeam = 4;
 
-// lib/fp8.ts scaleExponent, on the f32 bits.
+// lib/core/fp8.ts scaleExponent, on the f32 bits.
 __device__ __forceinline__ int scale_exponent(float amax) {
   if (!(amax > 0.0f) || isinf(amax)) return 0;
   const unsigned bits = __float_as_uint(amax);

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "comm.h"
+#include "bench.h"
 
 struct weft_timer {
   weft_comm* comm = nullptr;
@@ -12,11 +12,12 @@ struct weft_timer {
   bool started = false;
 };
 
-extern "C" int32_t weft_timer_create(weft_comm_t c, weft_timer_t* out) {
-  WEFT_API("weft_timer_create");
+namespace weft {
+
+int32_t bench_timer_create(weft_comm_t c, weft_timer_t* out) {
   if (out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "out is NULL");
   *out = nullptr;
-  WEFT_TRY(weft::comm_enter(c, false));
+  WEFT_TRY(comm_enter(c, false));
   weft_timer* t = new weft_timer();
   t->comm = c;
   if (cudaEventCreate(&t->start) != cudaSuccess || cudaEventCreate(&t->stop) != cudaSuccess) {
@@ -26,13 +27,12 @@ extern "C" int32_t weft_timer_create(weft_comm_t c, weft_timer_t* out) {
     delete t;
     WEFT_FAIL(WEFT_ERR_CUDA, "cudaEventCreate failed: %s", cudaGetErrorString(e));
   }
-  weft::comm_retain(c);
+  comm_retain(c);
   *out = t;
   return WEFT_OK;
 }
 
-extern "C" int32_t weft_timer_start(weft_timer_t t) {
-  WEFT_API("weft_timer_start");
+int32_t bench_timer_start(weft_timer_t t) {
   if (t == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "the timer is NULL");
   WEFT_CUDA(cudaSetDevice(t->comm->device));
   WEFT_CUDA(cudaEventRecord(t->start, t->comm->stream));
@@ -45,8 +45,7 @@ extern "C" int32_t weft_timer_start(weft_timer_t t) {
   return WEFT_OK;
 }
 
-extern "C" int32_t weft_timer_stop(weft_timer_t t, float* ms_out) {
-  WEFT_API("weft_timer_stop");
+int32_t bench_timer_stop(weft_timer_t t, float* ms_out) {
   if (t == nullptr || ms_out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "timer or ms_out is NULL");
   if (!t->started) WEFT_FAIL(WEFT_ERR_INVALID, "weft_timer_start was not called");
   WEFT_CUDA(cudaSetDevice(t->comm->device));
@@ -55,14 +54,13 @@ extern "C" int32_t weft_timer_stop(weft_timer_t t, float* ms_out) {
   WEFT_CUDA(cudaEventElapsedTime(ms_out, t->start, t->stop));
   t->started = false;
   // The timed calls returned before their tails ran: report their failures here.
-  WEFT_TRY(weft::comm_enter(t->comm, false));
-  weft::CommLock lock(t->comm);
-  WEFT_TRY(weft::comm_settle(t->comm));
+  WEFT_TRY(comm_enter(t->comm, false));
+  CommLock lock(t->comm);
+  WEFT_TRY(comm_settle(t->comm));
   return WEFT_OK;
 }
 
-extern "C" int32_t weft_timer_destroy(weft_timer_t t) {
-  WEFT_API("weft_timer_destroy");
+int32_t bench_timer_destroy(weft_timer_t t) {
   if (t == nullptr) return WEFT_OK;
   cudaSetDevice(t->comm->device);
   cudaEventDestroy(t->start);
@@ -70,28 +68,27 @@ extern "C" int32_t weft_timer_destroy(weft_timer_t t) {
   (void)cudaGetLastError();
   weft_comm* c = t->comm;
   delete t;
-  weft::comm_release(c);
+  comm_release(c);
   return WEFT_OK;
 }
 
 // Not collective. It writes into the peer's heap past the comm's reserved
 // area, i.e. over engine staging: run it only while no engine call is in
 // flight on any rank (the benchmark brackets it with weft_comm_barrier).
-extern "C" int32_t weft_copy_ceiling(weft_comm_t c, int32_t peer, uint64_t bytes, int32_t iters, float* ms_out) {
-  WEFT_API("weft_copy_ceiling");
+int32_t copy_ceiling(weft_comm_t c, int32_t peer, uint64_t bytes, int32_t iters, float* ms_out) {
   if (ms_out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "ms_out is NULL");
-  WEFT_TRY(weft::comm_enter(c, true));
-  weft::CommLock lock(c);
-  WEFT_TRY(weft::comm_settle(c));
+  WEFT_TRY(comm_enter(c, true));
+  CommLock lock(c);
+  WEFT_TRY(comm_settle(c));
   if (peer < 0 || peer >= c->world) WEFT_FAIL(WEFT_ERR_INVALID, "peer = %d; must be in [0, %d)", peer, c->world);
   if (iters < 1) WEFT_FAIL(WEFT_ERR_INVALID, "iters = %d; must be >= 1", iters);
-  const uint64_t room = weft::comm_engine_bytes(c);
+  const uint64_t room = comm_engine_bytes(c);
   if (bytes == 0 || bytes > room) {
     WEFT_FAIL(WEFT_ERR_CAPACITY, "bytes = %llu; the heap has room for 1..%llu (create the comm with a larger heap)",
               static_cast<unsigned long long>(bytes), static_cast<unsigned long long>(room));
   }
-  uint8_t* src = c->heap + weft::kCommReserved;
-  uint8_t* dst = c->peers.base[peer] + weft::kCommReserved;
+  uint8_t* src = c->heap + kCommReserved;
+  uint8_t* dst = c->peers.base[peer] + kCommReserved;
   std::vector<cudaEvent_t> ev(2 * static_cast<size_t>(iters) + 2, nullptr);
   int32_t rc = WEFT_OK;
   for (auto& e : ev) {
@@ -116,12 +113,12 @@ extern "C" int32_t weft_copy_ceiling(weft_comm_t c, int32_t peer, uint64_t bytes
       ms.push_back(t);
     }
     if (e != cudaSuccess) {
-      weft::set_error("copying %llu bytes to rank %d failed: %s", static_cast<unsigned long long>(bytes), peer,
+      set_error_at(peer, "copying %llu bytes to rank %d failed: %s", static_cast<unsigned long long>(bytes), peer,
                       cudaGetErrorString(e));
       rc = WEFT_ERR_CUDA;
     }
   } else {
-    weft::set_error("cudaEventCreate failed: %s", cudaGetErrorString(cudaGetLastError()));
+    set_error("cudaEventCreate failed: %s", cudaGetErrorString(cudaGetLastError()));
   }
   for (auto& e : ev) {
     if (e != nullptr) cudaEventDestroy(e);
@@ -132,3 +129,5 @@ extern "C" int32_t weft_copy_ceiling(weft_comm_t c, int32_t peer, uint64_t bytes
   *ms_out = ms[ms.size() / 2];
   return WEFT_OK;
 }
+
+}  // namespace weft
