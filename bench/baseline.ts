@@ -9,9 +9,10 @@
 import type { PlanSpec } from "../dsl/types.ts";
 import type { Communicator } from "../lib/dist/communicator.ts";
 import type { DeviceTensor } from "../lib/gpu/device_tensor.ts";
-import { planDescFields } from "../lib/gpu/engine.ts";
-import { packPlanDesc, readPointer } from "../lib/native/ffi.ts";
-import { native, unwrap } from "../lib/native/native.ts";
+import { packPlanDesc, planDescFields } from "../lib/gpu/plan_desc.ts";
+import { readPointer } from "../lib/native/pointers.ts";
+import { native } from "../lib/native/loader.ts";
+import { unwrap } from "../lib/native/status.ts";
 import { WeftError } from "../dsl/errors.ts";
 
 /** A 4-byte out-parameter in its own ArrayBuffer, so its address stays put across a nonblocking call. */

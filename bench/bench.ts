@@ -15,7 +15,7 @@
  * @module
  */
 import { launch } from "../lib/dist/launch.ts";
-import { deviceCount } from "../lib/native/native.ts";
+import { deviceCount } from "../lib/native/device.ts";
 import { WeftError } from "../dsl/errors.ts";
 import { SCENARIOS, scenariosByName } from "./scenarios.ts";
 import { type BenchResult, markdownTable, toJson } from "./report.ts";

@@ -1,36 +1,34 @@
 /**
- * The FFI binding without a GPU: the loader's errors, the struct layouts
- * (by hand and as the C compiler sees weft.h), status → WeftError mapping,
- * and — against tests/fixtures/mock_weft.c, a host-memory stand-in for
- * libweft.so built here with cc — every call the TypeScript side makes,
- * up to the GPU test worker running all its world-1 cases.
+ * The FFI binding without a GPU: the loader's errors, the symbol table and
+ * the ABI version against weft.h, the struct layouts (by hand and as the C
+ * compiler sees weft.h), status → WeftError mapping, and the failing rank
+ * as tests/fixtures/mock_weft.c (a host-memory stand-in for libweft.so built
+ * here with cc) reports it. The engine's calls against the mock are in
+ * tests/engine_mock_test.ts.
  */
 import assert from "node:assert/strict";
+import { ABI_VERSION, symbols } from "../lib/native/ffi.ts";
+import { libraryPath, load, native } from "../lib/native/loader.ts";
+import { lastError, nativeError, Status, unwrap } from "../lib/native/status.ts";
+import { deviceCount } from "../lib/native/device.ts";
 import {
-  decodeDispatchInfo,
-  DISPATCH_INFO,
-  packPlanDesc,
-  PLAN_DESC,
+  IPC_HANDLE_BYTES,
   pointerValue,
+  readPointer,
   stableCopy,
-  Status,
-  symbols,
-} from "../lib/native/ffi.ts";
-import { deviceCount, libraryPath, load, nativeError, requireNccl } from "../lib/native/native.ts";
+  UNIQUE_ID_BYTES,
+} from "../lib/native/pointers.ts";
+import type { CStruct, CType } from "../lib/native/struct.ts";
+import { Codes, packPlanDesc, PLAN_DESC, planDescFields } from "../lib/gpu/plan_desc.ts";
+import { decodeDispatchInfo, DISPATCH_INFO } from "../lib/gpu/dispatch_info.ts";
 import { WeftError } from "../dsl/errors.ts";
-import { DeviceTensor } from "../lib/gpu/device_tensor.ts";
 import { Communicator } from "../lib/dist/communicator.ts";
-import { Engine, planDescFields } from "../lib/gpu/engine.ts";
 import { StoreServer } from "../lib/dist/store.ts";
 import { experts } from "../dsl/mod.ts";
-import { Simulator } from "../lib/sim/simulator.ts";
-import { HostTensor } from "../lib/core/host_tensor.ts";
-import type { RankInput, Tensor } from "../lib/core/engine_api.ts";
-import { fromF32 } from "../lib/core/dtype.ts";
-import { gpuCases } from "./gpu/cases.ts";
+import { compile, here, mock, soloRank, tmp, withCc, withEnv } from "./fixtures/mock_lib.ts";
 
-const here = (p: string): string => new URL(p, import.meta.url).pathname;
 const header = here("../native/include/weft.h");
+const headerText = Deno.readTextFileSync(header);
 
 // ---------------------------------------------------------------- no compiler needed
 
@@ -44,7 +42,7 @@ Deno.test("loader: a missing library is a WeftError that says to run `deno task 
   });
 });
 
-Deno.test("loader: WEFT_LIB overrides the path, else the build next to the module", () => {
+Deno.test("loader: WEFT_LIB overrides the path, else the build of this checkout", () => {
   assert.equal(libraryPath({ WEFT_LIB: "/opt/weft/libweft.so" }), "/opt/weft/libweft.so");
   assert.equal(libraryPath({}), here("../native/build/libweft.so"));
 });
@@ -64,16 +62,10 @@ Deno.test("loader: a file that is not a shared library is a WeftError naming it"
 });
 
 Deno.test("ffi: every function of weft.h is in the symbol table, and nothing else", () => {
-  const declared = [...Deno.readTextFileSync(header).matchAll(/^int32_t (weft_\w+)\(/gm)].map((m) =>
-    m[1]
-  ).sort();
-  assert.deepEqual(
-    Object.keys(symbols).sort(),
-    declared,
-  );
-  const long = Object.entries(symbols).filter(([, s]) => "nonblocking" in s && s.nonblocking).map((
-    [n],
-  ) => n).sort();
+  const declared = [...headerText.matchAll(/^int32_t (weft_\w+)\(/gm)].map((m) => m[1]).sort();
+  assert.deepEqual(Object.keys(symbols).sort(), declared);
+  const long = Object.entries(symbols).filter(([, s]) => "nonblocking" in s && s.nonblocking)
+    .map(([n]) => n).sort();
   assert.deepEqual(long, [
     "weft_baseline_run",
     "weft_combine",
@@ -91,35 +83,105 @@ Deno.test("ffi: every function of weft.h is in the symbol table, and nothing els
   ]);
 });
 
-Deno.test("ffi: weft_plan_desc offsets match the x86-64 layout computed by hand", () => {
-  // 13 int32 fields and pad_, 4 bytes each, from 0; 14·4 = 56 is 8-aligned,
+Deno.test("ffi: every symbol's parameters are as many as its C prototype has, each commented", () => {
+  const source = Deno.readTextFileSync(new URL("../lib/native/ffi.ts", import.meta.url));
+  for (const [name, symbol] of Object.entries(symbols)) {
+    const prototype = new RegExp(`^int32_t ${name}\\(([^)]*)\\);`, "m").exec(
+      headerText.replace(/\/\*[\s\S]*?\*\//g, ""),
+    );
+    assert(prototype !== null, name);
+    const cParams = prototype[1].trim() === "void" ? [] : prototype[1].split(",");
+    assert.equal(symbol.parameters.length, cParams.length, name);
+    // Each parameter sits on its own line with a comment naming the C parameter.
+    const start = source.indexOf(`\n  ${name}: {`) + 1;
+    assert(start > 0, name);
+    const rest = source.slice(start);
+    const entry = rest.slice(0, rest.slice(1).search(/\n {2}(weft_|\/\/|\})/) + 1);
+    const commented = entry.match(/^\s+"\w+", \/\/ /gm) ?? [];
+    assert.equal(commented.length, cParams.length, `${name}: one comment per parameter`);
+  }
+});
+
+Deno.test("ffi: ABI_VERSION is weft.h's WEFT_ABI_VERSION", () => {
+  const macro = /^#define WEFT_ABI_VERSION (\d+)/m.exec(headerText);
+  assert(macro !== null, "weft.h defines WEFT_ABI_VERSION");
+  assert.equal(ABI_VERSION, Number(macro[1]));
+});
+
+Deno.test("ffi: status codes, plan codes and byte sizes equal weft.h's macros", () => {
+  const macro = (name: string): number => {
+    const m = new RegExp(`^#define ${name} (\\d+)`, "m").exec(headerText);
+    assert(m !== null, `weft.h defines ${name}`);
+    return Number(m[1]);
+  };
+  for (const [name, code] of Object.entries(Status)) {
+    assert.equal(code, macro(name === "OK" ? "WEFT_OK" : `WEFT_ERR_${name}`), name);
+  }
+  assert.equal(UNIQUE_ID_BYTES, macro("WEFT_UNIQUE_ID_BYTES"));
+  assert.equal(IPC_HANDLE_BYTES, macro("WEFT_IPC_HANDLE_BYTES"));
+  const macros: Record<string, Record<string, string>> = {
+    dtype: { bf16: "WEFT_BF16", f16: "WEFT_F16", f32: "WEFT_F32" },
+    dedupe: { none: "WEFT_DEDUPE_NONE", device: "WEFT_DEDUPE_DEVICE", node: "WEFT_DEDUPE_NODE" },
+    receive: { "expert-major": "WEFT_EXPERT_MAJOR", "rank-major": "WEFT_RANK_MAJOR" },
+    combine: { weighted: "WEFT_WEIGHTED", sum: "WEFT_SUM" },
+    quantize: { none: "WEFT_QUANTIZE_NONE", e4m3: "WEFT_QUANTIZE_E4M3" },
+  };
+  for (const [kind, codes] of Object.entries(Codes)) {
+    assert.deepEqual(Object.keys(codes).sort(), Object.keys(macros[kind]).sort(), kind);
+    for (const [value, code] of Object.entries(codes)) {
+      assert.equal(code, macro(macros[kind][value]), `${kind} ${value}`);
+    }
+  }
+});
+
+Deno.test("struct: weft_plan_desc and weft_dispatch_info offsets match the x86-64 layout by hand", () => {
+  // 13 int32 members and pad_, 4 bytes each from 0; 14·4 = 56 is 8-aligned,
   // so the 5 pointers (8 bytes, 8-aligned) follow without padding; 56 + 5·8 = 96.
-  const ints = [
-    "world",
-    "rank",
-    "gpus_per_node",
-    "experts",
-    "top_k",
-    "hidden",
-    "dtype",
-    "dedupe",
-    "receive",
-    "combine",
-    "max_tokens",
-    "combine_wire_f32",
-    "quantize",
-  ];
-  ints.forEach((name, i) =>
-    assert.equal(PLAN_DESC.ints[name as keyof typeof PLAN_DESC.ints], 4 * i, name)
-  );
-  const ptrs = ["local_experts", "slot_base", "slot_expert", "replica_start", "replica_slots"];
-  ptrs.forEach((name, i) =>
-    assert.equal(PLAN_DESC.pointers[name as keyof typeof PLAN_DESC.pointers], 56 + 8 * i, name)
+  PLAN_DESC.fields.forEach((f, i) =>
+    assert.equal(f.offset, i < 14 ? 4 * i : 56 + 8 * (i - 14), f.name)
   );
   assert.equal(PLAN_DESC.bytes, 96);
   // weft_dispatch_info: 4 int32 (pad_ included) = 16, then 8 pointers: 16 + 64 = 80.
-  assert.deepEqual(Object.values(DISPATCH_INFO.pointers), [16, 24, 32, 40, 48, 56, 64, 72]);
+  assert.deepEqual(DISPATCH_INFO.fields.map((f) => f.offset), [
+    0,
+    4,
+    8,
+    12,
+    16,
+    24,
+    32,
+    40,
+    48,
+    56,
+    64,
+    72,
+  ]);
   assert.equal(DISPATCH_INFO.bytes, 80);
+});
+
+/** The members of `typedef struct name {…} name;` in weft.h, in order, with their kind of type. */
+function headerMembers(name: string): [string, CType][] {
+  const text = headerText.replace(/\/\*[\s\S]*?\*\//g, "");
+  const body = new RegExp(`typedef struct ${name} \\{([^}]*)\\} ${name};`).exec(text);
+  assert(body !== null, `weft.h declares ${name}`);
+  return body[1].split(";").map((d) => d.trim()).filter((d) => d !== "").flatMap((decl) => {
+    const [, type, declarators] = /^(?:const\s+)?(\w+)\s*(.*)$/s.exec(decl)!;
+    return declarators.split(",").map((d): [string, CType] => {
+      const pointer = d.trim().startsWith("*");
+      assert(pointer || type === "int32_t", `${name}.${d.trim()}: only int32_t and pointers`);
+      return [d.replace(/\*/g, "").trim(), pointer ? "pointer" : "int32_t"];
+    });
+  });
+}
+
+Deno.test("struct: the TS declarations have weft.h's members, types and order", () => {
+  for (const struct of [PLAN_DESC, DISPATCH_INFO] as CStruct[]) {
+    assert.deepEqual(
+      struct.fields.map((f) => [f.name, f.type]),
+      headerMembers(struct.name),
+      struct.name,
+    );
+  }
 });
 
 Deno.test("ffi: a packed plan desc holds the plan's values and points at its arrays", () => {
@@ -131,14 +193,15 @@ Deno.test("ffi: a packed plan desc holds the plan's values and points at its arr
     planDescFields(plan, 1, { maxTokens: 77, combineWire: "dtype" }),
   );
   const view = new DataView(bytes.buffer);
-  const int = (name: keyof typeof PLAN_DESC.ints): number =>
-    view.getInt32(PLAN_DESC.ints[name], true);
+  const int = (name: keyof typeof PLAN_DESC.offsets): number =>
+    view.getInt32(PLAN_DESC.offsets[name], true);
   assert.deepEqual(
     [int("world"), int("rank"), int("gpus_per_node"), int("experts"), int("top_k"), int("hidden")],
     [2, 1, 2, 8, 2, 64],
   );
   assert.deepEqual([int("dtype"), int("dedupe"), int("receive"), int("combine")], [1, 0, 1, 1]);
   assert.deepEqual([int("max_tokens"), int("combine_wire_f32"), int("quantize")], [77, 0, 0]);
+  assert.equal(int("pad_"), 0);
   const arrays = [
     plan.localExperts,
     plan.slotBase,
@@ -146,7 +209,7 @@ Deno.test("ffi: a packed plan desc holds the plan's values and points at its arr
     plan.replicaStart,
     plan.replicaSlots,
   ];
-  Object.values(PLAN_DESC.pointers).forEach((offset, i) => {
+  PLAN_DESC.fields.filter((f) => f.type === "pointer").forEach(({ offset }, i) => {
     const ptr = Deno.UnsafePointer.create(view.getBigUint64(offset, true));
     assert.notEqual(ptr, null);
     const seen = new Int32Array(
@@ -164,15 +227,16 @@ Deno.test("ffi: small typed arrays are copied into their own buffer, large ones 
   assert.deepEqual([...copy], [1, 2, 3]);
   const large = new Float32Array(1000);
   assert.equal(stableCopy(large), large);
+  assert.equal(pointerValue(readPointer(BigUint64Array.of(0x2000n))), 0x2000n);
 });
 
 Deno.test("ffi: a dispatch info decodes counts and pointers from their offsets", () => {
   const raw = new Uint8Array(DISPATCH_INFO.bytes);
   const view = new DataView(raw.buffer);
-  view.setInt32(0, 5, true);
-  view.setInt32(4, 9, true);
-  view.setInt32(8, 3, true);
-  Object.values(DISPATCH_INFO.pointers).forEach((offset, i) =>
+  view.setInt32(DISPATCH_INFO.offsets.tokens, 5, true);
+  view.setInt32(DISPATCH_INFO.offsets.recv_rows, 9, true);
+  view.setInt32(DISPATCH_INFO.offsets.local_experts, 3, true);
+  DISPATCH_INFO.fields.filter((f) => f.type === "pointer").forEach(({ offset }, i) =>
     view.setBigUint64(offset, BigInt(0x1000 * (i + 1)), true)
   );
   const info = decodeDispatchInfo(raw);
@@ -184,16 +248,17 @@ Deno.test("ffi: a dispatch info decodes counts and pointers from their offsets",
     info.srcRank,
     info.srcToken,
     info.srcK,
-    info.destRow,
+    info.recvScales,
   ];
-  assert.deepEqual(ptrs.map(pointerValue), [1, 2, 3, 4, 5, 6, 7].map((i) => BigInt(0x1000 * i)));
+  // dest_row (the 7th pointer) is native's own and not decoded.
+  assert.deepEqual(ptrs.map(pointerValue), [1, 2, 3, 4, 5, 6, 8].map((i) => BigInt(0x1000 * i)));
 });
 
-Deno.test("native: statuses map to WeftErrors naming the right field", () => {
+Deno.test("status: statuses map to WeftErrors naming the right field", () => {
   const bad = nativeError(
     Status.BAD_INPUT,
     "weft_dispatch",
-    "rank 3: topk_idx[5] = 300 out of range",
+    { message: "rank 3: topk_idx[5] = 300 out of range", rank: 3 },
     { rank: 0 },
   );
   assert.equal(bad.field, "topkIdx");
@@ -203,479 +268,120 @@ Deno.test("native: statuses map to WeftErrors naming the right field", () => {
     call: "weft_dispatch",
     status: 4,
     message: "rank 3: topk_idx[5] = 300 out of range",
+    rank: 3,
   });
-  // A peer of the bad rank is told which rank failed; WeftError.rank names it too.
-  const peer = nativeError(
-    Status.BAD_INPUT,
-    "weft_dispatch_finish",
-    "rank(s) 2, 3 failed during dispatch (bad input, or out of memory: see the error reported on those ranks)",
-    { rank: 0 },
-  );
-  assert.equal(peer.rank, 2);
-  assert.equal(peer.field, "topkIdx");
+  const peer = { rank: 0 };
   assert.equal(
-    nativeError(Status.TIMEOUT, "weft_combine", "peer 2 did not arrive", { rank: 1 }).field,
+    nativeError(Status.TIMEOUT, "weft_combine", { message: "peer 2 did not arrive", rank: 2 }, peer)
+      .field,
     "peer",
   );
-  assert.equal(nativeError(Status.CAPACITY, "weft_dispatch", "", {}).field, "maxTokens");
-  assert.equal(nativeError(Status.NO_DEVICE, "weft_device_count", "").field, "device");
-  assert.equal(nativeError(Status.NCCL, "weft_comm_create", "").field, "nccl");
-  assert.match(nativeError(Status.CUDA, "weft_alloc", "").message, /no message/);
+  const none = { message: "", rank: -1 };
+  assert.equal(nativeError(Status.CAPACITY, "weft_dispatch", none).field, "maxTokens");
+  assert.equal(nativeError(Status.CAPACITY, "x", none, { field: "tokens" }).field, "tokens");
+  assert.equal(nativeError(Status.INVALID, "weft_free", none).field, "weft_free");
+  assert.equal(nativeError(Status.NO_DEVICE, "weft_device_count", none).field, "device");
+  assert.equal(nativeError(Status.NCCL, "weft_comm_create", none).field, "nccl");
+  assert.equal(nativeError(Status.CUDA, "weft_alloc", none, { field: "x" }).field, "cuda");
+  assert.match(nativeError(Status.CUDA, "weft_alloc", none).message, /no message/);
+  assert.match(nativeError(42, "weft_alloc", none).message, /unknown status 42/);
+});
+
+Deno.test("status: the rank at fault is weft_last_error_rank's, never parsed from the message", () => {
+  // The message names rank 5; native says rank 2 failed: rank 2 it is.
+  const named = { message: "rank(s) 5 failed during dispatch", rank: 2 };
+  assert.equal(nativeError(Status.BAD_INPUT, "weft_dispatch_finish", named, { rank: 0 }).rank, 2);
+  // No rank known to native: this process's rank, whatever the message says.
+  const unknown = { message: "rank 5: topk_idx[0] = 99", rank: -1 };
+  assert.equal(nativeError(Status.BAD_INPUT, "weft_dispatch", unknown, { rank: 1 }).rank, 1);
+  assert.equal(nativeError(Status.BAD_INPUT, "weft_dispatch", unknown).rank, undefined);
 });
 
 // ---------------------------------------------------------------- against the mock library
 
-const cc = (() => {
-  try {
-    return new Deno.Command("cc", { args: ["--version"], stdout: "null", stderr: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-})();
-
-function compile(source: string, output: string, extra: string[]): void {
-  const out = new Deno.Command("cc", {
-    args: [
-      "-std=gnu11",
-      "-Wall",
-      "-Werror",
-      "-O1",
-      "-ffp-contract=off",
-      ...extra,
-      source,
-      "-o",
-      output,
-      "-lpthread",
-    ],
-    stderr: "piped",
-  }).outputSync();
-  assert(out.success, new TextDecoder().decode(out.stderr));
-}
-
-const tmp = cc ? Deno.makeTempDirSync({ prefix: "weft-ffi-test-" }) : "";
-const mock = `${tmp}/libweft-mock.so`;
-if (cc) {
-  compile(here("./fixtures/mock_weft.c"), mock, ["-shared", "-fPIC"]);
-  // The mock stands in for the real library in this process.
-  Deno.env.set("WEFT_LIB", mock);
-}
-const withCc = { ignore: !cc, sanitizeResources: false };
-
 Deno.test({
-  name: "ffi: weft.h's structs have exactly these offsets for the C compiler",
+  name: "struct: weft.h's structs have exactly the declared offsets for the C compiler",
   ...withCc,
   fn() {
+    // A C program generated from the TS declarations: a member TS declares and
+    // C lacks fails to compile; one C has and TS lacks fails the member test above.
+    const structs = [PLAN_DESC, DISPATCH_INFO] as CStruct[];
+    const lines = structs.map((s) =>
+      [
+        `  printf("\\"${s.name}\\":{");`,
+        ...s.fields.map((f) => `  printf("\\"${f.name}\\":%zu,", offsetof(${s.name}, ${f.name}));`),
+        `  printf("\\"sizeof\\":%zu}${s === structs.at(-1) ? "" : ","}", sizeof(${s.name}));`,
+      ].join("\n")
+    );
+    const source = `${tmp}/struct_offsets.c`;
+    Deno.writeTextFileSync(
+      source,
+      `#include <stddef.h>\n#include <stdio.h>\n#include "${header}"\n\nint main(void) {\n` +
+        `  printf("{");\n${lines.join("\n")}\n  printf("}\\n");\n  return 0;\n}\n`,
+    );
     const exe = `${tmp}/struct_offsets`;
-    compile(here("./fixtures/struct_offsets.c"), exe, []);
+    compile(source, exe);
     const c = JSON.parse(new TextDecoder().decode(new Deno.Command(exe).outputSync().stdout));
-    assert.deepEqual(c.plan_desc, {
-      ...PLAN_DESC.ints,
-      ...PLAN_DESC.pointers,
-      sizeof: PLAN_DESC.bytes,
-    });
-    assert.deepEqual(c.dispatch_info, {
-      ...DISPATCH_INFO.ints,
-      ...DISPATCH_INFO.pointers,
-      sizeof: DISPATCH_INFO.bytes,
-    });
+    for (const s of structs) {
+      assert.deepEqual(c[s.name], { ...s.offsets, sizeof: s.bytes }, s.name);
+    }
   },
 });
 
 Deno.test({
   name: "loader: a library of another ABI version is refused with a rebuild hint",
   ...withCc,
-  fn() {
-    Deno.env.set("MOCK_ABI", "99");
-    try {
+  async fn() {
+    await withEnv({ MOCK_ABI: "99" }, () => {
       assert.throws(
         () => load(mock),
         (e: unknown) =>
           e instanceof WeftError && /ABI version 99/.test(e.message) &&
-          /deno task build/.test(e.message),
+          /native\/build\/libweft\.so/.test(e.message) && /deno task build/.test(e.message),
       );
-    } finally {
-      Deno.env.delete("MOCK_ABI");
-    }
+    });
+    assert.equal(load(mock).symbols.weft_abi_version(), ABI_VERSION);
   },
 });
 
 Deno.test({
-  name: "native: no driver is a WeftError on `device` carrying the native message",
+  name: "status: no driver is a WeftError on `device` carrying the native message, no rank",
   ...withCc,
-  fn() {
-    Deno.env.set("MOCK_NO_DEVICE", "1");
-    try {
+  async fn() {
+    await withEnv({ MOCK_NO_DEVICE: "1" }, () => {
       assert.throws(
         deviceCount,
         (e: unknown) =>
-          e instanceof WeftError && e.field === "device" &&
+          e instanceof WeftError && e.field === "device" && e.rank === undefined &&
           /cudaErrorNoDevice \(mock\)/.test(e.message),
       );
-    } finally {
-      Deno.env.delete("MOCK_NO_DEVICE");
-    }
+    });
+    assert.equal(lastError().rank, -1);
     assert.equal(deviceCount(), 1);
   },
 });
 
 Deno.test({
-  name: "device tensor: upload, read, poison and close; a view dies with its owner",
-  ...withCc,
-  async fn() {
-    using t = DeviceTensor.upload(0, "f32", 2, 3, Float32Array.of(1, 2, 3, 4, 5, 6));
-    assert.equal(t.device, "cuda:0");
-    assert.deepEqual([...(await t.read())], [1, 2, 3, 4, 5, 6]);
-    t.poison(0xff);
-    assert((await t.read()).every(Number.isNaN));
-    using h = DeviceTensor.upload(0, "bf16", 1, 2, Uint16Array.of(0x3f80, 0x4000));
-    assert.deepEqual([...(await h.read())], [0x3f80, 0x4000]);
-    assert.throws(() => h.write(new Float32Array(2)), WeftError);
-    const owner = { closed: false, description: "dispatch handle" };
-    const view = DeviceTensor.view(0, "f32", 1, 3, t.pointer, owner);
-    assert.equal((await view.read()).length, 3);
-    owner.closed = true;
-    await assert.rejects(
-      view.read(),
-      (e: unknown) => e instanceof WeftError && /dispatch handle that was closed/.test(e.message),
-    );
-    const empty = DeviceTensor.alloc(0, "f16", 0, 8);
-    assert.equal((await empty.read()).length, 0);
-    // i32 (routing ids): an Int32Array in and out, nothing else.
-    using ids = DeviceTensor.upload(0, "i32", 2, 2, Int32Array.of(7, -1, 0, 2 ** 31 - 1));
-    assert.equal(ids.byteLength, 16);
-    const back: Int32Array = await ids.read();
-    assert.ok(back instanceof Int32Array);
-    assert.deepEqual([...back], [7, -1, 0, 2 ** 31 - 1]);
-    assert.throws(
-      () => ids.write(new Float32Array(4)),
-      (e: unknown) => e instanceof WeftError && /Int32Array/.test(e.message),
-    );
-    empty.close();
-    t.close();
-    await assert.rejects(t.read(), WeftError);
-  },
-});
-
-Deno.test({
-  name:
-    "communicator: NCCL id and IPC handles travel through the store; missing NCCL is a clear error",
+  name: "status: a failure's rank comes from weft_last_error_rank, not the message or the caller",
   ...withCc,
   async fn() {
     await using server = StoreServer.listen();
-    await assert.rejects(
-      Communicator.create({ rank: 0, world: 1, localRank: 0, store: server.address, nccl: true }),
-      (e: unknown) => e instanceof WeftError && e.field === "nccl",
-    );
-    assert.throws(requireNccl, WeftError);
-    Deno.env.set("MOCK_NCCL", "1");
-    try {
-      await using comm = await Communicator.create({
-        rank: 0,
-        world: 1,
-        localRank: 0,
-        store: server.address,
-        nccl: true,
-      });
-      assert.equal(comm.nccl, true);
-      await comm.barrier();
-      await comm.hostBarrier();
-    } finally {
-      Deno.env.delete("MOCK_NCCL");
-    }
-    await assert.rejects(
-      Communicator.create({ rank: 0, world: 1, localRank: 1, store: server.address }),
-      (e: unknown) => e instanceof WeftError && e.field === "localRank",
-    );
-  },
-});
-
-Deno.test({
-  name: "engine: world-1 dispatch and combine agree with the Simulator; errors leave it usable",
-  ...withCc,
-  async fn() {
-    await using server = StoreServer.listen();
-    const plan = experts(16).roundRobin().topK(4).dtype("bf16").hidden(16).receive("rank-major")
-      .compile({ world: 1 });
-    await using comm = await Communicator.create({
+    await using comm = await Communicator.create(soloRank(server.address));
+    const plan = experts(4).byDevice().topK(2).dtype("f32").hidden(8).compile({ world: 1 });
+    // A descriptor for rank 5 on rank 0's communicator: the mock names rank 0
+    // (the comm's) as failing, in a message that mentions "plan rank 5" first.
+    const { bytes, keepAlive } = packPlanDesc(planDescFields(plan, 5, { maxTokens: 4 }));
+    const out = new BigUint64Array(1);
+    const status = native().weft_engine_create(comm.nativeHandle, bytes, out);
+    void keepAlive;
+    assert.equal(status, Status.INVALID);
+    assert.deepEqual(lastError(), {
+      message: "weft_engine_create: plan rank 5, comm rank 0",
       rank: 0,
-      world: 1,
-      localRank: 0,
-      store: server.address,
-      heapBytes: 1 << 20,
     });
     assert.throws(
-      () => Engine.create(plan, comm, { maxTokens: 1 << 20 }),
-      (e: unknown) => e instanceof WeftError && e.field === "heapBytes",
+      () => unwrap(status, "weft_engine_create", { rank: 9, field: "plan" }),
+      (e: unknown) => e instanceof WeftError && e.rank === 0 && e.field === "plan",
     );
-    using engine = await Engine.create(plan, comm, { maxTokens: 8 });
-    assert.equal(engine.kind, "gpu");
-    assert.deepEqual(engine.ranks, [0]);
-    const T = 5;
-    const x = fromF32(Float32Array.from({ length: T * 16 }, (_, i) => 1 + i / 8), "bf16");
-    const topkIdx = Int32Array.from({ length: T * 4 }, (_, i) => (i % 4 === 3 ? -1 : (i * 5) % 16));
-    const topkWeights = Float32Array.from({ length: T * 4 }, (_, i) => 0.1 + i / 40);
-    using sim = new Simulator(plan);
-    const want = await sim.dispatch([{ x, topkIdx, topkWeights }]);
-    const got = await engine.dispatch([{ x, topkIdx, topkWeights }]);
-    const [g, w] = [got.results[0], want.results[0]];
-    assert.deepEqual(await g.recv.read(), await w.recv.read());
-    for (const f of ["expertCounts", "recvWeights", "srcRank", "srcToken", "srcK"] as const) {
-      assert.deepEqual(g[f], w[f], f);
-    }
-
-    // Re-dispatch: new rows through the same layout land in the same buffer.
-    const x2 = fromF32(Float32Array.from({ length: T * 16 }, (_, i) => -i / 4), "bf16");
-    await engine.redispatch(got.handle, [x2]);
-    const want2 = await sim.redispatch(want.handle, [x2]);
-    assert.deepEqual(await g.recv.read(), await want2.results[0].recv.read());
-    await assert.rejects(
-      engine.redispatch(got.handle, [new Uint16Array(3)]),
-      (e: unknown) => e instanceof WeftError && e.field === "xs",
-    );
-    await engine.redispatch(got.handle, [x]);
-
-    const y = await w.recv.read();
-    const [out] = await engine.combine(got.handle, [y]);
-    const [wantOut] = await sim.combine(want.handle, [y]);
-    assert.deepEqual(await out.read(), await wantOut.read());
-    out.close();
-
-    // Two calls at once: the second is refused, the first completes.
-    const first = engine.dispatch([{ x, topkIdx, topkWeights }]);
-    await assert.rejects(engine.dispatch([{ x, topkIdx, topkWeights }]), /still running/);
-    (await first).handle.close();
-
-    const bad = topkIdx.slice();
-    bad[2] = 16;
-    await assert.rejects(
-      engine.dispatch([{ x, topkIdx: bad, topkWeights }]),
-      (e: unknown) => e instanceof WeftError && e.field === "topkIdx" && e.rank === 0,
-    );
-    const tooMany = {
-      x: new Uint16Array(9 * 16).fill(0x3f80),
-      topkIdx: new Int32Array(9 * 4).fill(-1),
-      topkWeights: new Float32Array(9 * 4),
-    };
-    await assert.rejects(
-      engine.dispatch([tooMany]),
-      (e: unknown) => e instanceof WeftError && e.field === "tokens",
-    );
-    await assert.rejects(
-      engine.combine(got.handle, [new Uint16Array(3)]),
-      (e: unknown) => e instanceof WeftError && e.field === "ys",
-    );
-
-    const again = await engine.dispatch([{ x, topkIdx, topkWeights }]);
-    assert.deepEqual(await again.results[0].recv.read(), await w.recv.read());
-    const recv = again.results[0].recv;
-    again.handle.close();
-    await assert.rejects(recv.read(), /closed/);
-    await assert.rejects(
-      engine.combine(again.handle, [y]),
-      (e: unknown) => e instanceof WeftError && e.field === "handle",
-    );
-    got.handle.close();
-    want.handle.close();
-
-    // Inputs in place: x in the heap's rows, the routing in the page-locked staging.
-    const rowsIn = engine.inputRows(T);
-    assert.deepEqual([rowsIn.rows, rowsIn.cols, rowsIn.owning], [T, 16, false]);
-    rowsIn.write(x);
-    const routingIn = engine.inputRouting(T);
-    assert.equal(routingIn.topkIdx.length, T * 4);
-    routingIn.topkIdx.set(topkIdx);
-    routingIn.topkWeights.set(topkWeights);
-    const inPlace = await engine.dispatch([{ x: rowsIn, ...routingIn }]);
-    assert.deepEqual(await inPlace.results[0].recv.read(), await w.recv.read());
-    assert.deepEqual(inPlace.results[0].srcK, w.srcK);
-    inPlace.handle.close();
-    for (const bad of [-1, 9, 1.5]) {
-      assert.throws(
-        () => engine.inputRows(bad),
-        (e: unknown) => e instanceof WeftError && e.field === "tokens",
-      );
-      assert.throws(
-        () => engine.inputRouting(bad),
-        (e: unknown) => e instanceof WeftError && e.field === "tokens",
-      );
-    }
-    // This plan sends rows in their dtype: no quantized staging to hand out.
-    assert.throws(
-      () => engine.inputQuantizedRows(),
-      (e: unknown) => e instanceof WeftError && e.field === "plan.quantize",
-    );
-    await engine.synchronize();
-    engine.close();
-    await assert.rejects(rowsIn.read(), /view into a weft engine that was closed/);
   },
 });
-
-Deno.test({
-  name: "engine: routing from device tensors is read where it is, any other tensor via the host",
-  ...withCc,
-  async fn() {
-    await using server = StoreServer.listen();
-    const plan = experts(16).byDevice().topK(4).dtype("bf16").hidden(16).compile({ world: 1 });
-    await using comm = await Communicator.create({
-      rank: 0,
-      world: 1,
-      localRank: 0,
-      store: server.address,
-      heapBytes: 1 << 20,
-    });
-    using engine = await Engine.create(plan, comm, { maxTokens: 8 });
-    using sim = new Simulator(plan);
-    const T = 6;
-    const K = plan.topK;
-    const x = fromF32(Float32Array.from({ length: T * 16 }, (_, i) => 1 + i / 16), "bf16");
-    const topkIdx = Int32Array.from({ length: T * K }, (_, i) => (i % 4 === 2 ? -1 : (i * 3) % 16));
-    const topkWeights = Float32Array.from({ length: T * K }, (_, i) => 0.05 + i / 50);
-    const want = await sim.dispatch([{ x, topkIdx, topkWeights }]);
-    const same = async (got: Awaited<ReturnType<Engine["dispatch"]>>, what: string) => {
-      const [g, w] = [got.results[0], want.results[0]];
-      assert.deepEqual(await g.recv.read(), await w.recv.read(), what);
-      for (const f of ["expertCounts", "recvWeights", "srcRank", "srcToken", "srcK"] as const) {
-        assert.deepEqual(g[f], w[f], `${what}: ${f}`);
-      }
-      got.handle.close();
-    };
-
-    // On this GPU: passed as device pointers, never read back to the host.
-    using idxDevice = DeviceTensor.upload(engine.device, "i32", T, K, topkIdx);
-    using weightsDevice = DeviceTensor.upload(engine.device, "f32", T, K, topkWeights);
-    const noRead = () => Promise.reject(new Error("a device tensor of this GPU was read"));
-    Object.assign(idxDevice, { read: noRead });
-    Object.assign(weightsDevice, { read: noRead });
-    const onDevice = { topkIdx: idxDevice, topkWeights: weightsDevice };
-    await same(await engine.dispatch([{ x, ...onDevice }]), "device routing");
-    // Mixed: ids on the device, weights on the host (and the other way).
-    await same(await engine.dispatch([{ x, topkIdx: idxDevice, topkWeights }]), "mixed");
-    await same(await engine.dispatch([{ x, topkIdx, topkWeights: weightsDevice }]), "mixed");
-    // The layout step alone takes them too; layout + redispatch = dispatch.
-    const planned = await engine.layout([onDevice]);
-    await same(await engine.redispatch(planned, [x]), "layout from device routing");
-
-    // A tensor on another GPU, or a host tensor: read to the host, then staged.
-    {
-      using idxOther = DeviceTensor.upload(engine.device + 1, "i32", T, K, topkIdx);
-      let reads = 0;
-      const read = idxOther.read.bind(idxOther);
-      Object.assign(idxOther, { read: () => (reads++, read()) });
-      const hostWeights = new HostTensor("f32", T, K, topkWeights);
-      await same(
-        await engine.dispatch([{ x, topkIdx: idxOther, topkWeights: hostWeights }]),
-        "other GPU / host tensor",
-      );
-      assert.equal(reads, 1);
-    }
-
-    // Shape errors name the field; the engine stays usable after each.
-    const bad = async (input: RankInput, field: string, message: RegExp) => {
-      const e = await engine.dispatch([input]).then((d) => {
-        d.handle.close();
-        return undefined;
-      }, (e: unknown) => e);
-      assert.ok(e instanceof WeftError, `expected a WeftError on ${field}, got ${e}`);
-      assert.equal(e.field, field, e.message);
-      assert.equal(e.rank, 0);
-      assert.match(e.problem, message);
-      (await engine.dispatch([{ x, topkIdx, topkWeights }])).handle.close();
-    };
-    using f32Idx = DeviceTensor.upload(engine.device, "f32", T, K, topkWeights);
-    await bad({ x, topkIdx: f32Idx as unknown as Tensor<"i32">, topkWeights }, "topkIdx", /f32/);
-    using wide = DeviceTensor.alloc(engine.device, "i32", T, K + 1);
-    await bad({ x, topkIdx: wide, topkWeights }, "topkIdx", /columns/);
-    using short = DeviceTensor.alloc(engine.device, "f32", T - 1, K);
-    await bad({ x, topkIdx, topkWeights: short }, "topkWeights", /rows/);
-    await bad({ x: idxDevice as unknown as Tensor, topkIdx, topkWeights }, "x", /i32 tensor/);
-    await bad(
-      { x: new Int32Array(T * 16) as never, topkIdx, topkWeights },
-      "x",
-      /is an Int32Array/,
-    );
-    // A tensor whose host copy disagrees with the shape it advertised.
-    const liar: Tensor<"i32"> = {
-      dtype: "i32",
-      rows: T,
-      cols: K,
-      device: "host",
-      read: () => Promise.resolve(topkIdx.subarray(K)),
-    };
-    await bad({ x, topkIdx: liar, topkWeights }, "topkIdx", /values, expected 6 tokens/);
-    // An out-of-range id inside the device tensor: the device-side check catches it.
-    const wrong = topkIdx.slice();
-    wrong[5] = 16;
-    using wrongDevice = DeviceTensor.upload(engine.device, "i32", T, K, wrong);
-    await bad({ x, topkIdx: wrongDevice, topkWeights: weightsDevice }, "topkIdx", /topk_idx/);
-    await assert.rejects(
-      engine.layout([{ topkIdx: wrongDevice, topkWeights: weightsDevice }]),
-      (e: unknown) => e instanceof WeftError && e.field === "topkIdx",
-    );
-
-    // No tokens: empty device tensors (NULL pointers) are fine.
-    using noIdx = DeviceTensor.alloc(engine.device, "i32", 0, K);
-    using noWeights = DeviceTensor.alloc(engine.device, "f32", 0, K);
-    const none = await engine.dispatch([
-      { x: new Uint16Array(0), topkIdx: noIdx, topkWeights: noWeights },
-    ]);
-    assert.equal(none.results[0].recv.rows, 0);
-    none.handle.close();
-    want.handle.close();
-  },
-});
-
-async function runGpuTests(env: Record<string, string>): Promise<{ code: number; stdout: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", here("./gpu/run.ts"), "--worlds", "1"],
-    env: { WEFT_LIB: mock, ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return { code: out.code, stdout: new TextDecoder().decode(out.stdout) };
-}
-
-Deno.test({
-  name: "gpu tests: every world-1 case passes against the mock library through the launcher",
-  ...withCc,
-  async fn() {
-    const { code, stdout } = await runGpuTests({});
-    assert.equal(code, 0, stdout);
-    // Every case of the suite runs at world 1 (the dead-peer case needs two ranks).
-    assert.match(stdout, new RegExp(`^${gpuCases(1, 1).length} passed, 0 failed$`, "m"));
-  },
-});
-
-Deno.test({
-  name: "gpu tests: a wrong received row and an unwritten output element are caught",
-  ...withCc,
-  async fn() {
-    const recv = await runGpuTests({ MOCK_BREAK: "recv" });
-    assert.equal(recv.code, 1);
-    assert.match(recv.stdout, /FAIL world=1 deepseek-bf16-h7168-uneven-tokens .*recv differs/);
-    const combine = await runGpuTests({ MOCK_BREAK: "combine" });
-    assert.equal(combine.code, 1);
-    assert.match(combine.stdout, /FAIL world=1 deepseek-bf16-h7168-uneven-tokens .*combine beyond/);
-  },
-});
-
-Deno.test("gpu tests: without a GPU or a library, test:gpu prints SKIPPED and exits 0", async () => {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", here("./gpu/run.ts")],
-    env: { WEFT_LIB: "/nonexistent/libweft.so" },
-    stdout: "piped",
-  }).output();
-  const text = new TextDecoder().decode(out.stdout);
-  if (exists("/dev/nvidia0")) return; // a GPU machine: run.ts fails there instead, by design
-  assert.equal(out.code, 0);
-  assert.match(text, /^SKIPPED: no GPU present \(.+\)$/m);
-});
-
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}

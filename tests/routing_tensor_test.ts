@@ -3,7 +3,7 @@
  * of host arrays: the Simulator reads them and then behaves exactly as with
  * arrays; the shape checks name the field, the rank and the fix; rows of
  * hidden states refuse int32 data. The GPU engine's side runs against the
- * mock library in tests/ffi_test.ts.
+ * mock library in tests/engine_mock_test.ts.
  */
 import assert from "node:assert/strict";
 import fc from "fast-check";
@@ -150,52 +150,39 @@ type TensorMutation = {
   apply: (plan: PlanSpec, input: HostInput) => RankInput | null;
 };
 
+/** `field` replaced by a tensor of `dtype` with `rows` / `cols` more than the input's shape. */
+function reshaped(
+  name: string,
+  field: "topkIdx" | "topkWeights",
+  message: RegExp,
+  dtype: "i32" | "f32",
+  rows: number,
+  cols: number,
+): TensorMutation {
+  return {
+    name,
+    field,
+    message,
+    apply: (plan, i) => ({
+      ...i,
+      [field]: new HostTensor(dtype, tokensOf(plan, i) + rows, plan.topK + cols),
+    }),
+  };
+}
+
 const TENSOR_MUTATIONS: TensorMutation[] = [
-  {
-    name: "an f32 tensor as topkIdx",
-    field: "topkIdx",
-    message: /f32 tensor.*i32/,
-    apply: (plan, i) => ({
-      ...i,
-      topkIdx: new HostTensor("f32", tokensOf(plan, i), plan.topK) as unknown as Tensor<"i32">,
-    }),
-  },
-  {
-    name: "an i32 tensor as topkWeights",
-    field: "topkWeights",
-    message: /i32 tensor.*f32/,
-    apply: (plan, i) => ({
-      ...i,
-      topkWeights: new HostTensor("i32", tokensOf(plan, i), plan.topK) as unknown as Tensor<"f32">,
-    }),
-  },
-  {
-    name: "a topkIdx tensor with topK + 1 columns",
-    field: "topkIdx",
-    message: /columns.*topK/,
-    apply: (plan, i) => ({
-      ...i,
-      topkIdx: new HostTensor("i32", tokensOf(plan, i), plan.topK + 1),
-    }),
-  },
-  {
-    name: "a topkWeights tensor with topK + 1 columns",
-    field: "topkWeights",
-    message: /columns.*topK/,
-    apply: (plan, i) => ({
-      ...i,
-      topkWeights: new HostTensor("f32", tokensOf(plan, i), plan.topK + 1),
-    }),
-  },
-  {
-    name: "a topkIdx tensor with one row more than x",
-    field: "topkIdx",
-    message: /rows but x has/,
-    apply: (plan, i) => ({
-      ...i,
-      topkIdx: new HostTensor("i32", tokensOf(plan, i) + 1, plan.topK),
-    }),
-  },
+  reshaped("an f32 tensor as topkIdx", "topkIdx", /f32 tensor.*i32/, "f32", 0, 0),
+  reshaped("an i32 tensor as topkWeights", "topkWeights", /i32 tensor.*f32/, "i32", 0, 0),
+  reshaped("a topkIdx tensor with topK + 1 columns", "topkIdx", /columns.*topK/, "i32", 0, 1),
+  reshaped(
+    "a topkWeights tensor with topK + 1 columns",
+    "topkWeights",
+    /columns.*topK/,
+    "f32",
+    0,
+    1,
+  ),
+  reshaped("a topkIdx tensor with one row more than x", "topkIdx", /rows but x has/, "i32", 1, 0),
   {
     name: "a topkWeights tensor with one row fewer than topkIdx",
     field: "topkWeights",

@@ -7,12 +7,14 @@
  *
  * @module
  */
-import type { HostArray, HostArrayOf, HostRows, Tensor } from "../core/engine_api.ts";
+import type { HostArray, HostArrayOf, Tensor } from "../core/engine_api.ts";
 import { TENSOR_DTYPE_BYTES, type TensorDType } from "../../dsl/types.ts";
 import { hostArrayType } from "../core/dtype.ts";
 import { WeftError } from "../../dsl/errors.ts";
-import { hostPointer, pointerValue, readPointer } from "../native/ffi.ts";
-import { native, unwrap } from "../native/native.ts";
+import { readPointer } from "../native/pointers.ts";
+import { native } from "../native/loader.ts";
+import { unwrap } from "../native/status.ts";
+import { NativeHandle, type Release } from "../native/native_handle.ts";
 
 /** Something that owns device memory a view points into. */
 export interface ViewOwner {
@@ -22,17 +24,10 @@ export interface ViewOwner {
   readonly description: string;
 }
 
-interface Allocation {
-  readonly device: number;
-  readonly address: bigint;
+/** Frees memory of `device` (a module-level closure: it must not hold the tensor). */
+function freeOn(device: number): Release {
+  return (pointer) => unwrap(native().weft_free(device, pointer), "weft_free");
 }
-
-// The backstop for tensors nobody closed: free their memory when collected.
-const leaks = new FinalizationRegistry<Allocation>((a) => {
-  try {
-    native().weft_free(a.device, Deno.UnsafePointer.create(a.address));
-  } catch { /* the library is gone at exit; the driver frees it then */ }
-});
 
 /**
  * A matrix on one GPU; implements {@link Tensor} so engines accept it as
@@ -56,9 +51,9 @@ export class DeviceTensor<D extends TensorDType = TensorDType> implements Tensor
   readonly cols: number;
   /** The CUDA device index. */
   readonly deviceIndex: number;
-  #pointer: Deno.PointerValue;
   readonly #owner: ViewOwner | undefined;
-  #closed = false;
+  /** The memory: freed by close() when this tensor owns it, else only marked closed. */
+  readonly #memory: NativeHandle;
   #settle: (() => Promise<void>) | undefined;
 
   private constructor(
@@ -73,11 +68,14 @@ export class DeviceTensor<D extends TensorDType = TensorDType> implements Tensor
     this.dtype = dtype;
     this.rows = rows;
     this.cols = cols;
-    this.#pointer = pointer;
     this.#owner = owner;
-    if (owner === undefined && pointer !== null) {
-      leaks.register(this, { device: deviceIndex, address: pointerValue(pointer) }, this);
-    }
+    // Zero bytes need no allocation (NULL stands for them), and views free nothing.
+    const owns = owner === undefined && pointer !== null;
+    this.#memory = new NativeHandle(this, pointer, owns ? freeOn(deviceIndex) : undefined, {
+      field: "tensor",
+      problem: "this DeviceTensor was closed",
+      fix: "read or use a tensor before closing it",
+    });
   }
 
   /** Allocates uninitialized memory for `rows × cols` elements of `dtype` on `device`. */
@@ -152,8 +150,7 @@ export class DeviceTensor<D extends TensorDType = TensorDType> implements Tensor
 
   /** The device address, for native calls; throws once the memory is gone. */
   get pointer(): Deno.PointerValue {
-    this.#checkAlive();
-    return this.#pointer;
+    return this.#alive();
   }
 
   /**
@@ -172,15 +169,15 @@ export class DeviceTensor<D extends TensorDType = TensorDType> implements Tensor
    * {@link DeviceTensor.settleBeforeRead}).
    */
   async read(): Promise<HostArrayOf<D>> {
-    this.#checkAlive();
+    this.#alive();
     const settle = this.#settle;
     this.#settle = undefined;
     if (settle !== undefined) await settle();
-    this.#checkAlive();
+    const pointer = this.#alive();
     const host = new (hostArrayType(this.dtype))(this.rows * this.cols);
     if (host.length > 0) {
       unwrap(
-        native().weft_copy_d2h(this.deviceIndex, host, this.#pointer, BigInt(host.byteLength)),
+        native().weft_copy_d2h(this.deviceIndex, host, pointer, BigInt(host.byteLength)),
         "weft_copy_d2h",
       );
     }
@@ -192,7 +189,7 @@ export class DeviceTensor<D extends TensorDType = TensorDType> implements Tensor
    * of the dtype (checked at run time: a WeftError otherwise).
    */
   write(data: HostArray): void {
-    this.#checkAlive();
+    const pointer = this.#alive();
     const expected = hostArrayType(this.dtype);
     if (!(data instanceof expected) || data.length !== this.rows * this.cols) {
       throw new WeftError({
@@ -206,14 +203,14 @@ export class DeviceTensor<D extends TensorDType = TensorDType> implements Tensor
             : this.dtype === "i32"
             ? "an Int32Array"
             : this.dtype === "e4m3"
-            ? "raw E4M3 bytes in a Uint8Array (lib/fp8.ts converts)"
-            : "raw 16-bit patterns in a Uint16Array (lib/dtype.ts converts)"
+            ? "raw E4M3 bytes in a Uint8Array (lib/core/fp8.ts converts)"
+            : "raw 16-bit patterns in a Uint16Array (lib/core/dtype.ts converts)"
         } of rows × cols elements`,
       });
     }
     if (data.length === 0) return;
     unwrap(
-      native().weft_copy_h2d(this.deviceIndex, this.#pointer, data, BigInt(data.byteLength)),
+      native().weft_copy_h2d(this.deviceIndex, pointer, data, BigInt(data.byteLength)),
       "weft_copy_h2d",
     );
   }
@@ -224,7 +221,7 @@ export class DeviceTensor<D extends TensorDType = TensorDType> implements Tensor
    * dtype).
    */
   poison(byte = 0xff): void {
-    this.#checkAlive();
+    const pointer = this.#alive();
     if (!Number.isInteger(byte) || byte < 0 || byte > 255) {
       throw new WeftError({
         field: "byte",
@@ -234,20 +231,14 @@ export class DeviceTensor<D extends TensorDType = TensorDType> implements Tensor
     }
     if (this.byteLength === 0) return;
     unwrap(
-      native().weft_memset(this.deviceIndex, this.#pointer, byte, BigInt(this.byteLength)),
+      native().weft_memset(this.deviceIndex, pointer, byte, BigInt(this.byteLength)),
       "weft_memset",
     );
   }
 
   /** Frees owned memory (a view just detaches). Safe to call twice. */
   close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    if (this.#owner !== undefined || this.#pointer === null) return;
-    leaks.unregister(this);
-    const pointer = this.#pointer;
-    this.#pointer = null;
-    unwrap(native().weft_free(this.deviceIndex, pointer), "weft_free");
+    this.#memory.close();
   }
 
   /** Same as {@link DeviceTensor.close}, for `using`. */
@@ -255,14 +246,9 @@ export class DeviceTensor<D extends TensorDType = TensorDType> implements Tensor
     this.close();
   }
 
-  #checkAlive(): void {
-    if (this.#closed) {
-      throw new WeftError({
-        field: "tensor",
-        problem: "this DeviceTensor was closed",
-        fix: "read or use a tensor before closing it",
-      });
-    }
+  /** The memory's address; a WeftError once this tensor or its owner was closed. */
+  #alive(): Deno.PointerValue {
+    const pointer = this.#memory.pointer;
     if (this.#owner?.closed) {
       throw new WeftError({
         field: "tensor",
@@ -270,12 +256,8 @@ export class DeviceTensor<D extends TensorDType = TensorDType> implements Tensor
         fix: `read the data (or copy it) before closing the ${this.#owner.description}`,
       });
     }
+    return pointer;
   }
-}
-
-/** Pointer of host rows for a native "pointer" parameter (exported for the engine). */
-export function hostRowsPointer(data: HostRows): Deno.PointerValue {
-  return hostPointer(data);
 }
 
 function checkShape(dtype: TensorDType, rows: number, cols: number): void {

@@ -1,17 +1,12 @@
 /**
  * The GPU engine: one rank of a plan, driving libweft through the
  * communicator's device. Same call shape as the Simulator
- * (lib/engine_api.ts), with one input and one output per call because a
+ * (lib/core/engine_api.ts), with one input and one output per call because a
  * process drives one rank.
  *
  * Dispatch, re-dispatch and combine are collective: every rank calls them in
- * the same order. That is why a host-side input error does not simply throw:
- * this rank would leave its peers waiting in the collective until their
- * timeout. Instead it still enters `weft_dispatch` with a one-token batch
- * whose expert id is out of range, which the device-side check rejects on
- * every rank at once; this rank then throws its precise host error and the
- * peers throw the native "bad input" error naming this rank. Nothing is
- * written anywhere.
+ * the same order, so a host-side input error fails the call on every rank
+ * at once instead of leaving the peers waiting (reject.ts).
  *
  * Calls are stream-ordered, like CUDA launches: dispatch returns once the
  * layout is known and the row movement is queued; combine returns once the
@@ -22,14 +17,17 @@
  * reading an output: outputs carry a settle hook, so `await out.read()`
  * never returns rows of a failed call.
  *
+ * The pieces: options.ts (options), plan_desc.ts (the plan as native reads
+ * it), inputs.ts (staging and placing inputs), handle.ts (dispatch handles
+ * and their outputs), combine.ts (combine's buffers), reject.ts (failing a
+ * collective call on every rank).
+ *
  * @module
  */
 import type { DType, PlanSpec } from "../../dsl/types.ts";
 import type {
   Dispatched,
   DispatchHandle,
-  DispatchResult,
-  HostArray,
   HostRows,
   QuantizedInput,
   RankInput,
@@ -39,268 +37,31 @@ import type {
   Tensor,
 } from "../core/engine_api.ts";
 import { WeftError } from "../../dsl/errors.ts";
-import { QUANT_BLOCK } from "../core/fp8.ts";
-import {
-  checkInputRows,
-  checkRankShapes,
-  checkRoutingShape,
-  checkRows,
-  isQuantizedInput,
-  type QuantizedShape,
-  type RowsShape,
-} from "../core/input_check.ts";
-import {
-  Codes,
-  decodeDispatchInfo,
-  DISPATCH_INFO,
-  type DispatchInfo,
-  holding,
-  hostPointer,
-  packPlanDesc,
-  type PlanDescFields,
-  readPointer,
-  stableCopy,
-  Status,
-} from "../native/ffi.ts";
-import { native, nativeError, unwrap } from "../native/native.ts";
-import { DeviceTensor, type ViewOwner } from "./device_tensor.ts";
+import { native } from "../native/loader.ts";
+import { unwrap } from "../native/status.ts";
+import { holding, readPointer } from "../native/pointers.ts";
+import { type ClosedError, NativeHandle } from "../native/native_handle.ts";
 import type { Communicator } from "../dist/communicator.ts";
+import type { DeviceTensor, ViewOwner } from "./device_tensor.ts";
+import { checkCommunicator, checkEngineOptions, type EngineOptions } from "./options.ts";
+import { createNativeEngine, planHeapBytes } from "./plan_desc.ts";
+import { RankInputs } from "./inputs.ts";
+import { orReject, rejectCombine, rejectOnEveryRank, rejectRedispatch } from "./reject.ts";
+import {
+  type GpuDispatchHandle,
+  HandleRegistry,
+  openHandle,
+  ownHandle,
+  settleOnRead,
+} from "./handle.ts";
+import { combineBuffers } from "./combine.ts";
 
-/** Tokens per rank per batch when {@link EngineOptions.maxTokens} is not given. */
-export const DEFAULT_MAX_TOKENS = 4096;
+export { DEFAULT_MAX_TOKENS, type EngineOptions } from "./options.ts";
+export { GpuDispatchHandle } from "./handle.ts";
 
-/** Options of {@link Engine.create}. */
-export interface EngineOptions {
-  /** Most tokens any rank passes in one batch (sizes the buffers; default 4096). */
-  readonly maxTokens?: number;
-  /**
-   * How combine's partial sums cross between GPUs. `dtype` (default) sends
-   * each (token, device) partial in the data's dtype, as every peer system
-   * does: half the bytes of f32 for bf16/f16, one more rounding per partial
-   * (results stay within the dtype's rounding of the Simulator and are
-   * deterministic run to run). `f32` keeps DESIGN.md's single rounding
-   * exactly, at twice the combine traffic.
-   */
-  readonly combineWire?: "dtype" | "f32";
-}
-
-/**
- * The fields of `weft_plan_desc` for `plan` on `rank` (exported for tests).
- *
- * @example
- * ```ts ignore
- * import { planDescFields } from "./engine.ts";
- * const fields = planDescFields(plan, 0, { maxTokens: 128 });
- * console.assert(fields.ints.max_tokens === 128);
- * ```
- */
-export function planDescFields(
-  plan: PlanSpec,
-  rank: number,
-  options: EngineOptions = {},
-): PlanDescFields {
-  const maxTokens = options.maxTokens ?? DEFAULT_MAX_TOKENS;
-  return {
-    ints: {
-      world: plan.world,
-      rank,
-      gpus_per_node: plan.gpusPerNode,
-      experts: plan.experts,
-      top_k: plan.topK,
-      hidden: plan.hidden,
-      dtype: Codes.dtype[plan.dtype],
-      dedupe: Codes.dedupe[plan.dedupe],
-      receive: Codes.receive[plan.receive],
-      combine: Codes.combine[plan.combine],
-      max_tokens: maxTokens,
-      combine_wire_f32: (options.combineWire ?? "dtype") === "f32" ? 1 : 0,
-      quantize: Codes.quantize[plan.quantize ?? "none"],
-    },
-    arrays: {
-      local_experts: plan.localExperts,
-      slot_base: plan.slotBase,
-      slot_expert: plan.slotExpert,
-      replica_start: plan.replicaStart,
-      replica_slots: plan.replicaSlots,
-    },
-  };
-}
-
-const pointerAt = (address: bigint): Deno.PointerValue => Deno.UnsafePointer.create(address);
-
-/**
- * An engine's native state: its open dispatch handles, and whether a call
- * is running on Deno's thread pool. Frees requested during such a call (by
- * `close()` or by the garbage collector) wait for it to end, so native never
- * sees a handle destroyed under a running dispatch or combine.
- */
-class NativeState {
-  /** Open handles by address; weak, so the finalizer backstop still works. */
-  readonly live: Map<bigint, WeakRef<GpuDispatchHandle>> = new Map();
-  busy = false;
-  readonly #deferred: bigint[] = [];
-
-  constructor(readonly engine: bigint) {}
-
-  /** Frees handle `address` now, or after the running call. */
-  destroyHandle(address: bigint): void {
-    if (!this.live.delete(address)) return; // already freed
-    if (this.busy) {
-      this.#deferred.push(address);
-      return;
-    }
-    unwrap(native().weft_handle_destroy(pointerAt(address)), "weft_handle_destroy");
-  }
-
-  /** Frees what waited for the call that just ended. */
-  flush(): void {
-    for (const address of this.#deferred.splice(0)) {
-      unwrap(native().weft_handle_destroy(pointerAt(address)), "weft_handle_destroy");
-    }
-  }
-
-  /** Frees every handle, then the engine (nothing may be running). */
-  destroyAll(): void {
-    const failures: unknown[] = [];
-    const addresses = [...this.#deferred.splice(0), ...this.live.keys()];
-    this.live.clear();
-    for (const address of addresses) {
-      try {
-        unwrap(native().weft_handle_destroy(pointerAt(address)), "weft_handle_destroy");
-      } catch (error) {
-        failures.push(error);
-      }
-    }
-    unwrap(native().weft_engine_destroy(pointerAt(this.engine)), "weft_engine_destroy");
-    if (failures.length > 0) throw failures[0];
-  }
-}
-
-const handleLeaks = new FinalizationRegistry<{ address: bigint; state: NativeState }>((h) => {
-  try {
-    h.state.destroyHandle(h.address);
-  } catch { /* process exit */ }
-});
-
-const engineLeaks = new FinalizationRegistry<NativeState>((state) => {
-  try {
-    state.destroyAll();
-  } catch { /* process exit */ }
-});
-
-/**
- * One dispatched batch on this rank: the layout native computed, for
- * combine and re-dispatch. Its `recv` tensor is a view that dies with it.
- */
-export class GpuDispatchHandle implements DispatchHandle, ViewOwner {
-  /** The one rank this handle's process drives. */
-  readonly ranks: readonly number[];
-  /** What this is, for messages about views into it. */
-  readonly description: string = "dispatch handle";
-  /** Tokens this rank dispatched. */
-  readonly tokens: number;
-  /** Rows this rank received. */
-  readonly recvRows: number;
-  /** @internal The result dispatch returned (re-dispatch returns it again). */
-  readonly result: DispatchResult;
-  readonly #engine: Engine;
-  readonly #address: bigint;
-  readonly #state: NativeState;
-  #closed = false;
-
-  /** @internal Built by {@link Engine}. */
-  constructor(
-    engine: Engine,
-    address: bigint,
-    state: NativeState,
-    info: DispatchInfo,
-    read: (h: GpuDispatchHandle) => DispatchResult,
-  ) {
-    this.#engine = engine;
-    this.#address = address;
-    this.#state = state;
-    this.ranks = engine.ranks;
-    this.tokens = info.tokens;
-    this.recvRows = info.recvRows;
-    state.live.set(address, new WeakRef(this));
-    handleLeaks.register(this, { address, state }, this);
-    this.result = read(this);
-  }
-
-  /** True once closed (directly or by closing its engine). */
-  get closed(): boolean {
-    return this.#closed || !this.#state.live.has(this.#address);
-  }
-
-  /** @internal The native handle, if `engine` owns this handle and it is open. */
-  pointerFor(engine: Engine): Deno.PointerValue {
-    if (engine !== this.#engine) {
-      throw new WeftError({
-        field: "handle",
-        rank: engine.rank,
-        problem: "belongs to another engine",
-        fix: "pass the handle returned by this engine's dispatch",
-      });
-    }
-    if (this.closed) {
-      throw new WeftError({
-        field: "handle",
-        rank: engine.rank,
-        problem: "is closed",
-        fix: "combine or re-dispatch before closing the handle (or its engine)",
-      });
-    }
-    return Deno.UnsafePointer.create(this.#address);
-  }
-
-  /** Frees the layout and the receive buffer (its `recv` view dies). */
-  close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    handleLeaks.unregister(this);
-    this.#state.destroyHandle(this.#address);
-  }
-
-  /** Same as {@link GpuDispatchHandle.close}, for `using`. */
-  [Symbol.dispose](): void {
-    this.close();
-  }
-}
-
-/** Where pre-quantized rows' parts are for a native call. */
-interface QuantizedAt {
-  readonly q: Deno.PointerValue;
-  readonly scales: Deno.PointerValue;
-  readonly keepAlive: unknown;
-}
-
-/** Where rows are for a native call; `host` when they are a host copy. */
-interface RowsAt {
-  readonly pointer: Deno.PointerValue;
-  readonly onDevice: 0 | 1;
-  readonly keepAlive: unknown;
-  /** A tensor's host copy is checked against its advertised shape, so any array may come back. */
-  readonly host?: HostArray;
-}
-
-/** Where the routing is for a native call, and what must stay alive around it. */
-interface RoutingAt {
-  readonly idx: Deno.PointerValue;
-  readonly weights: Deno.PointerValue;
-  readonly keepAlive: readonly unknown[];
-}
-
-/** Pointers for one native call, and what must stay alive (or be freed) around it. */
-interface Prepared {
-  /** x's rows, or with `scales` set the pre-quantized bytes q. */
-  readonly x: Deno.PointerValue;
-  /** The block scales of pre-quantized rows; undefined for rows in the dtype. */
-  readonly scales?: Deno.PointerValue;
-  readonly idx: Deno.PointerValue;
-  readonly weights: Deno.PointerValue;
-  readonly tokens: number;
-  readonly onDevice: 0 | 1;
-  readonly keepAlive: readonly unknown[];
+/** Frees the engine and its handles (module-level: it must not hold the Engine). */
+function destroyAllOf(registry: HandleRegistry): () => void {
+  return () => registry.destroyAll();
 }
 
 /**
@@ -333,19 +94,17 @@ export class Engine implements ShuffleEngine {
   /** Most tokens one dispatch accepts. */
   readonly maxTokens: number;
   readonly #comm: Communicator;
-  readonly #state: NativeState;
+  readonly #registry: HandleRegistry;
+  readonly #native: NativeHandle;
+  readonly #closedError: ClosedError;
   readonly #release: () => void;
-  #handle: Deno.PointerValue;
+  readonly #inputs: RankInputs;
   #closeWhenIdle = false;
-  // Host staging of the routing, page-locked for the engine's life
-  // (weft_engine_pin_host): [maxTokens × K] int32 ids, then as many f32 weights.
-  readonly #routingIdx: Int32Array;
-  readonly #routingWeights: Float32Array;
 
   private constructor(
     plan: PlanSpec,
     comm: Communicator,
-    handle: Deno.PointerValue,
+    pointer: Deno.PointerValue,
     maxTokens: number,
   ) {
     this.plan = plan;
@@ -354,15 +113,10 @@ export class Engine implements ShuffleEngine {
     this.device = comm.localRank;
     this.ranks = Object.freeze([comm.rank]);
     this.maxTokens = maxTokens;
-    this.#handle = handle;
-    const pairs = maxTokens * plan.topK;
-    const routing = new ArrayBuffer(pairs * 8);
-    this.#routingIdx = new Int32Array(routing, 0, pairs);
-    this.#routingWeights = new Float32Array(routing, pairs * 4, pairs);
-    // Without page-locking (refused by the system) the copies still work, through a CPU bounce.
-    native().weft_engine_pin_host(handle, new Uint8Array(routing), BigInt(routing.byteLength));
-    this.#state = new NativeState(Deno.UnsafePointer.value(handle!));
-    engineLeaks.register(this, this.#state, this);
+    this.#registry = new HandleRegistry(Deno.UnsafePointer.value(pointer!));
+    this.#closedError = { field: "engine", rank: this.rank, fix: "create a new Engine" };
+    this.#native = new NativeHandle(this, pointer, destroyAllOf(this.#registry), this.#closedError);
+    this.#inputs = new RankInputs(this, pointer);
     this.#release = comm.adopt(this);
   }
 
@@ -375,13 +129,7 @@ export class Engine implements ShuffleEngine {
     plan: PlanSpec,
     options: EngineOptions & { readonly rank?: number } = {},
   ): number {
-    const { bytes, keepAlive } = packPlanDesc(planDescFields(plan, options.rank ?? 0, options));
-    const out = new BigUint64Array(1);
-    unwrap(native().weft_engine_heap_bytes(bytes, out), "weft_engine_heap_bytes", {
-      field: "plan",
-    });
-    void keepAlive;
-    return Number(out[0]);
+    return planHeapBytes(plan, options.rank ?? 0, options);
   }
 
   /** Builds this rank's engine for `plan` on `communicator` (not collective). */
@@ -391,54 +139,10 @@ export class Engine implements ShuffleEngine {
     options: EngineOptions = {},
   ): Promise<Engine> {
     const rank = communicator.rank;
-    const maxTokens = options.maxTokens ?? DEFAULT_MAX_TOKENS;
-    if (!Number.isInteger(maxTokens) || maxTokens < 1 || maxTokens > 2 ** 31 - 1) {
-      throw new WeftError({
-        field: "maxTokens",
-        rank,
-        problem: `is ${maxTokens}`,
-        fix: "pass an integer ≥ 1",
-      });
-    }
-    if (
-      options.combineWire !== undefined && options.combineWire !== "dtype" &&
-      options.combineWire !== "f32"
-    ) {
-      throw new WeftError({
-        field: "combineWire",
-        rank,
-        problem: `is "${options.combineWire}"`,
-        fix: 'pass "dtype" or "f32"',
-      });
-    }
-    if (plan.world !== communicator.world) {
-      throw new WeftError({
-        field: "plan.world",
-        rank,
-        problem: `is ${plan.world}, but the communicator has ${communicator.world} ranks`,
-        fix: "compile the plan with { world: communicator.world }",
-      });
-    }
-    const needed = Engine.heapBytes(plan, { ...options, rank });
-    if (needed > communicator.heapBytes) {
-      throw new WeftError({
-        field: "heapBytes",
-        rank,
-        problem:
-          `the communicator's heap has ${communicator.heapBytes} bytes; this plan with maxTokens ${maxTokens} needs ${needed}`,
-        fix:
-          "create the Communicator with heapBytes ≥ Engine.heapBytes(plan, { maxTokens }), or lower maxTokens",
-      });
-    }
-    const { bytes, keepAlive } = packPlanDesc(planDescFields(plan, rank, options));
-    const out = new BigUint64Array(1);
-    unwrap(
-      native().weft_engine_create(communicator.nativeHandle, bytes, out),
-      "weft_engine_create",
-      { rank, field: "plan" },
-    );
-    void keepAlive;
-    return Promise.resolve(new Engine(plan, communicator, readPointer(out), maxTokens));
+    const maxTokens = checkEngineOptions(options, rank);
+    checkCommunicator(plan, communicator, maxTokens, planHeapBytes(plan, rank, options));
+    const pointer = createNativeEngine(communicator.nativeHandle, plan, rank, options);
+    return Promise.resolve(new Engine(plan, communicator, pointer, maxTokens));
   }
 
   /**
@@ -457,17 +161,12 @@ export class Engine implements ShuffleEngine {
    * index arrays are copied from the device on first access. The inputs may
    * be reused as soon as this returns.
    */
-  async dispatch(inputs: readonly RankInput[]): Promise<Dispatched> {
-    const engine = this.#enter();
-    let prepared: Prepared | undefined;
-    try {
-      try {
-        prepared = await this.#prepareDispatch(inputs);
-      } catch (hostError) {
-        await this.#rejectOnEveryRank(engine);
-        throw hostError;
-      }
-      const p = prepared;
+  dispatch(inputs: readonly RankInput[]): Promise<Dispatched> {
+    return this.#call(async (engine) => {
+      const p = await orReject(
+        this.#inputs.dispatch(inputs),
+        () => rejectOnEveryRank(this.plan, engine),
+      );
       // The first half only enqueues (it never waits), so it runs on this
       // thread: the layout starts on the GPU now, while the second half,
       // which waits for its counts, makes the hop to Deno's thread pool.
@@ -476,51 +175,34 @@ export class Engine implements ShuffleEngine {
         : native().weft_dispatch_begin_e4m3(engine, p.x, p.scales, p.idx, p.weights, p.tokens);
       unwrap(began, "weft_dispatch_begin", { rank: this.rank });
       const out = new BigUint64Array(1);
-      const status = await holding(
-        [p, out],
-        () => native().weft_dispatch_finish(engine, out),
-      );
+      const status = await holding([p, out], () => native().weft_dispatch_finish(engine, out));
       unwrap(status, "weft_dispatch_finish", { rank: this.rank });
-      const handle = this.#wrap(readPointer(out), prepared.tokens);
+      const handle = openHandle(this, this.#registry, readPointer(out), p.tokens);
       return { results: [handle.result], handle };
-    } finally {
-      this.#leave();
-    }
+    });
   }
 
   /**
    * The layout step of dispatch alone (`weft_dispatch_layout`): stages this
    * rank's routing (host arrays or tensors, as {@link Engine.dispatch} takes
    * them), checks it on the device, generates the indices and allocates the
-   * outputs, moving no rows. {@link redispatch} then moves them; layout +
-   * redispatch give exactly what dispatch gives. Collective.
+   * outputs, moving no rows. {@link Engine.redispatch} then moves them;
+   * layout + redispatch give exactly what dispatch gives. Collective.
    */
-  async layout(routing: readonly RoutingInput[]): Promise<GpuDispatchHandle> {
-    const engine = this.#enter();
-    try {
-      let at: RoutingAt, tokens: number;
-      try {
-        const r = this.#one("routing", routing);
-        tokens = checkRankShapes(this.plan, this.rank, {
-          topkIdx: r.topkIdx,
-          topkWeights: r.topkWeights,
-        });
-        this.#checkCapacity(tokens);
-        at = await this.#routingPointers(r);
-      } catch (hostError) {
-        await this.#rejectOnEveryRank(engine);
-        throw hostError;
-      }
+  layout(routing: readonly RoutingInput[]): Promise<GpuDispatchHandle> {
+    return this.#call(async (engine) => {
+      const at = await orReject(
+        this.#inputs.layout(routing),
+        () => rejectOnEveryRank(this.plan, engine),
+      );
       const out = new BigUint64Array(1);
       const status = await holding(
         [at.keepAlive, out],
-        () => native().weft_dispatch_layout(engine, at.idx, at.weights, tokens, out),
+        () => native().weft_dispatch_layout(engine, at.idx, at.weights, at.tokens, out),
       );
       unwrap(status, "weft_dispatch_layout", { rank: this.rank });
-      return this.#wrap(readPointer(out), tokens);
-    } finally {
-      this.#leave();
-    }
+      return openHandle(this, this.#registry, readPointer(out), at.tokens);
+    });
   }
 
   /**
@@ -528,41 +210,27 @@ export class Engine implements ShuffleEngine {
    * layout work). The rows land in the handle's receive buffer, so the
    * `recv` view of the original dispatch shows them too.
    */
-  async redispatch(
+  redispatch(
     handle: DispatchHandle,
     xs: readonly (HostRows | Tensor | QuantizedInput)[],
   ): Promise<Dispatched> {
-    this.#enter();
-    try {
-      const h = this.#own(handle);
-      const nativeHandle = h.pointerFor(this);
-      let rows: RowsAt | QuantizedAt;
-      try {
-        const x = this.#one("xs", xs);
-        checkInputRows(this.plan, this.rank, "xs", shapeOf(x), h.tokens);
-        rows = isQuantizedInput(x)
-          ? await this.#quantizedPointers("xs", x, h.tokens)
-          : await this.#rowsPointer("xs", x);
-      } catch (hostError) {
-        // NULL rows for a handle with tokens fail the call on every rank.
-        await holding([], () => native().weft_redispatch(nativeHandle, null, 0));
-        throw hostError;
-      }
-      const r = rows;
+    return this.#onHandle(handle, async (h, nativeHandle) => {
+      const r = await orReject(
+        this.#inputs.redispatch(xs, h.tokens),
+        () => rejectRedispatch(nativeHandle),
+      );
       const status = await holding(
         [r.keepAlive],
         () =>
           "scales" in r
             ? native().weft_redispatch_e4m3(nativeHandle, r.q, r.scales)
-            : native().weft_redispatch(nativeHandle, r.pointer, r.onDevice),
+            : native().weft_redispatch(nativeHandle, r.pointer, 0),
       );
       unwrap(status, "weft_redispatch", { rank: this.rank });
-      this.#settleOnRead(h.result.recv);
-      if (h.result.recvScales !== undefined) this.#settleOnRead(h.result.recvScales);
+      settleOnRead(this, h.result.recv);
+      if (h.result.recvScales !== undefined) settleOnRead(this, h.result.recvScales);
       return { results: [h.result], handle: h };
-    } finally {
-      this.#leave();
-    }
+    });
   }
 
   /**
@@ -576,63 +244,24 @@ export class Engine implements ShuffleEngine {
    * buffers, which native rejects on every rank, so the peers fail at once
    * instead of waiting for this rank.
    */
-  async combine(
+  combine(
     handle: DispatchHandle,
     ys: readonly (HostRows | Tensor)[],
     options: { readonly out?: readonly DeviceTensor[] } = {},
   ): Promise<DeviceTensor<DType>[]> {
-    this.#enter();
-    const temporaries: DeviceTensor[] = [];
-    let allocated: DeviceTensor<DType> | undefined;
-    try {
-      const h = this.#own(handle);
-      const nativeHandle = h.pointerFor(this);
-      let y: HostRows | Tensor;
-      let yPointer: Deno.PointerValue;
-      let out: DeviceTensor<DType>;
-      try {
-        y = this.#one("ys", ys);
-        checkRows(this.plan, this.rank, "ys", shapeOf(y), h.recvRows);
-        const { pointer, host } = await this.#rowsPointer("ys", y);
-        yPointer = pointer;
-        if (host !== undefined) {
-          // weft_combine takes device y only.
-          const t = DeviceTensor.upload(
-            this.device,
-            this.plan.dtype,
-            h.recvRows,
-            this.plan.hidden,
-            host,
-          );
-          temporaries.push(t);
-          yPointer = t.pointer;
-        }
-        out = options.out === undefined
-          ? (allocated = DeviceTensor.alloc(
-            this.device,
-            this.plan.dtype,
-            h.tokens,
-            this.plan.hidden,
-          ))
-          : this.#checkOut(options.out, h.tokens);
-      } catch (hostError) {
-        await holding([], () => native().weft_combine(nativeHandle, null, null));
-        throw hostError;
-      }
+    return this.#onHandle(handle, async (h, nativeHandle) => {
+      using b = await orReject(
+        combineBuffers(this, this.#inputs, h, ys, options.out),
+        () => rejectCombine(nativeHandle),
+      );
       const status = await holding(
-        [y, out, temporaries],
-        () => native().weft_combine(nativeHandle, yPointer, out.pointer),
+        [b],
+        () => native().weft_combine(nativeHandle, b.y, b.out.pointer),
       );
       unwrap(status, "weft_combine", { rank: this.rank });
-      this.#settleOnRead(out);
-      return [out];
-    } catch (error) {
-      allocated?.close();
-      throw error;
-    } finally {
-      for (const t of temporaries) t.close();
-      this.#leave();
-    }
+      settleOnRead(this, b.out);
+      return [b.keep()];
+    });
   }
 
   /**
@@ -646,44 +275,7 @@ export class Engine implements ShuffleEngine {
    * {@link Engine.synchronize} first): until then peers may still read it.
    */
   inputRows(tokens: number = this.maxTokens): DeviceTensor<DType> {
-    this.#checkTokens(tokens);
-    const handle = this.#openHandle();
-    const out = new BigUint64Array(1);
-    unwrap(native().weft_engine_input_rows(handle, out), "weft_engine_input_rows", {
-      rank: this.rank,
-    });
-    return DeviceTensor.view(
-      this.device,
-      this.plan.dtype,
-      tokens,
-      this.plan.hidden,
-      readPointer(out),
-      this.#viewOwner(),
-    );
-  }
-
-  /** The native engine, or a WeftError once closed. */
-  #openHandle(): Deno.PointerValue {
-    if (this.#handle === null) {
-      throw new WeftError({
-        field: "engine",
-        rank: this.rank,
-        problem: "is closed",
-        fix: "create a new Engine",
-      });
-    }
-    return this.#handle;
-  }
-
-  /** The owner of views into this engine's heap: they die with the engine. */
-  #viewOwner(): ViewOwner {
-    const isClosed = () => this.#handle === null;
-    return {
-      get closed() {
-        return isClosed();
-      },
-      description: "weft engine",
-    };
+    return this.#inputs.rows(this.#native.pointer, tokens, this.#viewOwner());
   }
 
   /**
@@ -698,34 +290,7 @@ export class Engine implements ShuffleEngine {
   inputQuantizedRows(
     tokens: number = this.maxTokens,
   ): { q: DeviceTensor<"e4m3">; scales: DeviceTensor<"f32"> } {
-    this.#checkTokens(tokens);
-    const handle = this.#openHandle();
-    if (this.plan.quantize !== "e4m3") {
-      throw new WeftError({
-        field: "plan.quantize",
-        rank: this.rank,
-        problem: "is not set: this engine sends rows in their dtype",
-        fix: 'compile the pattern with .quantize("e4m3"), or write rows to Engine.inputRows',
-      });
-    }
-    const q = new BigUint64Array(1);
-    const scales = new BigUint64Array(1);
-    unwrap(native().weft_engine_input_e4m3(handle, q, scales), "weft_engine_input_e4m3", {
-      rank: this.rank,
-    });
-    const owner = this.#viewOwner();
-    const H = this.plan.hidden;
-    return {
-      q: DeviceTensor.view(this.device, "e4m3", tokens, H, readPointer(q), owner),
-      scales: DeviceTensor.view(
-        this.device,
-        "f32",
-        tokens,
-        H / QUANT_BLOCK,
-        readPointer(scales),
-        owner,
-      ),
-    };
+    return this.#inputs.quantizedRows(this.#native.pointer, tokens, this.#viewOwner());
   }
 
   /**
@@ -738,12 +303,7 @@ export class Engine implements ShuffleEngine {
    * returned.
    */
   inputRouting(tokens: number = this.maxTokens): RankRouting {
-    this.#checkTokens(tokens);
-    const n = tokens * this.plan.topK;
-    return {
-      topkIdx: this.#routingIdx.subarray(0, n),
-      topkWeights: this.#routingWeights.subarray(0, n),
-    };
+    return this.#inputs.routing(tokens);
   }
 
   /**
@@ -758,15 +318,13 @@ export class Engine implements ShuffleEngine {
 
   /** Frees every open handle of this engine, then the engine. Deferred while a call runs. */
   close(): void {
-    if (this.#handle === null) return;
-    if (this.#state.busy) {
+    if (this.#native.closed) return;
+    if (this.#registry.busy) {
       this.#closeWhenIdle = true;
       return;
     }
-    this.#handle = null;
-    engineLeaks.unregister(this);
     this.#release();
-    this.#state.destroyAll();
+    this.#native.close();
   }
 
   /** Same as {@link Engine.close}, for `using`. */
@@ -776,16 +334,11 @@ export class Engine implements ShuffleEngine {
 
   // ---------------------------------------------------------------- internals
 
-  #enter(): Deno.PointerValue {
-    if (this.#handle === null || this.#closeWhenIdle) {
-      throw new WeftError({
-        field: "engine",
-        rank: this.rank,
-        problem: "is closed",
-        fix: "create a new Engine",
-      });
-    }
-    if (this.#state.busy) {
+  /** Runs `call` as this engine's one running call (collective calls never overlap). */
+  async #call<T>(call: (engine: Deno.PointerValue) => Promise<T>): Promise<T> {
+    if (this.#closeWhenIdle) throw new WeftError({ ...this.#closedError, problem: "is closed" });
+    const engine = this.#native.pointer;
+    if (this.#registry.busy) {
       throw new WeftError({
         field: "engine",
         rank: this.rank,
@@ -794,353 +347,38 @@ export class Engine implements ShuffleEngine {
           "await each call before starting the next: they are collective and run in the same order on every rank",
       });
     }
-    this.#state.busy = true;
-    return this.#handle;
-  }
-
-  #leave(): void {
-    this.#state.busy = false;
-    this.#state.flush();
-    if (this.#closeWhenIdle) {
-      this.#closeWhenIdle = false;
-      this.close();
+    this.#registry.busy = true;
+    try {
+      return await call(engine);
+    } finally {
+      this.#registry.busy = false;
+      this.#registry.flush();
+      if (this.#closeWhenIdle) {
+        this.#closeWhenIdle = false;
+        this.close();
+      }
     }
   }
 
-  #one<T>(field: string, list: readonly T[]): T {
-    if (!Array.isArray(list) || list.length !== 1) {
-      throw new WeftError({
-        field,
-        rank: this.rank,
-        problem: `expected one entry (this process drives rank ${this.rank} only), got ${
-          Array.isArray(list) ? list.length : typeof list
-        }`,
-        fix: "pass a one-element array with this rank's data",
-      });
-    }
-    return list[0];
-  }
-
-  #own(handle: DispatchHandle): GpuDispatchHandle {
-    if (!(handle instanceof GpuDispatchHandle)) {
-      throw new WeftError({
-        field: "handle",
-        rank: this.rank,
-        problem: "is not a GPU dispatch handle",
-        fix: "pass the handle returned by this engine's dispatch",
-      });
-    }
-    return handle;
-  }
-
-  async #prepareDispatch(inputs: readonly RankInput[]): Promise<Prepared> {
-    const input = this.#one("inputs", inputs);
-    // Shapes on the host; values (expert range, duplicates, NaN weights) on
-    // the device, where the check is free and still names position and rank.
-    const tokens = checkRankShapes(this.plan, this.rank, {
-      x: shapeOf(input.x),
-      topkIdx: input.topkIdx,
-      topkWeights: input.topkWeights,
+  /** {@link Engine.#call} on `handle`, which must be an open handle of this engine. */
+  #onHandle<T>(
+    handle: DispatchHandle,
+    call: (h: GpuDispatchHandle, nativeHandle: Deno.PointerValue) => Promise<T>,
+  ): Promise<T> {
+    return this.#call(() => {
+      const h = ownHandle(this, handle);
+      return call(h, h.pointerFor(this));
     });
-    this.#checkCapacity(tokens);
-    const at = await this.#routingPointers(input);
-    const routing = { idx: at.idx, weights: at.weights, tokens };
-    if (isQuantizedInput(input.x)) {
-      const { q, scales, keepAlive } = await this.#quantizedPointers("x", input.x, tokens);
-      return { ...routing, x: q, scales, onDevice: 1, keepAlive: [keepAlive, at.keepAlive] };
-    }
-    const { pointer, onDevice, keepAlive } = await this.#rowsPointer("x", input.x);
-    return { ...routing, x: pointer, onDevice, keepAlive: [keepAlive, at.keepAlive] };
   }
 
-  /**
-   * Where this rank's routing is for a native call (its shapes already
-   * checked). Native copies each input with cudaMemcpyDefault into its own
-   * buffers, so device and host parts mix freely: a DeviceTensor on this GPU
-   * is passed as its device pointer (a device-to-device copy, no host round
-   * trip); anything else comes from the page-locked staging, so it reaches
-   * the GPU by DMA (and no per-call device allocation, whose free would
-   * synchronize the GPU, is made).
-   */
-  async #routingPointers(routing: RoutingInput): Promise<RoutingAt> {
-    const idx = await this.#routingPart("topkIdx", routing.topkIdx);
-    const weights = await this.#routingPart("topkWeights", routing.topkWeights);
+  /** The owner of views into this engine's heap: they die with the engine. */
+  #viewOwner(): ViewOwner {
+    const engine = this.#native;
     return {
-      idx: idx.pointer,
-      weights: weights.pointer,
-      keepAlive: [idx.keepAlive, weights.keepAlive],
-    };
-  }
-
-  /** One routing part: a device tensor of this GPU as it is; anything else staged from the host. */
-  async #routingPart(
-    field: "topkIdx" | "topkWeights",
-    part: Int32Array | Float32Array | Tensor<"i32"> | Tensor<"f32">,
-  ): Promise<{ pointer: Deno.PointerValue; keepAlive: unknown }> {
-    if (part instanceof DeviceTensor && part.deviceIndex === this.device) {
-      return { pointer: part.pointer, keepAlive: part };
-    }
-    let host: Int32Array | Float32Array;
-    if (ArrayBuffer.isView(part)) {
-      host = part;
-    } else {
-      host = await part.read();
-      // A tensor's host copy must match the shape it advertised.
-      checkRoutingShape(this.plan, this.rank, field, host, part.rows);
-    }
-    const staged = this.#stageRouting(field, host);
-    return { pointer: hostPointer(staged), keepAlive: staged };
-  }
-
-  /** Where pre-quantized rows' parts live for a native call (each on this GPU, else on the host). */
-  async #quantizedPointers(
-    field: string,
-    x: QuantizedInput,
-    rows: number,
-  ): Promise<QuantizedAt> {
-    const q = await this.#placed(x.q);
-    const scales = await this.#placed(x.scales);
-    if (q.host !== undefined || scales.host !== undefined) {
-      // Host copies of tensors must match the shapes they advertised.
-      checkInputRows(this.plan, this.rank, field, {
-        q: (q.host as Uint8Array | undefined) ?? shapeOf(x.q as Tensor) as RowsShape,
-        scales: (scales.host as Float32Array | undefined) ??
-          shapeOf(x.scales as Tensor) as RowsShape,
-      }, rows);
-    }
-    return { q: q.pointer, scales: scales.pointer, keepAlive: [q.keepAlive, scales.keepAlive] };
-  }
-
-  /** Where rows live for a native call: this GPU as they are, else the host. */
-  async #rowsPointer(
-    field: string,
-    x: HostRows | Tensor,
-  ): Promise<RowsAt> {
-    const at = await this.#placed(x);
-    // A tensor's host copy must match the shape it advertised.
-    if (at.host !== undefined) {
-      checkRows(this.plan, this.rank, field, at.host, ArrayBuffer.isView(x) ? undefined : x.rows);
-    }
-    return at;
-  }
-
-  /** A device tensor of this GPU as it is; anything else as a stable host copy. */
-  async #placed(x: HostRows | Tensor): Promise<RowsAt> {
-    if (x instanceof DeviceTensor && x.deviceIndex === this.device) {
-      return { pointer: x.pointer, onDevice: 1, keepAlive: x };
-    }
-    const stable = stableCopy(ArrayBuffer.isView(x) ? x : await x.read());
-    return { pointer: hostPointer(stable), onDevice: 0, keepAlive: stable, host: stable };
-  }
-
-  /**
-   * Enters the collective with a batch the device check rejects, so every
-   * peer fails together with this rank instead of waiting for it.
-   */
-  async #rejectOnEveryRank(engine: Deno.PointerValue): Promise<void> {
-    const { topK: K, hidden: H, dtype, experts } = this.plan;
-    const x = dtype === "f32"
-      ? new Float32Array(new ArrayBuffer(H * 4))
-      : new Uint16Array(new ArrayBuffer(H * 2));
-    const idx = new Int32Array(new ArrayBuffer(K * 4)).fill(-1);
-    idx[0] = experts; // one past the last expert: out of range by construction
-    const weights = new Float32Array(new ArrayBuffer(K * 4));
-    const out = new BigUint64Array(1);
-    const status = await holding(
-      [x, idx, weights, out],
-      () =>
-        native().weft_dispatch(
-          engine,
-          hostPointer(x),
-          hostPointer(idx),
-          hostPointer(weights),
-          1,
-          0,
-          out,
-        ),
-    );
-    if (status === Status.OK) {
-      // The device check did not fire (it should): do not leak the handle.
-      native().weft_handle_destroy(readPointer(out));
-    }
-  }
-
-  #wrap(pointer: Deno.PointerValue, tokens: number): GpuDispatchHandle {
-    const raw = new Uint8Array(DISPATCH_INFO.bytes);
-    const infoStatus = native().weft_handle_info(pointer, raw);
-    if (infoStatus !== Status.OK) {
-      const error = nativeError(infoStatus, "weft_handle_info", "", { rank: this.rank });
-      native().weft_handle_destroy(pointer);
-      throw error;
-    }
-    const info = decodeDispatchInfo(raw);
-    const local = this.plan.localExperts[this.rank];
-    if (info.tokens !== tokens || info.localExperts !== local || info.recvRows < 0) {
-      native().weft_handle_destroy(pointer);
-      throw new WeftError({
-        field: "weft_handle_info",
-        rank: this.rank,
-        problem:
-          `native reports tokens ${info.tokens}, local experts ${info.localExperts}, rows ${info.recvRows}; expected tokens ${tokens}, local experts ${local}`,
-        fix: "the native library and lib/ffi.ts disagree: rebuild with `deno task build`",
-      });
-    }
-    return new GpuDispatchHandle(
-      this,
-      Deno.UnsafePointer.value(pointer!),
-      this.#state,
-      info,
-      (h) => {
-        const lazy = {
-          expertCounts: () => this.#readInt32(info.expertCounts, info.localExperts),
-          recvWeights: () =>
-            new Float32Array(this.#readInt32(info.recvWeights, info.recvRows).buffer),
-          srcRank: () => this.#readInt32(info.srcRank, info.recvRows),
-          srcToken: () => this.#readInt32(info.srcToken, info.recvRows),
-          srcK: () => this.#readInt32(info.srcK, info.recvRows),
-        };
-        const quantized = this.plan.quantize === "e4m3";
-        const recv = DeviceTensor.view(
-          this.device,
-          quantized ? "e4m3" : this.plan.dtype,
-          info.recvRows,
-          this.plan.hidden,
-          info.recv,
-          h,
-        );
-        this.#settleOnRead(recv);
-        const base: Pick<DispatchResult, "rank" | "recv" | "recvScales"> = {
-          rank: this.rank,
-          recv,
-        };
-        if (quantized) {
-          const recvScales = DeviceTensor.view(
-            this.device,
-            "f32",
-            info.recvRows,
-            this.plan.hidden / QUANT_BLOCK,
-            info.recvScales,
-            h,
-          );
-          this.#settleOnRead(recvScales);
-          return withLazyMetadata({ ...base, recvScales }, lazy);
-        }
-        return withLazyMetadata(base, lazy);
+      get closed() {
+        return engine.closed;
       },
-    );
-  }
-
-  /** A batch of `tokens` fits this engine's buffers. */
-  #checkCapacity(tokens: number): void {
-    if (tokens > this.maxTokens) {
-      throw new WeftError({
-        field: "tokens",
-        rank: this.rank,
-        problem: `${tokens} tokens exceed the engine's maxTokens ${this.maxTokens}`,
-        fix: `create the Engine with { maxTokens: ${tokens} } or more, or split the batch`,
-      });
-    }
-  }
-
-  #checkTokens(tokens: number): void {
-    if (!Number.isInteger(tokens) || tokens < 0 || tokens > this.maxTokens) {
-      throw new WeftError({
-        field: "tokens",
-        rank: this.rank,
-        problem: `is ${tokens}`,
-        fix: `pass an integer in 0…${this.maxTokens} (the engine's maxTokens)`,
-      });
-    }
-  }
-
-  /**
-   * One routing part in the page-locked staging (copied there unless it
-   * already is), so native copies it to the GPU by DMA. The engine runs one
-   * call at a time and each call's copies finish before it returns, so one
-   * staging area serves every call. `host` is of the field's array type and
-   * length (checked before).
-   */
-  #stageRouting(
-    field: "topkIdx" | "topkWeights",
-    host: Int32Array | Float32Array,
-  ): ArrayBufferView {
-    const staging = field === "topkIdx" ? this.#routingIdx : this.#routingWeights;
-    const staged = staging.subarray(0, host.length);
-    if (host.buffer !== staged.buffer || host.byteOffset !== staged.byteOffset) staged.set(host);
-    return staged;
-  }
-
-  /** The rows are still being written on the comm stream: a read settles the call first. */
-  #settleOnRead(t: Tensor): void {
-    if (t instanceof DeviceTensor) t.settleBeforeRead(() => this.synchronize());
-  }
-
-  /** Copies `n` 4-byte values from device memory (weights travel as their bits). */
-  #readInt32(pointer: Deno.PointerValue, n: number): Int32Array {
-    const out = new Int32Array(new ArrayBuffer(n * 4));
-    if (n > 0) {
-      unwrap(native().weft_copy_d2h(this.device, out, pointer, BigInt(n * 4)), "weft_copy_d2h", {
-        rank: this.rank,
-      });
-    }
-    return out;
-  }
-
-  #checkOut(outs: readonly DeviceTensor[], tokens: number): DeviceTensor<DType> {
-    const out = this.#one("out", outs);
-    const { dtype, hidden } = this.plan;
-    if (
-      !(out instanceof DeviceTensor) || out.deviceIndex !== this.device || out.dtype !== dtype ||
-      out.rows !== tokens || out.cols !== hidden
-    ) {
-      throw new WeftError({
-        field: "out",
-        rank: this.rank,
-        problem: `expected a ${dtype} DeviceTensor of ${tokens}×${hidden} on cuda:${this.device}`,
-        fix:
-          "pass DeviceTensor.alloc(device, plan.dtype, tokens, plan.hidden), or leave out to let combine allocate",
-      });
-    }
-    // Checked above: its dtype is the plan's.
-    return out as DeviceTensor<DType>;
-  }
-}
-
-/** The shape checks need; a Tensor is checked by its advertised shape. */
-function shapeOf(x: HostRows | Tensor): HostRows | RowsShape;
-function shapeOf(x: HostRows | Tensor | QuantizedInput): HostRows | RowsShape | QuantizedShape;
-function shapeOf(x: HostRows | Tensor | QuantizedInput): HostRows | RowsShape | QuantizedShape {
-  if (isQuantizedInput(x)) {
-    return {
-      q: shapeOf(x.q) as Uint8Array | RowsShape,
-      scales: shapeOf(x.scales) as Float32Array | RowsShape,
+      description: "weft engine",
     };
   }
-  return ArrayBuffer.isView(x) ? x as HostRows : { rows: x.rows, cols: x.cols, dtype: x.dtype };
-}
-
-type Metadata = Pick<
-  DispatchResult,
-  "expertCounts" | "recvWeights" | "srcRank" | "srcToken" | "srcK"
->;
-
-/**
- * Completes a DispatchResult whose metadata stays on the device until first
- * read (then cached): a training step that feeds recv and the device-side
- * counts to its kernels pays no copy back, and no synchronizing copy sits
- * inside the timed dispatch.
- */
-function withLazyMetadata(
-  base: Pick<DispatchResult, "rank" | "recv" | "recvScales">,
-  read: { readonly [K in keyof Metadata]: () => Metadata[K] },
-): DispatchResult {
-  const out = { ...base } as DispatchResult;
-  for (const key of Object.keys(read) as (keyof Metadata)[]) {
-    let cached: Metadata[typeof key] | undefined;
-    Object.defineProperty(out, key, {
-      enumerable: true,
-      get: () => (cached ??= read[key]()),
-    });
-  }
-  return out;
 }

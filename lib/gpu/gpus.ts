@@ -6,7 +6,7 @@
  * @module
  */
 import { WeftError } from "../../dsl/errors.ts";
-import { deviceCount } from "../native/native.ts";
+import { deviceCount } from "../native/device.ts";
 
 /** How many GPUs the engine can use here, and why none when there are none. */
 export interface GpuProbe {

@@ -13,7 +13,8 @@
  * @module
  */
 import { launch } from "../../lib/dist/launch.ts";
-import { deviceCount, libraryPath } from "../../lib/native/native.ts";
+import { deviceCount } from "../../lib/native/device.ts";
+import { libraryPath } from "../../lib/native/loader.ts";
 
 const worker = new URL("./worker.ts", import.meta.url).pathname;
 const args = Deno.args;
