@@ -16,10 +16,19 @@
  * handle.close();
  * ```
  *
+ * What a user needs, by group: the pattern DSL and its plans; the batch
+ * layout those plans compile to; the two engines that run a plan (the CPU
+ * {@link Simulator}, the oracle, and the GPU {@link Engine} over a
+ * {@link Communicator}, started by {@link launch}); routing generators and
+ * trace loaders; dtype and FP8 helpers; traffic summaries; {@link WeftError};
+ * the cost model behind `deno task explore`. Internals (the native symbol
+ * table, the rendezvous store's server, the Simulator's stage executor, the
+ * explorer's report) are reachable from their own modules under `lib/`.
+ *
  * @module
  */
 
-// The DSL: patterns, plans, YAML/JSON.
+// ---- The pattern DSL: `experts(n).byDevice().topK(k)…`, specs, YAML/JSON, limits.
 export {
   type CompileContextFor,
   type CompletePattern,
@@ -60,6 +69,10 @@ export type {
   TensorDType,
 } from "./dsl/types.ts";
 export { DTYPE_BYTES, TENSOR_DTYPE_BYTES } from "./dsl/types.ts";
+export { LIMITS } from "./dsl/limits.ts";
+export { WeftError, type WeftErrorInfo } from "./dsl/errors.ts";
+
+// ---- Placement and layout: where every row of a batch comes from and lands.
 export { type CompiledPlacement, compilePlacement, resolveSlot } from "./dsl/placement.ts";
 export {
   computeLayout,
@@ -69,7 +82,8 @@ export {
   layoutToYAML,
 } from "./dsl/layout.ts";
 
-// Engines and their shared call shape.
+// ---- Engines: one call shape (ShuffleEngine), the Simulator (CPU oracle) and the GPU Engine;
+// decode mode (sizes fixed by a capacity, replayed as a CUDA graph) and its Simulator.
 export type {
   Dispatched,
   DispatchHandle,
@@ -84,20 +98,43 @@ export type {
   Tensor,
 } from "./lib/core/engine_api.ts";
 export {
+  type RankStageBytes,
+  type ResolvedSimulatorOptions,
   type SimDispatched,
   type SimDispatchResult,
   Simulator,
   type SimulatorHandle,
+  type SimulatorOptions,
+  type Stage,
+  type StageLink,
+  type StageTraffic,
 } from "./lib/sim/simulator.ts";
 export { Engine, type EngineOptions, type GpuDispatchHandle } from "./lib/gpu/engine.ts";
-export { Communicator, type CommunicatorOptions } from "./lib/dist/communicator.ts";
+export {
+  type CaptureContext,
+  DecodeEngine,
+  type DecodeFootprint,
+  type DecodeOptions,
+  type DecodeStep,
+} from "./lib/gpu/decode.ts";
+export {
+  type DecodeCapacity,
+  decodeExpertCapacity,
+  type DecodeOverflow,
+  type DecodeRankResult,
+  type DecodeSimDispatched,
+  DecodeSimulator,
+} from "./lib/sim/decode.ts";
 export { HostTensor } from "./lib/core/host_tensor.ts";
 export { DeviceTensor, type ViewOwner } from "./lib/gpu/device_tensor.ts";
 export { availableGpus, type GpuProbe, probeGpus } from "./lib/gpu/gpus.ts";
-export { launch, type LaunchOptions, type LaunchResult, type RankExit } from "./lib/dist/launch.ts";
-export { StoreClient, StoreServer } from "./lib/dist/store.ts";
 
-// Routing generators and trace loaders.
+// ---- Running ranks: the launcher and the communicator every rank opens.
+export { launch, type LaunchOptions, type LaunchResult, type RankExit } from "./lib/dist/launch.ts";
+export { Communicator, type CommunicatorOptions } from "./lib/dist/communicator.ts";
+export type { StoreClient } from "./lib/dist/store.ts";
+
+// ---- Routing: generators for experiments, loaders for real router traces.
 export {
   deviceLocal,
   hotMix,
@@ -111,7 +148,7 @@ export {
   zipf,
 } from "./lib/io/routing.ts";
 
-// Data types, errors, reports.
+// ---- Row formats: bf16/f16 conversion and FP8 E4M3 blocks.
 export { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, fromF32, toF32 } from "./lib/core/dtype.ts";
 export {
   dequantizeRows,
@@ -123,5 +160,16 @@ export {
   quantizeRows,
   scaleExponent,
 } from "./lib/core/fp8.ts";
-export { WeftError, type WeftErrorInfo } from "./dsl/errors.ts";
+
+// ---- Traffic and cost: bytes per link class, per-rank load, and the topology cost model that
+// `deno task explore` prints (predicted, calibrated on our measurements: lib/model/calibration.ts).
 export { formatLinks, formatLoad, type TrafficTotals, trafficTotals } from "./lib/core/traffic.ts";
+export {
+  type CostOptions,
+  type EngineConstants,
+  type LinkClassBytes,
+  predict,
+  type Prediction,
+} from "./lib/model/cost.ts";
+export { TOPOLOGIES, type Topology } from "./lib/model/topology.ts";
+export type { Balance, ForwarderTable } from "./dsl/balance.ts";

@@ -7,19 +7,27 @@
  *                   [--scenarios uniform,zipf,local,hotmix] [--iters 10] [--warmup 3]
  *                   [--combine-wire f32|dtype] [--seed 1]
  *                   [--json FILE] [--svg FILE] [--md FILE]
+ *   deno task bench --ranks-per-gpu K --emulate-nodes M [--gpus N] [--sizes 1024,4096] ...
  *
  * The driver launches bench/worker.ts once per GPU through lib/launch.ts,
  * reads rank 0's result, prints the markdown table on stdout (worker output
  * goes to stderr) and writes the files asked for.
  *
+ * With `--ranks-per-gpu K > 1` or `--emulate-nodes M > 1` it runs the
+ * emulated-node benchmark instead (bench/nodes.ts): N·K ranks as M nodes,
+ * bytes per link class with dedupe `device` vs `node`, and the node path's
+ * time, labelled as not a performance figure (default sizes 1024,4096).
+ *
  * @module
  */
-import { launch } from "../lib/dist/launch.ts";
 import { deviceCount } from "../lib/native/device.ts";
 import { WeftError } from "../dsl/errors.ts";
 import { SCENARIOS, scenariosByName } from "./scenarios.ts";
 import { type BenchResult, markdownTable, toJson } from "./report.ts";
 import { latencyChart } from "./chart.ts";
+import { mainNodes, NODE_DEFAULT_SIZES } from "./nodes.ts";
+import { launchWorkers } from "./launch_workers.ts";
+import { decodeModeArgs, mainDecode } from "./decode.ts";
 
 /** Everything one benchmark run is parameterised by. */
 export interface BenchOptions {
@@ -43,6 +51,10 @@ export interface BenchOptions {
   readonly md?: string;
   /** Worker only: where rank 0 writes its BenchResult. */
   readonly result?: string;
+  /** Ranks per GPU (emulated-node mode, bench/nodes.ts). */
+  readonly ranksPerGpu?: number;
+  /** Emulated nodes the host's ranks form (emulated-node mode). */
+  readonly emulateNodes?: number;
 }
 
 /** The default sizes: DESIGN.md's anchor table. */
@@ -54,7 +66,8 @@ const USAGE = `usage: deno task bench [--gpus N] [--sizes 4096,8192,16384,32768]
                        [--scenarios ${
   SCENARIOS.map((s) => s.name).join(",")
 }] [--iters 10] [--warmup 3]
-                       [--combine-wire f32|dtype] [--seed 1] [--json FILE] [--svg FILE] [--md FILE]`;
+                       [--combine-wire f32|dtype] [--seed 1] [--json FILE] [--svg FILE] [--md FILE]
+                       [--ranks-per-gpu K] [--emulate-nodes M]`;
 
 function usageError(field: string, problem: string): never {
   throw new WeftError({ field, problem, fix: USAGE });
@@ -78,6 +91,8 @@ function positiveInt(field: string, text: string, min: number): number {
  * import { parseBenchArgs } from "./bench.ts";
  * const o = parseBenchArgs(["--sizes", "4096,8192", "--scenarios=zipf"]);
  * console.assert(o.sizes[1] === 8192 && o.scenarios[0] === "zipf" && o.iters === 10);
+ * const n = parseBenchArgs(["--ranks-per-gpu", "4", "--emulate-nodes", "2"]);
+ * console.assert(n.ranksPerGpu === 4 && n.emulateNodes === 2 && n.sizes.join() === "1024,4096");
  * ```
  */
 export function parseBenchArgs(argv: readonly string[]): BenchOptions {
@@ -94,6 +109,8 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
     "svg",
     "md",
     "result",
+    "ranks-per-gpu",
+    "emulate-nodes",
   ];
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
@@ -107,7 +124,15 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
   }
   const list = (name: string): string[] | undefined =>
     values.get(name)?.split(",").map((s) => s.trim()).filter((s) => s !== "");
-  const sizes = list("sizes")?.map((s) => positiveInt("--sizes", s, 1)) ?? [...DEFAULT_SIZES];
+  const ranksPerGpu = values.has("ranks-per-gpu")
+    ? positiveInt("--ranks-per-gpu", values.get("ranks-per-gpu")!, 1)
+    : undefined;
+  const emulateNodes = values.has("emulate-nodes")
+    ? positiveInt("--emulate-nodes", values.get("emulate-nodes")!, 1)
+    : undefined;
+  const nodeMode = (ranksPerGpu ?? 1) > 1 || (emulateNodes ?? 1) > 1;
+  const sizes = list("sizes")?.map((s) => positiveInt("--sizes", s, 1)) ??
+    [...(nodeMode ? NODE_DEFAULT_SIZES : DEFAULT_SIZES)];
   const scenarios = list("scenarios") ?? SCENARIOS.map((s) => s.name);
   scenariosByName(scenarios);
   if (sizes.length === 0) usageError("--sizes", "is empty");
@@ -131,6 +156,8 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
     ...opt("svg"),
     ...opt("md"),
     ...opt("result"),
+    ...(ranksPerGpu !== undefined ? { ranksPerGpu } : {}),
+    ...(emulateNodes !== undefined ? { emulateNodes } : {}),
   };
 }
 
@@ -181,12 +208,6 @@ function hasNvidiaDevice(): boolean {
   }
 }
 
-function writeAll(target: { writeSync(p: Uint8Array): number }, text: string): void {
-  const bytes = new TextEncoder().encode(text);
-  let off = 0;
-  while (off < bytes.length) off += target.writeSync(bytes.subarray(off));
-}
-
 async function writeText(path: string, text: string): Promise<void> {
   await Deno.writeTextFile(path, text);
   console.error(`bench: wrote ${path}`);
@@ -194,6 +215,22 @@ async function writeText(path: string, text: string): Promise<void> {
 
 /** The CLI: returns the exit code. */
 export async function main(argv: readonly string[]): Promise<number> {
+  // `--mode decode`: decode-mode latency (bench/decode.ts).
+  let decodeArgs: string[] | undefined;
+  try {
+    decodeArgs = decodeModeArgs(argv);
+  } catch (error) {
+    console.error(error instanceof WeftError ? error.message : String(error));
+    return 2;
+  }
+  if (decodeArgs !== undefined) {
+    const { gpus, why } = detectGpus();
+    if (gpus === 0) {
+      console.log(`bench: no GPU here, nothing to benchmark.\n  ${why ?? ""}`);
+      return 0;
+    }
+    return await mainDecode(decodeArgs, gpus);
+  }
   let options: BenchOptions;
   try {
     options = parseBenchArgs(argv);
@@ -214,6 +251,9 @@ export async function main(argv: readonly string[]): Promise<number> {
     console.error(`bench: --gpus ${gpus} asked for, this machine has ${visible}`);
     return 2;
   }
+  if ((options.ranksPerGpu ?? 1) > 1 || (options.emulateNodes ?? 1) > 1) {
+    return await mainNodes(options, gpus, (path) => workerArgs(options, path));
+  }
   if (options.iters < MIN_RECOMMENDED_ITERS) {
     console.error(
       `bench: --iters ${options.iters} < ${MIN_RECOMMENDED_ITERS}: medians will be noisy; ` +
@@ -221,30 +261,18 @@ export async function main(argv: readonly string[]): Promise<number> {
     );
   }
 
-  const dir = await Deno.makeTempDir({ prefix: "weft-bench-" });
-  const resultPath = `${dir}/result.json`;
-  try {
-    const run = await launch({
-      script: decodeURIComponent(new URL("./worker.ts", import.meta.url).pathname),
-      args: workerArgs(options, resultPath),
-      gpus,
-      // stdout is for the table: worker output goes to stderr.
-      output: (_stream, text) => writeAll(Deno.stderr, text),
-    });
-    if (run.code !== 0) {
-      console.error(`bench: workers failed: ${run.message ?? `exit code ${run.code}`}`);
-      return run.code;
-    }
-    const result = JSON.parse(await Deno.readTextFile(resultPath)) as BenchResult;
-    const md = markdownTable(result);
-    console.log(md);
-    if (options.json !== undefined) await writeText(options.json, toJson(result));
-    if (options.svg !== undefined) await writeText(options.svg, latencyChart(result));
-    if (options.md !== undefined) await writeText(options.md, md);
-    return 0;
-  } finally {
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
-  }
+  const result = await launchWorkers<BenchResult>(
+    "./worker.ts",
+    gpus,
+    (path) => workerArgs(options, path),
+  );
+  if (typeof result === "number") return result;
+  const md = markdownTable(result);
+  console.log(md);
+  if (options.json !== undefined) await writeText(options.json, toJson(result));
+  if (options.svg !== undefined) await writeText(options.svg, latencyChart(result));
+  if (options.md !== undefined) await writeText(options.md, md);
+  return 0;
 }
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

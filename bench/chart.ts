@@ -89,25 +89,27 @@ function panel(scenario: string, rows: readonly BenchRow[], x0: number, y0: numb
     `<text x="${f(left + plotW / 2)}" y="${f(y0 + 18)}" text-anchor="middle" font-size="14" ` +
       `font-weight="bold" ${FONT}>${escapeXml(scenario)}</text>`,
   );
+  // An axis mark: a line from (x1, y1) to (x2, y2) and its label at (tx, ty).
+  const mark = (
+    [x1, y1, x2, y2]: readonly number[],
+    stroke: string,
+    [tx, ty]: readonly number[],
+    anchor: "end" | "middle",
+    label: string,
+  ): void => {
+    out.push(
+      `<line x1="${f(x1)}" y1="${f(y1)}" x2="${f(x2)}" y2="${f(y2)}" stroke="${stroke}"/>`,
+      `<text x="${f(tx)}" y="${f(ty)}" text-anchor="${anchor}" font-size="11" ${FONT}>` +
+        `${label}</text>`,
+    );
+  };
   for (const v of ticks) {
     const y = yOf(v);
-    out.push(
-      `<line x1="${f(left)}" y1="${f(y)}" x2="${f(left + plotW)}" y2="${f(y)}" stroke="#e4e4e4"/>`,
-    );
-    out.push(
-      `<text x="${f(left - 6)}" y="${f(y + 4)}" text-anchor="end" font-size="11" ${FONT}>` +
-        `${escapeXml(String(v))}</text>`,
-    );
+    mark([left, y, left + plotW, y], "#e4e4e4", [left - 6, y + 4], "end", escapeXml(String(v)));
   }
   for (const t of tokens) {
     const x = xOf(t);
-    out.push(
-      `<line x1="${f(x)}" y1="${f(bottom)}" x2="${f(x)}" y2="${f(bottom + 4)}" stroke="#333"/>`,
-    );
-    out.push(
-      `<text x="${f(x)}" y="${f(bottom + 17)}" text-anchor="middle" font-size="11" ${FONT}>` +
-        `${tokenLabel(t)}</text>`,
-    );
+    mark([x, bottom, x, bottom + 4], "#333", [x, bottom + 17], "middle", tokenLabel(t));
   }
   out.push(
     `<rect x="${f(left)}" y="${f(top)}" width="${f(plotW)}" height="${f(plotH)}" fill="none" ` +

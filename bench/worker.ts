@@ -18,18 +18,22 @@
  */
 import { experts, Plan } from "../dsl/mod.ts";
 import type { PlanSpec } from "../dsl/types.ts";
-import { DTYPE_BYTES, TENSOR_DTYPE_BYTES } from "../dsl/types.ts";
+import { DTYPE_BYTES } from "../dsl/types.ts";
 import { Communicator } from "../lib/dist/communicator.ts";
 import { DeviceTensor } from "../lib/gpu/device_tensor.ts";
-import { bf16ToF32 } from "../lib/core/dtype.ts";
 import { quantizeRows } from "../lib/core/fp8.ts";
 import { Engine } from "../lib/gpu/engine.ts";
 import type { RankInput, Tensor } from "../lib/core/engine_api.ts";
 import { readLaunchEnv } from "../lib/dist/env.ts";
-import { native } from "../lib/native/loader.ts";
-import { unwrap } from "../lib/native/status.ts";
-import type { RankRouting } from "../lib/io/routing.ts";
 import { copyCeilingMs, NcclBaseline, StreamTimer } from "./baseline.ts";
+import {
+  CHECK_ROWS,
+  CHECK_TOLERANCE,
+  gather,
+  outputError,
+  randomBf16,
+  timeRuns,
+} from "./rank_util.ts";
 import { type BenchOptions, parseBenchArgs } from "./bench.ts";
 import type { BenchResult, BenchRow, CopyCeiling, CopyCeilingPair } from "./report.ts";
 import { median } from "./report.ts";
@@ -41,10 +45,6 @@ const SHAPE = Object.freeze({ experts: 256, topK: 8, hidden: 7168, dtype: "bf16"
 const COPY_CEILING_BYTES = 2 ** 30;
 /** Headroom above the copy size: the communicator keeps the front of its heap for itself. */
 const HEAP_HEADROOM_BYTES = 2 ** 20;
-/** Rows per rank compared against the expected output after timing. */
-const CHECK_ROWS = 64;
-/** bf16 output of Σ_k w·x with Σ_k w = 1: a few bf16 ulps at most. */
-const CHECK_TOLERANCE = 1e-2;
 
 /** What a rank reports for one cell. */
 interface RankCell {
@@ -62,111 +62,6 @@ interface RankCell {
 
 function log(rank: number, text: string): void {
   if (rank === 0) console.error(`bench: ${text}`);
-}
-
-/**
- * Random bf16 rows, never zero, never NaN: sign and 7 mantissa bits random,
- * exponent in [2⁻⁷, 2¹), so every value is a normal number of modest size
- * (zeros would hide unwritten output and can run faster than real data).
- */
-function randomBf16(count: number, seed: number): Uint16Array {
-  const out = new Uint16Array(count);
-  let s = (seed * 0x9e3779b1 + 0x7f4a7c15) >>> 0 || 1;
-  for (let i = 0; i < count; i += 2) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    const r = s >>> 0;
-    out[i] = (r & 0x807f) | ((0x78 + ((r >>> 8) & 7)) << 7);
-    if (i + 1 < count) {
-      const q = r >>> 16;
-      out[i + 1] = (q & 0x807f) | ((0x78 + ((q >>> 8) & 7)) << 7);
-    }
-  }
-  return out;
-}
-
-/** Rows `rows` of a device bf16 tensor, copied one by one (a sample, not the whole tensor). */
-function readRows(t: DeviceTensor, rows: readonly number[]): Float32Array[] {
-  const rowBytes = t.cols * TENSOR_DTYPE_BYTES[t.dtype];
-  return rows.map((r) => {
-    const host = new Uint16Array(new ArrayBuffer(rowBytes));
-    const src = Deno.UnsafePointer.offset(t.pointer!, r * rowBytes);
-    unwrap(native().weft_copy_d2h(t.deviceIndex, host, src, BigInt(rowBytes)), "weft_copy_d2h");
-    return bf16ToF32(host);
-  });
-}
-
-/**
- * Relative L2 error of sampled output rows against out[t] = x[t]·Σ_k w[t,k]
- * (identity experts, weighted combine). Both engines must produce it.
- */
-function outputError(
-  out: DeviceTensor,
-  x: Uint16Array,
-  routing: RankRouting,
-  hidden: number,
-  topK: number,
-): number {
-  const T = out.rows;
-  if (T === 0) return 0;
-  const rows = Array.from(
-    { length: Math.min(CHECK_ROWS, T) },
-    (_, i) => Math.floor((i * T) / Math.min(CHECK_ROWS, T)),
-  );
-  const got = readRows(out, rows);
-  let num = 0;
-  let den = 0;
-  rows.forEach((t, i) => {
-    let w = 0;
-    for (let k = 0; k < topK; k++) {
-      if (routing.topkIdx[t * topK + k] >= 0) w += routing.topkWeights[t * topK + k];
-    }
-    const xs = bf16ToF32(x.subarray(t * hidden, (t + 1) * hidden));
-    for (let h = 0; h < hidden; h++) {
-      const want = xs[h] * w;
-      const d = got[i][h] - want;
-      num += d * d;
-      den += want * want;
-    }
-  });
-  // NaN (an unwritten or poisoned element) must fail the check, not pass it.
-  const err = Math.sqrt(num / Math.max(den, Number.MIN_VALUE));
-  return Number.isFinite(err) ? err : Infinity;
-}
-
-/** Times `iters` runs of `body` after `warmup` untimed ones; each run starts after a barrier. */
-async function timeRuns(
-  comm: Communicator,
-  timer: StreamTimer,
-  warmup: number,
-  iters: number,
-  body: (last: boolean) => Promise<() => void>,
-): Promise<number[]> {
-  const times: number[] = [];
-  for (let i = 0; i < warmup + iters; i++) {
-    // Start together, with an idle stream, as the anchor harness does (barrier + synchronize).
-    await comm.barrier();
-    timer.start();
-    const release = await body(i === warmup + iters - 1);
-    const ms = await timer.stop();
-    // Freeing per-run resources stays outside the timed window.
-    release();
-    if (i >= warmup) times.push(ms);
-  }
-  return times;
-}
-
-/** Gathers every rank's JSON-able value in rank order through the store. */
-async function gather<T>(comm: Communicator, key: string, value: T): Promise<T[]> {
-  const all = await comm.store.allGather(
-    `weft/bench/${key}`,
-    comm.rank,
-    comm.world,
-    new TextEncoder().encode(JSON.stringify(value)),
-    comm.timeoutMs,
-  );
-  return all.map((b) => JSON.parse(new TextDecoder().decode(b)) as T);
 }
 
 /**
@@ -220,7 +115,7 @@ async function runSize(
   options: BenchOptions,
   timer: StreamTimer,
 ): Promise<BenchRow[]> {
-  const { rank, localRank: device } = comm;
+  const { rank, device } = comm;
   const { hidden, topK, dtype } = plan;
   const wireRowBytes = hidden * (options.combineWire === "f32" ? 4 : DTYPE_BYTES[dtype]);
   const rows: BenchRow[] = [];
@@ -477,7 +372,7 @@ export async function main(argv: readonly string[]): Promise<void> {
 
   if (comm.rank !== 0) return;
   const result: BenchResult = {
-    device: await describeDevice(comm.localRank, comm.world),
+    device: await describeDevice(comm.device, comm.world),
     date,
     world: comm.world,
     hidden: plan.hidden,

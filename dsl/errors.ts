@@ -10,6 +10,8 @@ export interface WeftErrorInfo {
   rank?: number;
   /** 1-based line in a YAML/JSON source, where the input came from text. */
   line?: number;
+  /** 1-based column in that line, where known (syntax errors). */
+  column?: number;
   /** The underlying error (a native status, a parse error). */
   cause?: unknown;
 }
@@ -39,12 +41,15 @@ export class WeftError extends Error {
   readonly rank?: number;
   /** 1-based line in a YAML/JSON source, where the input came from text. */
   readonly line?: number;
+  /** 1-based column in that line, where known (syntax errors). */
+  readonly column?: number;
 
-  /** Builds the message `field (rank r, line l): problem. Fix: fix` from `info`, keeping its `cause`. */
+  /** Builds the message `field (rank r, line l, column c): problem. Fix: fix` from `info`, keeping its `cause`. */
   constructor(info: WeftErrorInfo) {
     const where = [
       info.rank !== undefined ? `rank ${info.rank}` : undefined,
       info.line !== undefined ? `line ${info.line}` : undefined,
+      info.column !== undefined ? `column ${info.column}` : undefined,
     ].filter((s) => s !== undefined).join(", ");
     super(
       `${info.field}${where ? ` (${where})` : ""}: ${info.problem}. Fix: ${info.fix}`,
@@ -56,5 +61,6 @@ export class WeftError extends Error {
     this.fix = info.fix;
     this.rank = info.rank;
     this.line = info.line;
+    if (info.column !== undefined) this.column = info.column;
   }
 }

@@ -12,12 +12,17 @@
  *
  * @module
  */
-import { Document, parse as parseYaml, visit } from "@std/yaml";
-import type { BatchLayout, LinkTraffic, PlanSpec, RankLayout } from "./types.ts";
-import { DTYPE_BYTES, QUANT_BLOCK } from "./types.ts";
+import type { BatchLayout, PlanSpec, RankLayout } from "./types.ts";
 import { resolveSlot, slotRankTable } from "./placement.ts";
 import { checkTopkIdxArray } from "./check_routing.ts";
 import { WeftError } from "./errors.ts";
+import { linkTraffic } from "./layout_traffic.ts";
+import { crossNodeLoads, forwarderOf, forwarderTable } from "./balance.ts";
+
+// The layout's wire costs and text forms live apart; re-exported so that
+// importers of this module keep finding them here.
+export { dispatchRowBytes, linkTraffic } from "./layout_traffic.ts";
+export { layoutFromJSON, layoutFromYAML, layoutToJSON, layoutToYAML } from "./layout_text.ts";
 
 /** Sort the first n entries of a by value (n ≤ K, tiny: insertion sort). */
 function sortSmall(a: Int32Array, n: number): void {
@@ -33,23 +38,6 @@ function sortSmall(a: Int32Array, n: number): void {
 }
 
 /**
- * Bytes one dispatched row crosses the interconnect as: hidden × the
- * dtype's size, or with `quantize: "e4m3"` the E4M3 bytes plus one f32 scale
- * per 128 elements (7392 B at hidden 7168, against 14 336 in bf16).
- *
- * @example
- * ```ts
- * import { dispatchRowBytes } from "./layout.ts";
- * console.assert(dispatchRowBytes({ hidden: 7168, dtype: "bf16" }) === 14336);
- * console.assert(dispatchRowBytes({ hidden: 7168, dtype: "bf16", quantize: "e4m3" }) === 7392);
- * ```
- */
-export function dispatchRowBytes(plan: Pick<PlanSpec, "hidden" | "dtype" | "quantize">): number {
-  if (plan.quantize === "e4m3") return plan.hidden + (plan.hidden / QUANT_BLOCK) * 4;
-  return plan.hidden * DTYPE_BYTES[plan.dtype];
-}
-
-/**
  * Compile one batch's layout.
  *
  * `topkIdx[r]` is rank r's [T_r × K] expert ids (`-1` = empty slot); T_r may
@@ -57,7 +45,8 @@ export function dispatchRowBytes(plan: Pick<PlanSpec, "hidden" | "dtype" | "quan
  * length, duplicates) and a bad one throws before anything is built.
  *
  * Dedupe `node`: a token bound for another node is sent once per node, to
- * that node's forwarder (the rank there with the source's local index), which
+ * that node's forwarder (the plan's `balance` table, dsl/balance.ts: with
+ * `rail` the rank there with the source's local index), which
  * fans it out to the destination rows of its node (`forward*` arrays); tokens
  * bound for the source's own node go straight to each device as with
  * `device`. Statistics count the inter-node row once (`sendRowsTo`) and the
@@ -186,14 +175,19 @@ export function computeLayout(plan: PlanSpec, topkIdx: readonly Int32Array[]): B
 
   // ---- source side: transfers, combine mapping, statistics ----
   const nodeOf = (r: number): number => (r / gpn) | 0;
+  // The forwarder table, from the batch's cross-node loads (rail: no loads needed).
+  const hier = dedupe === "node" && plan.nodes > 1;
+  const table = forwarderTable(
+    hier ? plan.balance : undefined,
+    hier && plan.balance === "greedy" ? crossNodeLoads(destRank, K, gpn) : new Float64Array(W),
+    gpn,
+  );
   const source = Array.from({ length: W }, (_, s) => {
     const T = tokens[s];
     const dr = destRank[s];
     const forwardRank = new Int32Array(W);
     for (let d = 0; d < W; d++) {
-      forwardRank[d] = dedupe === "node" && nodeOf(d) !== nodeOf(s)
-        ? nodeOf(d) * gpn + (s % gpn)
-        : d;
+      forwardRank[d] = hier && nodeOf(d) !== nodeOf(s) ? forwarderOf(table, s, nodeOf(d)) : d;
     }
     const sendRowsToNoDedupe = new Int32Array(W);
     for (let i = 0; i < dr.length; i++) if (dr[i] >= 0) sendRowsToNoDedupe[dr[i]]++;
@@ -273,11 +267,11 @@ export function computeLayout(plan: PlanSpec, topkIdx: readonly Int32Array[]): B
       };
     }
     const node = nodeOf(f);
-    // Sources that use f as forwarder: other nodes, same local index.
+    // Sources that use f as forwarder: other nodes, f's group in the table.
     let staged = 0;
     let pairs = 0;
     for (let s = 0; s < W; s++) {
-      if (nodeOf(s) !== node && s % gpn === f % gpn) {
+      if (nodeOf(s) !== node && table.group[s] === table.group[f]) {
         const { sendOffsets, sendToken } = source[s];
         const dr = destRank[s];
         for (let j = sendOffsets[f]; j < sendOffsets[f + 1]; j++) {
@@ -376,173 +370,5 @@ export function computeLayout(plan: PlanSpec, topkIdx: readonly Int32Array[]): B
       forwardRowsTo: fwd.forwardRowsTo,
     });
   }
-
-  const rowBytes = dispatchRowBytes(plan);
-  const links: LinkTraffic[] = [];
-  for (let s = 0; s < W; s++) {
-    for (let d = 0; d < W; d++) {
-      if (s === d) continue;
-      const rows = ranks[s].sendRowsTo[d];
-      const rowsNoDedupe = ranks[s].sendRowsToNoDedupe[d];
-      const forwardedRows = ranks[s].forwardRowsTo[d];
-      if (rows === 0 && rowsNoDedupe === 0 && forwardedRows === 0) continue;
-      links.push({
-        src: s,
-        dst: d,
-        rows,
-        rowsNoDedupe,
-        bytes: rows * rowBytes,
-        bytesNoDedupe: rowsNoDedupe * rowBytes,
-        forwardedRows,
-        forwardedBytes: forwardedRows * rowBytes,
-      });
-    }
-  }
-  return { plan, ranks, links };
-}
-
-// ---- inspection: JSON and YAML ----
-
-const PLAN_ARRAYS = [
-  "localExperts",
-  "slotBase",
-  "slotExpert",
-  "replicaStart",
-  "replicaSlots",
-] as const;
-const PLAN_SCALARS = [
-  "world",
-  "gpusPerNode",
-  "nodes",
-  "experts",
-  "topK",
-  "hidden",
-  "dtype",
-  "dedupe",
-  "receive",
-  "combine",
-] as const;
-
-/**
- * A plain-data copy of a layout (typed arrays → number arrays), for
- * `JSON.stringify`, snapshots and inspection. {@link layoutFromJSON} inverts it.
- *
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { computeLayout, layoutToJSON } from "./layout.ts";
- * import { compilePlacement } from "./placement.ts";
- * import type { PlanSpec } from "./types.ts";
- * const pattern = { placement: { kind: "roundRobin" }, topK: 1, dedupe: "none", receive: "expert-major", combine: "sum", dtype: "bf16" } as const;
- * const plan: PlanSpec = {
- *   pattern, world: 1, gpusPerNode: 1, nodes: 1, experts: 2, topK: 1, hidden: 4, dtype: "bf16",
- *   dedupe: "none", receive: "expert-major", combine: "sum",
- *   ...compilePlacement({ placement: pattern.placement, experts: 2, world: 1, gpusPerNode: 1 }),
- * };
- * const json = layoutToJSON(computeLayout(plan, [Int32Array.of(1, 0)])) as { ranks: { srcToken: number[] }[] };
- * assert.ok(json.ranks[0].srcToken.join() === "1,0");
- * ```
- */
-export function layoutToJSON(l: BatchLayout): unknown {
-  const plan: Record<string, unknown> = {};
-  if (l.plan.pattern !== undefined) plan.pattern = JSON.parse(JSON.stringify(l.plan.pattern));
-  for (const k of PLAN_SCALARS) if (l.plan[k] !== undefined) plan[k] = l.plan[k];
-  for (const k of PLAN_ARRAYS) if (l.plan[k] !== undefined) plan[k] = Array.from(l.plan[k]);
-  const ranks = l.ranks.map((r) => {
-    const o: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(r)) o[k] = v instanceof Int32Array ? Array.from(v) : v;
-    return o;
-  });
-  return { plan, ranks, links: l.links.map((x) => ({ ...x })) };
-}
-
-/**
- * Rebuild a layout from {@link layoutToJSON}'s output (or its JSON/YAML text
- * parsed back): number arrays of ranks and plan tables become Int32Arrays.
- * The plan comes back as plain {@link PlanSpec} data.
- *
- * @throws {WeftError} `layout` when the value is not a layout.
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { layoutFromJSON } from "./layout.ts";
- * const l = layoutFromJSON({ plan: { slotBase: [0, 1] }, ranks: [{ rank: 0, slotOf: [0] }], links: [] });
- * assert.ok(l.ranks[0].slotOf instanceof Int32Array);
- * ```
- */
-export function layoutFromJSON(json: unknown): BatchLayout {
-  const o = json as { plan?: Record<string, unknown>; ranks?: unknown; links?: unknown };
-  if (
-    o === null || typeof o !== "object" || typeof o.plan !== "object" || o.plan === null ||
-    !Array.isArray(o.ranks) || !Array.isArray(o.links)
-  ) {
-    throw new WeftError({
-      field: "layout",
-      problem: "is not a layout: expected {plan, ranks[], links[]}",
-      fix: "pass the output of layoutToJSON (or its JSON/YAML text, parsed)",
-    });
-  }
-  const plan: Record<string, unknown> = { ...o.plan };
-  for (const k of PLAN_ARRAYS) if (Array.isArray(plan[k])) plan[k] = Int32Array.from(plan[k]);
-  const ranks = (o.ranks as Record<string, unknown>[]).map((r) => {
-    const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(r)) out[k] = Array.isArray(v) ? Int32Array.from(v) : v;
-    return out as unknown as RankLayout;
-  });
-  const links = (o.links as LinkTraffic[]).map((x) => ({ ...x }));
-  return { plan: plan as unknown as PlanSpec, ranks, links };
-}
-
-/**
- * The layout as YAML, index arrays written as one-line flow sequences so a
- * rank's layout reads as a table.
- *
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { layoutFromYAML, layoutToYAML } from "./layout.ts";
- * const l = layoutFromYAML("plan: {slotBase: [0, 1]}\nranks: [{rank: 0, slotOf: [0]}]\nlinks: []\n");
- * assert.ok(layoutToYAML(l).includes("slotOf: [ 0 ]"));
- * ```
- */
-export function layoutToYAML(l: BatchLayout): string {
-  const doc = new Document(layoutToJSON(l));
-  visit(doc, {
-    Seq(_key, node) {
-      if (
-        node.items.every((item) => !(item !== null && typeof item === "object" && "items" in item))
-      ) {
-        node.flow = true;
-      }
-    },
-  });
-  return doc.toString({ lineWidth: 100 });
-}
-
-/**
- * Parse {@link layoutToYAML}'s text back into a layout.
- *
- * @throws {WeftError} `layout` on YAML syntax errors (with the line) or a non-layout value.
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { layoutFromYAML } from "./layout.ts";
- * assert.ok(layoutFromYAML("plan: {}\nranks: []\nlinks: []\n").ranks.length === 0);
- * ```
- */
-export function layoutFromYAML(text: string): BatchLayout {
-  let value: unknown;
-  try {
-    value = parseYaml(text);
-  } catch (cause) {
-    const line = (cause as { linePos?: { line: number }[] }).linePos?.[0]?.line;
-    throw new WeftError({
-      field: "layout",
-      problem: `is not valid YAML: ${(cause as Error).message}`,
-      fix: "pass text written by layoutToYAML",
-      line,
-      cause,
-    });
-  }
-  return layoutFromJSON(value);
+  return { plan, ranks, links: linkTraffic(plan, ranks) };
 }

@@ -31,8 +31,10 @@ export {
   type TopKStep,
 } from "./pattern.ts";
 export { Plan, type PlanJSON } from "./plan.ts";
+export { LIMITS, MAX_EXPERTS, MAX_HIDDEN, MAX_NESTING, MAX_TOPK, MAX_WORLD } from "./limits.ts";
 export { HIDDEN_MULTIPLE, PATTERN_DEFAULTS, type PatternDraft } from "./validate_pattern.ts";
 export type {
+  Balance,
   BasePlacement,
   BatchLayout,
   CombineOp,

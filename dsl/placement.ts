@@ -12,6 +12,8 @@
  */
 import type { BasePlacement, PlanSpec, Replication } from "./types.ts";
 import { WeftError } from "./errors.ts";
+import { show } from "./show.ts";
+import { checkAtMost, MAX_EXPERTS, MAX_WORLD } from "./limits.ts";
 
 /** The flat tables {@link compilePlacement} produces; the placement half of a {@link PlanSpec}. */
 export interface CompiledPlacement {
@@ -70,7 +72,7 @@ function baseOwners(placement: BasePlacement, experts: number, world: number): I
         if (!Number.isInteger(r) || r < 0 || r >= world) {
           fail(
             `placement.owners[${e}]`,
-            `owner rank must be an integer in [0, ${world}), got ${r}`,
+            `owner rank must be an integer in [0, ${world}), got ${show(r)}`,
             `set an owner between 0 and ${world - 1}`,
           );
         }
@@ -81,7 +83,7 @@ function baseOwners(placement: BasePlacement, experts: number, world: number): I
     default:
       fail(
         "placement.kind",
-        `unknown placement ${JSON.stringify((placement as { kind?: unknown }).kind)}`,
+        `unknown placement ${show((placement as { kind?: unknown }).kind)}`,
         `use "byDevice", "roundRobin" or "table"`,
       );
   }
@@ -114,17 +116,21 @@ export function compilePlacement(args: {
   gpusPerNode: number;
 }): CompiledPlacement {
   const { placement, replicas, experts, world, gpusPerNode } = args;
-  if (!isCount(world, 1)) fail("world", `must be an integer ≥ 1, got ${world}`, "pass world ≥ 1");
+  if (!isCount(world, 1)) {
+    fail("world", `must be an integer ≥ 1, got ${show(world)}`, "pass world ≥ 1");
+  }
   if (!isCount(gpusPerNode, 1) || world % gpusPerNode !== 0) {
     fail(
       "gpusPerNode",
-      `must be an integer ≥ 1 dividing world ${world}, got ${gpusPerNode}`,
+      `must be an integer ≥ 1 dividing world ${world}, got ${show(gpusPerNode)}`,
       `use a divisor of ${world}`,
     );
   }
   if (!isCount(experts, 1)) {
-    fail("experts", `must be an integer ≥ 1, got ${experts}`, "pass the global expert count");
+    fail("experts", `must be an integer ≥ 1, got ${show(experts)}`, "pass the global expert count");
   }
+  checkAtMost("world", world, MAX_WORLD, `use at most ${MAX_WORLD} ranks (MAX_WORLD)`);
+  checkAtMost("experts", experts, MAX_EXPERTS, `use at most ${MAX_EXPERTS} experts (MAX_EXPERTS)`);
   const owners = baseOwners(placement, experts, world);
 
   // holders[e] lists every rank holding e (base owner first, then replicas).
@@ -135,7 +141,7 @@ export function compilePlacement(args: {
     if (!isCount(copies, 2) || copies > world) {
       fail(
         "replicas.copies",
-        `must be an integer in [2, world=${world}], got ${copies}`,
+        `must be an integer in [2, world=${world}], got ${show(copies)}`,
         world < 2 ? "drop replicas: one rank cannot hold two copies" : `use 2…${world} copies`,
       );
     }
@@ -149,7 +155,7 @@ export function compilePlacement(args: {
       if (!Number.isInteger(e) || e < 0 || e >= experts) {
         fail(
           `replicas.experts[${i}]`,
-          `expert id must be an integer in [0, ${experts}), got ${e}`,
+          `expert id must be an integer in [0, ${experts}), got ${show(e)}`,
           `list experts between 0 and ${experts - 1}`,
         );
       }

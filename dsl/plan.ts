@@ -7,19 +7,12 @@
  * @module
  */
 import { WeftError } from "./errors.ts";
+import { checkAtMost, MAX_WORLD } from "./limits.ts";
+import { show } from "./show.ts";
 import { computeLayout } from "./layout.ts";
 import { compilePlacement } from "./placement.ts";
-import type {
-  BatchLayout,
-  CombineOp,
-  CompileContext,
-  Dedupe,
-  DType,
-  PatternSpec,
-  PlanSpec,
-  Quantize,
-  ReceiveOrder,
-} from "./types.ts";
+import { PLAN_FIELD_NAMES, type PlanJSON, planToJSON } from "./plan_fields.ts";
+import type { BatchLayout, CompileContext, PatternSpec, PlanSpec } from "./types.ts";
 import {
   canonicalPattern,
   checkExpertCount,
@@ -27,27 +20,15 @@ import {
   checkPatternDraft,
 } from "./validate_pattern.ts";
 
-/**
- * {@link PlanSpec} as plain JSON data: the Int32Array tables become number
- * arrays.
- *
- * @example
- * ```ts
- * import type { PlanJSON } from "./plan.ts";
- * const slots: PlanJSON["slotBase"] = [0, 4, 8];
- * console.assert(slots.length === 3);
- * ```
- */
-export type PlanJSON = {
-  readonly [K in keyof PlanSpec]: PlanSpec[K] extends Int32Array ? number[] : PlanSpec[K];
-};
+export type { PlanJSON } from "./plan_fields.ts";
 
 const CONTEXT_FIELDS = ["world", "gpusPerNode", "experts", "hidden"];
 
 function checkRankCount(field: string, value: unknown, fix: string): asserts value is number {
   if (typeof value !== "number" || !Number.isInteger(value) || value < 1) {
-    throw new WeftError({ field, problem: `must be an integer ≥ 1, got ${String(value)}`, fix });
+    throw new WeftError({ field, problem: `must be an integer ≥ 1, got ${show(value)}`, fix });
   }
+  checkAtMost(field, value, MAX_WORLD, `use at most ${MAX_WORLD} ranks (MAX_WORLD)`);
 }
 
 /**
@@ -81,6 +62,12 @@ function resolveShared(
   return value;
 }
 
+// The fields come from PlanSpec by declaration merging (the interface
+// below), so they are declared once, in types.ts, with their documentation;
+// the constructor copies exactly the fields plan_fields.ts lists.
+/** A compiled plan's fields: those of {@link PlanSpec}. */
+export interface Plan extends PlanSpec {}
+
 /**
  * A compiled plan: every {@link PlanSpec} field, resolved and frozen (the
  * Int32Array tables cannot be frozen by JavaScript; treat them as read-only),
@@ -93,68 +80,19 @@ function resolveShared(
  * console.assert(plan.localExperts.join() === "2,2,2,2" && plan.nodes === 1);
  * ```
  */
-export class Plan implements PlanSpec {
-  /** The pattern as written (its `experts`/`hidden` may be unset; the plan's own fields are resolved). */
-  readonly pattern: PatternSpec;
-  /** Number of ranks, one GPU each. */
-  readonly world: number;
-  /** GPUs per node; divides `world`. */
-  readonly gpusPerNode: number;
-  /** `world / gpusPerNode`. */
-  readonly nodes: number;
-  /** Global expert count E, from the pattern, its table, or the context. */
-  readonly experts: number;
-  /** Experts per token K. */
-  readonly topK: number;
-  /** Elements per row H, a multiple of 8. */
-  readonly hidden: number;
-  /** Element type of the rows. */
-  readonly dtype: DType;
-  /** Dispatch's row format when quantized (absent: rows move in `dtype`). */
-  // `declare`: no own property unless set, so unquantized plans look as before.
-  declare readonly quantize?: Quantize;
-  /** How many copies of a token cross the interconnect. */
-  readonly dedupe: Dedupe;
-  /** Row order of the dispatch output. */
-  readonly receive: ReceiveOrder;
-  /** How combine merges expert outputs. */
-  readonly combine: CombineOp;
-  /** [world] local expert slots on each rank (base experts + replicas). */
-  readonly localExperts: Int32Array;
-  /** [world+1] prefix sum of localExperts: global slot = slotBase[rank] + local. */
-  readonly slotBase: Int32Array;
-  /** [slots] global expert held by each slot. */
-  readonly slotExpert: Int32Array;
-  /** [experts+1] CSR offsets into replicaSlots. */
-  readonly replicaStart: Int32Array;
-  /** Slots of each expert's copies, in ascending rank. */
-  readonly replicaSlots: Int32Array;
-
+export class Plan {
   private constructor(spec: PlanSpec) {
-    this.pattern = spec.pattern;
-    this.world = spec.world;
-    this.gpusPerNode = spec.gpusPerNode;
-    this.nodes = spec.nodes;
-    this.experts = spec.experts;
-    this.topK = spec.topK;
-    this.hidden = spec.hidden;
-    this.dtype = spec.dtype;
-    if (spec.quantize !== undefined) (this as { quantize?: Quantize }).quantize = spec.quantize;
-    this.dedupe = spec.dedupe;
-    this.receive = spec.receive;
-    this.combine = spec.combine;
-    this.localExperts = spec.localExperts;
-    this.slotBase = spec.slotBase;
-    this.slotExpert = spec.slotExpert;
-    this.replicaStart = spec.replicaStart;
-    this.replicaSlots = spec.replicaSlots;
+    // Only set fields become own properties, so an unquantized plan has no
+    // `quantize` key at all (as before the field existed).
+    const self = this as unknown as Record<string, unknown>;
+    for (const name of PLAN_FIELD_NAMES) if (spec[name] !== undefined) self[name] = spec[name];
     Object.freeze(this);
   }
 
   /**
    * Binds a pattern spec to a topology. Throws a {@link WeftError} naming the
    * field when `world` or `gpusPerNode` is not a positive integer (or
-   * `gpusPerNode` does not divide `world`), when the expert count or hidden
+   * `gpusPerNode` does not divide `world`, or either is past MAX_WORLD, limits.ts), when the expert count or hidden
    * size is unknown or stated differently by pattern and context, when
    * `topK` exceeds the experts, or when the placement cannot be laid out on
    * this world (byDevice with experts not divisible by world, a table owner
@@ -246,6 +184,7 @@ export class Plan implements PlanSpec {
       dtype: pattern.dtype,
       ...(canonical.quantize !== undefined ? { quantize: canonical.quantize } : {}),
       dedupe: pattern.dedupe,
+      ...(canonical.balance !== undefined ? { balance: canonical.balance } : {}),
       receive: pattern.receive,
       combine: pattern.combine,
       ...tables,
@@ -280,24 +219,6 @@ export class Plan implements PlanSpec {
    * ```
    */
   toJSON(): PlanJSON {
-    return {
-      pattern: this.pattern,
-      world: this.world,
-      gpusPerNode: this.gpusPerNode,
-      nodes: this.nodes,
-      experts: this.experts,
-      topK: this.topK,
-      hidden: this.hidden,
-      dtype: this.dtype,
-      ...(this.quantize !== undefined ? { quantize: this.quantize } : {}),
-      dedupe: this.dedupe,
-      receive: this.receive,
-      combine: this.combine,
-      localExperts: Array.from(this.localExperts),
-      slotBase: Array.from(this.slotBase),
-      slotExpert: Array.from(this.slotExpert),
-      replicaStart: Array.from(this.replicaStart),
-      replicaSlots: Array.from(this.replicaSlots),
-    };
+    return planToJSON(this) as PlanJSON;
   }
 }

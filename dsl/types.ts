@@ -56,6 +56,20 @@ export const TENSOR_DTYPE_BYTES: Readonly<Record<TensorDType, number>> = Object.
 export type Quantize = "e4m3";
 
 /**
+ * Which rank of a remote node forwards a source's rows there (dedupe `node`,
+ * more than one node; see dsl/balance.ts).
+ * - `rail` (the default): the rank with the source's local index, f(s, m) =
+ *   m·gpn + local(s): every cross-node row stays on its source's rail.
+ * - `greedy`: FUSCO's balancer: per batch, each node's GPUs sorted by
+ *   cross-node send volume and rotated by the node index, so the heaviest
+ *   senders of different nodes share no forwarder.
+ * The table moves bytes only: dispatch and combine outputs are the same
+ * bits with either. With dedupe `none`/`device` or one node there are no
+ * forwarders and the setting is accepted and inert.
+ */
+export type Balance = "rail" | "greedy";
+
+/**
  * How many copies of a token cross the interconnect.
  * - `none`: one per (token, expert);
  * - `device`: one per (token, destination device);
@@ -133,6 +147,8 @@ export interface PatternSpec {
   readonly dtype: DType;
   /** Dispatch's row format when quantized (absent: rows move in `dtype`). */
   readonly quantize?: Quantize;
+  /** The forwarder table of dedupe `node` (absent: `"rail"`). */
+  readonly balance?: Balance;
   /** Hidden size H (elements per row); undefined until given or taken from the compile context. */
   readonly hidden?: number;
 }
@@ -175,6 +191,8 @@ export interface PlanSpec {
   readonly quantize?: Quantize;
   /** How many copies of a token cross the interconnect. */
   readonly dedupe: Dedupe;
+  /** The forwarder table of dedupe `node` (absent: `"rail"`). */
+  readonly balance?: Balance;
   /** Row order of the dispatch output on each rank. */
   readonly receive: ReceiveOrder;
   /** How combine merges the expert outputs of a token. */
@@ -246,8 +264,10 @@ export interface RankLayout {
   /**
    * [W] the rank a transfer meant for destination d is sent to: d itself,
    * except with dedupe `node` for d on another node, where it is that node's
-   * forwarder: the rank there with this rank's local index (rank mod
-   * gpusPerNode), so every cross-node row travels on the same rail.
+   * forwarder in the batch's forwarder table (the plan's `balance`,
+   * dsl/balance.ts): with `rail` the rank there with this rank's local
+   * index (rank mod gpusPerNode), so every cross-node row travels on the
+   * same rail; with `greedy` the member of this rank's group on that node.
    */
   readonly forwardRank: Int32Array;
 
@@ -280,8 +300,9 @@ export interface RankLayout {
   // ---- forwarder side (dedupe `node` only; empty arrays otherwise) ----
   /**
    * [W+1] offsets into forwardToken by source rank: the transfers this rank
-   * receives as forwarder for its node (from ranks on other nodes with the
-   * same local index), in each source's send order (token ascending). This is
+   * receives as forwarder for its node (from the ranks on other nodes whose
+   * forwarder it is: with `rail` those with the same local index), in each
+   * source's send order (token ascending). This is
    * the order of the forwarder's staging buffer.
    */
   readonly forwardOffsets: Int32Array;

@@ -10,8 +10,11 @@
  * @module
  */
 import { WeftError } from "./errors.ts";
+import { checkAtMost, MAX_EXPERTS, MAX_HIDDEN, MAX_TOPK } from "./limits.ts";
+import { show } from "./show.ts";
 import { QUANT_BLOCK } from "./types.ts";
 import type {
+  Balance,
   BasePlacement,
   CombineOp,
   Dedupe,
@@ -79,10 +82,19 @@ const DEDUPES: readonly Dedupe[] = ["none", "device", "node"];
 const RECEIVE_ORDERS: readonly ReceiveOrder[] = ["expert-major", "rank-major"];
 const COMBINE_OPS: readonly CombineOp[] = ["weighted", "sum"];
 const DTYPES: readonly DType[] = ["bf16", "f16", "f32"];
-const QUANTIZES: readonly (Quantize | "none")[] = ["e4m3", "none"];
-const PLACEMENT_KINDS: readonly BasePlacement["kind"][] = ["byDevice", "roundRobin", "table"];
+/** The values `quantize` may take; `"none"` means absent. */
+export const QUANTIZES: readonly (Quantize | "none")[] = ["e4m3", "none"];
+/** The values `balance` may take; `"rail"` (the default) is written as absent. */
+export const BALANCE_MODES: readonly Balance[] = ["rail", "greedy"];
+/** The base placement kinds. */
+export const PLACEMENT_KINDS: readonly BasePlacement["kind"][] = [
+  "byDevice",
+  "roundRobin",
+  "table",
+];
 
-const PATTERN_FIELDS = [
+/** Every PatternSpec field, in canonical (YAML) order. */
+export const PATTERN_FIELDS = [
   "experts",
   "placement",
   "replicas",
@@ -92,25 +104,17 @@ const PATTERN_FIELDS = [
   "combine",
   "dtype",
   "quantize",
+  "balance",
   "hidden",
 ] as const;
 
-/** Renders a user's value inside an error message, whatever its type. */
-function show(value: unknown): string {
-  if (typeof value === "string") return JSON.stringify(value);
-  if (value === undefined) return "nothing";
-  try {
-    return JSON.stringify(value) ?? String(value);
-  } catch {
-    return String(value);
-  }
-}
-
-function isInteger(value: unknown): value is number {
+/** True for a number that is an integer (not NaN, not ±Infinity). */
+export function isInteger(value: unknown): value is number {
   return typeof value === "number" && Number.isInteger(value);
 }
 
-function isRecord(value: unknown): value is Record<string, unknown> {
+/** True for a plain mapping: an object that is not null and not an array. */
+export function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
@@ -131,6 +135,7 @@ export function checkExpertCount(field: string, value: unknown): asserts value i
       fix: "give the number of experts of the MoE layer, e.g. experts(256) or .count(256)",
     });
   }
+  checkAtMost(field, value, MAX_EXPERTS, `use at most ${MAX_EXPERTS} experts (MAX_EXPERTS)`);
 }
 
 /**
@@ -151,6 +156,7 @@ export function checkHidden(field: string, value: unknown): asserts value is num
       fix: "give the model's hidden size, e.g. .hidden(7168)",
     });
   }
+  checkAtMost(field, value, MAX_HIDDEN, `use a hidden size of at most ${MAX_HIDDEN} (MAX_HIDDEN)`);
   if (value % HIDDEN_MULTIPLE !== 0) {
     throw new WeftError({
       field,
@@ -161,7 +167,8 @@ export function checkHidden(field: string, value: unknown): asserts value is num
   }
 }
 
-function checkEnum<T extends string>(
+/** Checks that `value` is one of `allowed`, or throws a WeftError naming `field` and listing them. */
+export function checkEnum<T extends string>(
   field: string,
   value: unknown,
   allowed: readonly T[],
@@ -181,17 +188,31 @@ function impliedExperts(draft: PatternDraft): number | undefined {
   return draft.placement.kind === "table" ? draft.placement.owners.length : undefined;
 }
 
+function checkNonEmptyList(
+  field: string,
+  value: unknown,
+  what: string,
+  fix: string,
+): asserts value is unknown[] {
+  if (!Array.isArray(value) || value.length === 0) {
+    throw new WeftError({
+      field,
+      problem: `must be a non-empty list of ${what}, got ${show(value)}`,
+      fix,
+    });
+  }
+}
+
 function checkPlacement(placement: BasePlacement, experts: number | undefined): void {
   checkEnum("placement.kind", placement.kind, PLACEMENT_KINDS);
   if (placement.kind !== "table") return;
   const owners: unknown = placement.owners;
-  if (!Array.isArray(owners) || owners.length === 0) {
-    throw new WeftError({
-      field: "placement.owners",
-      problem: `must be a non-empty list of owner ranks, got ${show(owners)}`,
-      fix: "give one owner rank per expert, e.g. table([0, 0, 1, 1])",
-    });
-  }
+  checkNonEmptyList(
+    "placement.owners",
+    owners,
+    "owner ranks",
+    "give one owner rank per expert, e.g. table([0, 0, 1, 1])",
+  );
   owners.forEach((owner: unknown, i: number) => {
     if (!isInteger(owner) || owner < 0) {
       throw new WeftError({
@@ -212,13 +233,12 @@ function checkPlacement(placement: BasePlacement, experts: number | undefined): 
 
 function checkReplicas(replicas: Replication, experts: number | undefined): void {
   const ids: unknown = replicas.experts;
-  if (!Array.isArray(ids) || ids.length === 0) {
-    throw new WeftError({
-      field: "replicas.experts",
-      problem: `must be a non-empty list of expert ids, got ${show(ids)}`,
-      fix: "list the hot experts to replicate, e.g. .replicate([3, 17], 2)",
-    });
-  }
+  checkNonEmptyList(
+    "replicas.experts",
+    ids,
+    "expert ids",
+    "list the hot experts to replicate, e.g. .replicate([3, 17], 2)",
+  );
   const seen = new Map<number, number>();
   ids.forEach((id: unknown, i: number) => {
     const field = `replicas.experts[${i}]`;
@@ -280,6 +300,7 @@ export function checkPatternDraft(draft: PatternDraft): void {
         fix: "give the router's k, e.g. .topK(8)",
       });
     }
+    checkAtMost("topK", draft.topK, MAX_TOPK, `use a k of at most ${MAX_TOPK} (MAX_TOPK)`);
     if (experts !== undefined && draft.topK > experts) {
       throw new WeftError({
         field: "topK",
@@ -293,6 +314,7 @@ export function checkPatternDraft(draft: PatternDraft): void {
   checkEnum("combine", draft.combine, COMBINE_OPS);
   checkEnum("dtype", draft.dtype, DTYPES);
   if (draft.quantize !== undefined) checkEnum("quantize", draft.quantize, QUANTIZES);
+  if (draft.balance !== undefined) checkEnum("balance", draft.balance, BALANCE_MODES);
   if (draft.hidden !== undefined) checkHidden("hidden", draft.hidden);
   if (draft.quantize === "e4m3" && draft.hidden !== undefined && draft.hidden % QUANT_BLOCK !== 0) {
     throw new WeftError({
@@ -343,119 +365,8 @@ export function canonicalPattern<D extends PatternDraft>(draft: D): D {
   if (draft.quantize !== undefined && (draft.quantize as string) !== "none") {
     out.quantize = draft.quantize;
   }
+  // "rail" is the default table: left out, so patterns without a balancer keep their text.
+  if (draft.balance !== undefined && draft.balance !== "rail") out.balance = draft.balance;
   if (draft.hidden !== undefined) out.hidden = draft.hidden;
   return Object.freeze(out) as D;
-}
-
-function rejectUnknownFields(
-  where: string,
-  value: Record<string, unknown>,
-  known: readonly string[],
-): void {
-  for (const key of Object.keys(value)) {
-    if (!known.includes(key)) {
-      throw new WeftError({
-        field: where === "" ? key : `${where}.${key}`,
-        problem: "is not a field weft knows",
-        fix: `remove it; the fields here are ${known.join(", ")}`,
-      });
-    }
-  }
-}
-
-function readPlacement(value: unknown): BasePlacement {
-  if (!isRecord(value)) {
-    throw new WeftError({
-      field: "placement",
-      problem: `must be a mapping with a \`kind\`, got ${show(value)}`,
-      fix: 'write e.g. placement: { kind: "byDevice" }',
-    });
-  }
-  checkEnum("placement.kind", value.kind, PLACEMENT_KINDS);
-  if (value.kind === "table") {
-    rejectUnknownFields("placement", value, ["kind", "owners"]);
-    if (!("owners" in value)) {
-      throw new WeftError({
-        field: "placement.owners",
-        problem: "is missing; a table placement lists one owner rank per expert",
-        fix: "add owners: [rank of expert 0, rank of expert 1, …]",
-      });
-    }
-    return { kind: "table", owners: value.owners as number[] };
-  }
-  rejectUnknownFields("placement", value, ["kind"]);
-  return { kind: value.kind };
-}
-
-function readReplicas(value: unknown): Replication {
-  if (!isRecord(value)) {
-    throw new WeftError({
-      field: "replicas",
-      problem: `must be a mapping with \`experts\` and \`copies\`, got ${show(value)}`,
-      fix: "write e.g. replicas: { experts: [3, 17], copies: 2 }",
-    });
-  }
-  rejectUnknownFields("replicas", value, ["experts", "copies"]);
-  return { experts: value.experts as number[], copies: value.copies as number };
-}
-
-/**
- * Reads a pattern from untrusted plain data (parsed YAML or JSON): rejects
- * unknown fields, wrong types and impossible combinations with a
- * {@link WeftError} naming the field (a path such as `placement.owners[3]`),
- * fills the documented defaults for `dedupe`, `receive`, `combine` and
- * `dtype`, and returns a canonical, deeply frozen {@link PatternSpec}.
- * `placement` and `topK` are required.
- *
- * @example
- * ```ts
- * import { readPatternSpec } from "./validate_pattern.ts";
- * const spec = readPatternSpec({ placement: { kind: "byDevice" }, topK: 8 });
- * console.assert(spec.dedupe === "device" && Object.isFrozen(spec));
- * ```
- */
-export function readPatternSpec(input: unknown): PatternSpec {
-  if (!isRecord(input)) {
-    throw new WeftError({
-      field: "pattern",
-      problem: `must be a mapping of pattern fields, got ${show(input)}`,
-      fix: "write the pattern as fields such as placement, topK, dedupe",
-    });
-  }
-  rejectUnknownFields("", input, PATTERN_FIELDS);
-  if (!("placement" in input)) {
-    throw new WeftError({
-      field: "placement",
-      problem: "is missing",
-      fix: 'add placement: { kind: "byDevice" } (or roundRobin, or table with owners)',
-    });
-  }
-  if (!("topK" in input)) {
-    throw new WeftError({
-      field: "topK",
-      problem: "is missing",
-      fix: "add topK: k, the number of experts each token is routed to",
-    });
-  }
-  // Only an absent field takes the default: `dedupe: ~` is a mistake to report.
-  const orDefault = (key: keyof typeof PATTERN_DEFAULTS): unknown =>
-    key in input ? input[key] : PATTERN_DEFAULTS[key];
-  const draft = {
-    experts: input.experts,
-    placement: readPlacement(input.placement),
-    replicas: "replicas" in input ? readReplicas(input.replicas) : undefined,
-    topK: input.topK,
-    dedupe: orDefault("dedupe"),
-    receive: orDefault("receive"),
-    combine: orDefault("combine"),
-    dtype: orDefault("dtype"),
-    quantize: input.quantize,
-    hidden: input.hidden,
-  } as PatternSpec;
-  // `experts: ~` must not read as "unset" (checkPatternDraft skips undefined).
-  if ("experts" in input) checkExpertCount("experts", input.experts);
-  if ("hidden" in input) checkHidden("hidden", input.hidden);
-  if ("quantize" in input) checkEnum("quantize", input.quantize, QUANTIZES);
-  checkPatternDraft(draft);
-  return canonicalPattern(draft);
 }

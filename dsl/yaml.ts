@@ -11,7 +11,42 @@ import { isAlias, LineCounter, parseDocument, stringify, visit } from "@std/yaml
 import type { Document } from "@std/yaml";
 import { WeftError } from "./errors.ts";
 import type { PatternSpec } from "./types.ts";
-import { canonicalPattern, readPatternSpec } from "./validate_pattern.ts";
+import { canonicalPattern } from "./validate_pattern.ts";
+import { readPatternSpec } from "./read_pattern.ts";
+import { MAX_NESTING } from "./limits.ts";
+import { findDeepYamlNode, findJsonSyntaxError } from "./text_limits.ts";
+
+const NESTING_FIX = `keep lists and mappings within ${MAX_NESTING} levels (MAX_NESTING); ` +
+  "a pattern needs three";
+
+/** Parses YAML (or JSON) text; a text that nests too deep for the parser's stack is a WeftError. */
+function parseText(text: string, lines: LineCounter, field: "yaml" | "json"): Document {
+  try {
+    return parseDocument(text, { lineCounter: lines, prettyErrors: false });
+  } catch (error) {
+    if (!(error instanceof RangeError)) throw error;
+    throw new WeftError({
+      field,
+      problem: `nests too deep to read (${error.message})`,
+      fix: NESTING_FIX,
+      cause: error,
+    });
+  }
+}
+
+/** Rejects a document nested deeper than MAX_NESTING, at the first node past it. */
+function checkNesting(doc: Document, lines: LineCounter, field: "yaml" | "json"): void {
+  const offset = findDeepYamlNode(doc.contents);
+  if (offset === undefined) return;
+  const pos = lines.linePos(offset);
+  throw new WeftError({
+    field,
+    problem: `lists and mappings are nested deeper than ${MAX_NESTING} levels`,
+    fix: NESTING_FIX,
+    line: pos.line,
+    column: pos.col,
+  });
+}
 
 /**
  * Writes a pattern spec as YAML, fields in canonical order, unset optional
@@ -112,17 +147,24 @@ function readWithLines(data: unknown, doc: Document, lines: LineCounter): Patter
  */
 export function specFromYAML(text: string): PatternSpec {
   const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false });
+  const doc = parseText(text, lines, "yaml");
   const syntax = doc.errors[0];
   if (syntax !== undefined) {
+    const pos = lines.linePos(syntax.pos[0]);
+    // The parser reports its own stack overflow as a syntax error.
+    const tooDeep = syntax.message.includes("call stack");
     throw new WeftError({
       field: "yaml",
-      problem: syntax.message.split("\n")[0],
-      fix: "fix the YAML syntax at that line",
-      line: lines.linePos(syntax.pos[0]).line,
+      problem: tooDeep
+        ? `nests too deep to read (${syntax.message.split("\n")[0]})`
+        : syntax.message.split("\n")[0],
+      fix: tooDeep ? NESTING_FIX : "fix the YAML syntax at that line",
+      line: pos.line,
+      column: pos.col,
       cause: syntax,
     });
   }
+  checkNesting(doc, lines, "yaml");
   let data: unknown;
   try {
     data = doc.toJS();
@@ -160,19 +202,23 @@ export function specFromYAML(text: string): PatternSpec {
  */
 export function specFromJSON(json: unknown): PatternSpec {
   if (typeof json !== "string") return readPatternSpec(json);
-  let data: unknown;
-  try {
-    data = JSON.parse(json);
-  } catch (error) {
-    const line = /line (\d+)/.exec(String(error))?.[1];
+  // JSON.parse names no position for most errors: find it, so the message
+  // can give the line and column (a BOM and an empty text included).
+  const syntax = findJsonSyntaxError(json);
+  if (syntax !== undefined) {
+    const pos = new LineCounter();
+    pos.addNewLine(0);
+    for (let i = json.indexOf("\n"); i >= 0; i = json.indexOf("\n", i + 1)) pos.addNewLine(i + 1);
+    const { line, col } = pos.linePos(syntax.offset);
     throw new WeftError({
       field: "json",
-      problem: String((error as Error).message ?? error),
-      fix: "fix the JSON syntax",
-      line: line === undefined ? undefined : Number(line),
-      cause: error,
+      problem: `is not valid JSON: ${syntax.problem}`,
+      fix: syntax.problem.includes("nested") ? NESTING_FIX : "fix the JSON syntax at that position",
+      line,
+      column: col,
     });
   }
+  const data: unknown = JSON.parse(json);
   const lines = new LineCounter();
-  return readWithLines(data, parseDocument(json, { lineCounter: lines }), lines);
+  return readWithLines(data, parseText(json, lines, "json"), lines);
 }

@@ -13,12 +13,18 @@
  */
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
-import { experts } from "../dsl/mod.ts";
-import type { PlanSpec } from "../dsl/types.ts";
-import { Simulator } from "../lib/sim/simulator.ts";
-import { zipf } from "../lib/io/routing.ts";
-import { availableGpus } from "../lib/gpu/gpus.ts";
-import type { RankInput, ShuffleEngine } from "../lib/core/engine_api.ts";
+import {
+  availableGpus,
+  Communicator,
+  Engine,
+  experts,
+  launch,
+  type PlanSpec,
+  type RankInput,
+  type ShuffleEngine,
+  Simulator,
+  zipf,
+} from "../mod.ts";
 
 /** One batch: one input per rank. */
 export interface MoeBatch {
@@ -46,8 +52,7 @@ export type ExpertFn = (
  *
  * @example
  * ```ts
- * import { experts } from "../dsl/mod.ts";
- * import { Simulator } from "../lib/sim/simulator.ts";
+ * import { experts, Simulator } from "../mod.ts";
  * import { moeStage } from "./pipeline.ts";
  * const plan = experts(4).byDevice().topK(1).dtype("f32").hidden(8).compile({ world: 2 });
  * const stage = moeStage(new Simulator(plan), plan, () => {});
@@ -151,8 +156,6 @@ if (import.meta.main) {
   const batches = Number(values.batches), tokens = Number(values.tokens);
   const pattern = experts(64).byDevice().topK(4).dtype("f32").hidden(256);
   if (Deno.env.get("RANK") !== undefined) {
-    const { Communicator } = await import("../lib/dist/communicator.ts");
-    const { Engine } = await import("../lib/gpu/engine.ts");
     const plan = pattern.compile({ world: Number(Deno.env.get("WORLD_SIZE")) });
     await using comm = await Communicator.fromEnv({
       heapBytes: Engine.heapBytes(plan, { maxTokens: tokens }),
@@ -162,7 +165,6 @@ if (import.meta.main) {
   } else {
     const gpus = values.simulator ? 0 : availableGpus();
     if (gpus >= 2) {
-      const { launch } = await import("../lib/dist/launch.ts");
       const result = await launch({
         script: fileURLToPath(import.meta.url),
         args: Deno.args,

@@ -14,15 +14,28 @@
  */
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
-import { experts, type Plan } from "../dsl/mod.ts";
-import { Simulator } from "../lib/sim/simulator.ts";
-import { uniform } from "../lib/io/routing.ts";
-import { f32ToBf16 } from "../lib/core/dtype.ts";
-import { formatLinks, formatLoad, trafficTotals } from "../lib/core/traffic.ts";
-import { availableGpus } from "../lib/gpu/gpus.ts";
-import type { DispatchResult, HostRows, RankInput, Tensor } from "../lib/core/engine_api.ts";
-import { dequantizeRows, QUANT_BLOCK } from "../lib/core/fp8.ts";
-import type { PlanSpec } from "../dsl/types.ts";
+import {
+  availableGpus,
+  Communicator,
+  dequantizeRows,
+  DeviceTensor,
+  type DispatchResult,
+  Engine,
+  experts,
+  f32ToBf16,
+  formatLinks,
+  formatLoad,
+  type HostRows,
+  launch,
+  type Plan,
+  type PlanSpec,
+  QUANT_BLOCK,
+  type RankInput,
+  Simulator,
+  type Tensor,
+  trafficTotals,
+  uniform,
+} from "../mod.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -127,9 +140,6 @@ async function runSimulator(): Promise<void> {
 }
 
 async function runGpuRank(): Promise<void> {
-  const { Communicator } = await import("../lib/dist/communicator.ts");
-  const { Engine } = await import("../lib/gpu/engine.ts");
-  const { DeviceTensor } = await import("../lib/gpu/device_tensor.ts");
   const tokens = Number(values.tokens ?? 16384);
   const world = Number(Deno.env.get("WORLD_SIZE"));
   const plan = pattern.compile({ world });
@@ -177,7 +187,6 @@ if (Deno.env.get("RANK") !== undefined) {
 } else {
   const gpus = values.simulator ? 0 : availableGpus();
   if (gpus >= 2) {
-    const { launch } = await import("../lib/dist/launch.ts");
     const result = await launch({ script: fileURLToPath(import.meta.url), args: Deno.args, gpus });
     if (result.code !== 0) console.error(result.message);
     Deno.exit(result.code);

@@ -1,6 +1,7 @@
 import { strict as assert } from "node:assert";
 import { WeftError } from "../dsl/errors.ts";
-import { experts, fromSpec, Plan, type PlanSpec } from "../dsl/mod.ts";
+import { experts, fromSpec, Plan } from "../dsl/mod.ts";
+import { PLAN_FIELD_NAMES } from "../dsl/plan_fields.ts";
 
 function assertFieldError(fn: () => unknown, field: string): WeftError {
   try {
@@ -14,24 +15,8 @@ function assertFieldError(fn: () => unknown, field: string): WeftError {
   assert.fail(`expected a WeftError on ${field}`);
 }
 
-const PLAN_FIELDS: readonly (keyof PlanSpec)[] = [
-  "pattern",
-  "world",
-  "gpusPerNode",
-  "nodes",
-  "experts",
-  "topK",
-  "hidden",
-  "dtype",
-  "dedupe",
-  "receive",
-  "combine",
-  "localExperts",
-  "slotBase",
-  "slotExpert",
-  "replicaStart",
-  "replicaSlots",
-];
+/** The fields every plan has: all declared plan fields but the optional `quantize` and `balance`. */
+const PLAN_FIELDS = PLAN_FIELD_NAMES.filter((f) => f !== "quantize" && f !== "balance");
 
 Deno.test("compile resolves every PlanSpec field from the pattern and context", () => {
   const pattern = experts(16).byDevice().topK(4).hidden(1024).dedupe("node").receive("rank-major")

@@ -9,7 +9,8 @@ import {
   fromYAML,
   type Pattern,
 } from "../dsl/mod.ts";
-import type { CombineOp, Dedupe, DType, ReceiveOrder } from "../dsl/types.ts";
+import type { Balance, CombineOp, Dedupe, DType, Quantize, ReceiveOrder } from "../dsl/types.ts";
+import { MAX_TOPK } from "../dsl/limits.ts";
 
 /** Asserts that reading `text` fails on `field` at 1-based `line`. */
 function assertRejected(
@@ -50,6 +51,8 @@ const patterns: fc.Arbitrary<CompletePattern> = fc
     combine: fc.option(fc.constantFrom<CombineOp>("weighted", "sum"), { nil: undefined }),
     dtype: fc.option(fc.constantFrom<DType>("bf16", "f16", "f32"), { nil: undefined }),
     hidden: fc.option(fc.integer({ min: 1, max: 2048 }).map((n) => n * 8), { nil: undefined }),
+    quantize: fc.option(fc.constantFrom<Quantize | "none">("e4m3", "none"), { nil: undefined }),
+    balance: fc.option(fc.constantFrom<Balance>("rail", "greedy"), { nil: undefined }),
   })
   .map((r) => {
     const ids = r.hot.filter((e) => e < r.experts);
@@ -63,8 +66,12 @@ const patterns: fc.Arbitrary<CompletePattern> = fc
     if (r.receive) p = p.receive(r.receive);
     if (r.combine) p = p.combine(r.combine);
     if (r.dtype) p = p.dtype(r.dtype);
-    if (r.hidden) p = p.hidden(r.hidden);
-    return p.topK(1 + (r.k - 1) % r.experts);
+    // e4m3 scales blocks of 128 elements: round a quantized pattern's hidden up to one.
+    if (r.quantize === "e4m3") p = p.hidden(Math.ceil((r.hidden ?? 128) / 128) * 128);
+    else if (r.hidden) p = p.hidden(r.hidden);
+    if (r.quantize) p = p.quantize(r.quantize);
+    if (r.balance) p = p.balance(r.balance);
+    return p.topK(1 + (r.k - 1) % Math.min(r.experts, MAX_TOPK));
   });
 
 Deno.test("YAML round-trips every valid pattern to a deep-equal spec", () => {
@@ -140,6 +147,8 @@ Deno.test("YAML with a wrong type is rejected at that field's line", () => {
   assertRejected(fromYAML, "placement:\n  kind: byDevice\ntopK: 8\nhidden: ~\n", "hidden", 4);
   assertRejected(fromYAML, "placement:\n  kind: byDevice\ntopK: 8\ndedupe: nodes\n", "dedupe", 4);
   assertRejected(fromYAML, "placement:\n  kind: byDevice\ntopK: 8\ndtype: fp8\n", "dtype", 4);
+  assertRejected(fromYAML, "placement:\n  kind: byDevice\ntopK: 8\nbalance: fusco\n", "balance", 4);
+  assertRejected(fromYAML, "placement:\n  kind: byDevice\ntopK: 8\nbalance: ~\n", "balance", 4);
   assertRejected(fromYAML, "placement:\n  kind: spread\ntopK: 8\n", "placement.kind", 2);
   assertRejected(fromYAML, "placement: byDevice\ntopK: 8\n", "placement", 1);
   assertRejected(

@@ -113,3 +113,12 @@ Deno.test("toF32/fromF32 dispatch on dtype, write into out arrays, and reject th
   weftError(() => toF32(new Uint16Array(2), "f32"), "rows");
   weftError(() => f32ToBf16(v, new Uint16Array(2)), "out");
 });
+
+Deno.test("fromF32 and toF32 reject a dtype that is not a row dtype before writing out", () => {
+  const out = new Uint16Array(2).fill(0xabcd);
+  const e = weftError(() => fromF32(Float32Array.of(1, 2), "fp8" as "f16", out), "dtype");
+  assert.match(e.message, /got "fp8"/);
+  assert.deepStrictEqual(Array.from(out), [0xabcd, 0xabcd]);
+  weftError(() => toF32(new Uint16Array(2), "e4m3" as "bf16"), "dtype");
+  weftError(() => roundThrough(new Float32Array(2), "i32" as "f32"), "dtype");
+});

@@ -18,6 +18,8 @@ import type { RankInput, Tensor } from "../lib/core/engine_api.ts";
 import { fromF32 } from "../lib/core/dtype.ts";
 import { requireNccl } from "../lib/native/device.ts";
 import { gpuCases } from "./gpu/cases.ts";
+import { precisionCases } from "./gpu/cases_precision.ts";
+import { decodeCases } from "./gpu/cases_decode.ts";
 import { here, mock, soloRank, withCc, withEnv } from "./fixtures/mock_lib.ts";
 
 Deno.test({
@@ -328,7 +330,15 @@ Deno.test({
     const { code, stdout } = await runGpuTests({});
     assert.equal(code, 0, stdout);
     // Every case of the suite runs at world 1 (the dead-peer case needs two ranks).
-    assert.match(stdout, new RegExp(`^${gpuCases(1, 1).length} passed, 0 failed$`, "m"));
+    assert.match(
+      stdout,
+      new RegExp(
+        `^${
+          gpuCases(1, 1).length + precisionCases(1, 1).length + decodeCases(1).length
+        } passed, 0 failed$`,
+        "m",
+      ),
+    );
   },
 });
 

@@ -71,9 +71,12 @@ Deno.test("ffi: every function of weft.h is in the symbol table, and nothing els
     "weft_combine",
     "weft_comm_barrier",
     "weft_comm_create",
+    "weft_comm_create2",
     "weft_comm_open_peers",
     "weft_comm_sync",
     "weft_copy_ceiling",
+    "weft_decode_check",
+    "weft_decode_create",
     "weft_dispatch",
     "weft_dispatch_finish",
     "weft_dispatch_layout",
@@ -84,7 +87,9 @@ Deno.test("ffi: every function of weft.h is in the symbol table, and nothing els
 });
 
 Deno.test("ffi: every symbol's parameters are as many as its C prototype has, each commented", () => {
-  const source = Deno.readTextFileSync(new URL("../lib/native/ffi.ts", import.meta.url));
+  const source = ["ffi.ts", "ffi_decode.ts"].map((f) =>
+    Deno.readTextFileSync(new URL(`../lib/native/${f}`, import.meta.url))
+  ).join("\n");
   for (const [name, symbol] of Object.entries(symbols)) {
     const prototype = new RegExp(`^int32_t ${name}\\(([^)]*)\\);`, "m").exec(
       headerText.replace(/\/\*[\s\S]*?\*\//g, ""),
@@ -125,6 +130,7 @@ Deno.test("ffi: status codes, plan codes and byte sizes equal weft.h's macros", 
     receive: { "expert-major": "WEFT_EXPERT_MAJOR", "rank-major": "WEFT_RANK_MAJOR" },
     combine: { weighted: "WEFT_WEIGHTED", sum: "WEFT_SUM" },
     quantize: { none: "WEFT_QUANTIZE_NONE", e4m3: "WEFT_QUANTIZE_E4M3" },
+    balance: { rail: "WEFT_BALANCE_RAIL", greedy: "WEFT_BALANCE_GREEDY" },
   };
   for (const [kind, codes] of Object.entries(Codes)) {
     assert.deepEqual(Object.keys(codes).sort(), Object.keys(macros[kind]).sort(), kind);
@@ -135,7 +141,7 @@ Deno.test("ffi: status codes, plan codes and byte sizes equal weft.h's macros", 
 });
 
 Deno.test("struct: weft_plan_desc and weft_dispatch_info offsets match the x86-64 layout by hand", () => {
-  // 13 int32 members and pad_, 4 bytes each from 0; 14·4 = 56 is 8-aligned,
+  // 14 int32 members (balance last), 4 bytes each from 0; 14·4 = 56 is 8-aligned,
   // so the 5 pointers (8 bytes, 8-aligned) follow without padding; 56 + 5·8 = 96.
   PLAN_DESC.fields.forEach((f, i) =>
     assert.equal(f.offset, i < 14 ? 4 * i : 56 + 8 * (i - 14), f.name)
@@ -201,7 +207,7 @@ Deno.test("ffi: a packed plan desc holds the plan's values and points at its arr
   );
   assert.deepEqual([int("dtype"), int("dedupe"), int("receive"), int("combine")], [1, 0, 1, 1]);
   assert.deepEqual([int("max_tokens"), int("combine_wire_f32"), int("quantize")], [77, 0, 0]);
-  assert.equal(int("pad_"), 0);
+  assert.equal(int("balance"), 0);
   const arrays = [
     plan.localExperts,
     plan.slotBase,

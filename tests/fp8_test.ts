@@ -138,3 +138,26 @@ Deno.test("quantizeRows: a hidden size off the 128 grid names hidden", () => {
   assert.match(e.message, /multiple of 128/);
   weftError(() => quantizeRows(new Uint8Array(128), "f32", 128), "rows");
 });
+
+Deno.test("dequantizeRows checks q and every scale before it writes the caller's output", () => {
+  const H = 2 * QUANT_BLOCK;
+  const q = quantizeRows(Float32Array.from({ length: 2 * H }, (_, i) => i / 7), "f32", H);
+  const bads: [Float32Array, RegExp][] = [
+    [q.scales.slice(0, 3), /4 scales/], // too short: was NaN in out
+    [Float32Array.of(1, 1, NaN, 1), /row 1 block 0 has scale NaN/],
+    [Float32Array.of(1, 0, 1, 1), /row 0 block 1 has scale 0/],
+    [Float32Array.of(1, 1, 1, -2), /row 1 block 1 has scale -2/],
+    [Float32Array.of(Infinity, 1, 1, 1), /row 0 block 0 has scale Infinity/],
+  ];
+  for (const [scales, message] of bads) {
+    const out = new Float32Array(2 * H).fill(7);
+    assert.throws(() => dequantizeRows({ q: q.q, scales }, H, out), (e: Error) => {
+      assert.equal(e.name, "WeftError");
+      assert.match(e.message, message);
+      return true;
+    });
+    assert.ok(out.every((v) => v === 7), "out was written before the check");
+  }
+  // The scales quantizeRows wrote still pass.
+  assert.equal(dequantizeRows(q, H).length, 2 * H);
+});

@@ -252,3 +252,23 @@ Deno.test("property: any bad input on any rank of any plan is a WeftError naming
     { numRuns: 40 },
   );
 });
+
+Deno.test("pre-quantized x: NaN, ±Infinity, zero and negative scales are rejected on the host", () => {
+  const plan = makePlan({ world: 1, experts: 2, topK: 1, hidden: 256, quantize: "e4m3" });
+  const routing = { topkIdx: Int32Array.of(0, 1), topkWeights: Float32Array.of(1, 1) };
+  const q = new Uint8Array(2 * 256);
+  const ok = Float32Array.of(1, 0.5, 2, 0.25);
+  assert.equal(checkRankInput(plan, 0, { ...routing, x: { q, scales: ok } }), 2);
+  for (const [i, bad] of [[0, NaN], [3, -1], [2, 0], [1, Infinity], [1, -Infinity]]) {
+    const data = ok.slice();
+    data[i] = bad;
+    for (const scales of [data, new HostTensor("f32", 2, 2, data)]) {
+      const e = weftError(
+        () => checkRankInput(plan, 0, { ...routing, x: { q, scales } }),
+        "x.scales",
+        0,
+      );
+      assert.match(e.message, new RegExp(`row ${i >> 1} block ${i & 1} has scale ${bad}`));
+    }
+  }
+});

@@ -2,11 +2,15 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import {
   computeLayout,
+  dispatchRowBytes,
   layoutFromJSON,
   layoutFromYAML,
   layoutToJSON,
   layoutToYAML,
 } from "../dsl/layout.ts";
+import { experts as expertsOf, type Plan } from "../dsl/mod.ts";
+import { PLAN_FIELDS } from "../dsl/plan_fields.ts";
+import type { CombineOp, Dedupe, DType, ReceiveOrder } from "../dsl/types.ts";
 import { slotRank } from "../dsl/placement.ts";
 import type { BatchLayout, PlanSpec } from "../dsl/types.ts";
 import { DTYPE_BYTES } from "../dsl/types.ts";
@@ -248,4 +252,103 @@ Deno.test("property: layout JSON and YAML round trips are lossless", () => {
     }),
     { numRuns: 15 },
   );
+});
+
+/**
+ * Plans compiled through the DSL over every pattern field: each placement kind
+ * (table included), replicas or none, topK, each dedupe, receive order,
+ * combine op and dtype, quantize e4m3 or absent, hidden, experts and
+ * gpusPerNode.
+ */
+const arbCompiled: fc.Arbitrary<Plan> = fc
+  .record({
+    world: fc.integer({ min: 1, max: 8 }),
+    gpnIndex: fc.nat(),
+    kind: fc.constantFrom("byDevice", "roundRobin", "table"),
+    perRank: fc.integer({ min: 1, max: 4 }),
+    owners: fc.array(fc.nat(), { minLength: 1, maxLength: 24 }),
+    hot: fc.uniqueArray(fc.nat({ max: 23 }), { maxLength: 3 }),
+    copies: fc.integer({ min: 2, max: 8 }),
+    k: fc.integer({ min: 1, max: 32 }),
+    dedupe: fc.constantFrom<Dedupe>("none", "device", "node"),
+    receive: fc.constantFrom<ReceiveOrder>("expert-major", "rank-major"),
+    combine: fc.constantFrom<CombineOp>("weighted", "sum"),
+    dtype: fc.constantFrom<DType>("bf16", "f16", "f32"),
+    quantize: fc.boolean(),
+    greedy: fc.boolean(),
+    blocks: fc.integer({ min: 1, max: 4 }),
+  })
+  .map((r) => {
+    const gpns = Array.from({ length: r.world }, (_, i) => i + 1).filter((d) => r.world % d === 0);
+    const gpusPerNode = gpns[r.gpnIndex % gpns.length];
+    const placed = r.kind === "table"
+      ? expertsOf.table(r.owners.map((o) => o % r.world))
+      : expertsOf(r.kind === "byDevice" ? r.world * r.perRank : r.owners.length)[r.kind]();
+    const E = r.kind === "table" ? r.owners.length : placed.spec.experts!;
+    const hot = r.hot.filter((e) => e < E);
+    const replicated = hot.length > 0 && r.world >= 2
+      ? placed.replicate(hot, Math.min(r.copies, r.world))
+      : placed;
+    const pattern = replicated.topK(1 + (r.k - 1) % Math.min(E, 32)).dedupe(r.dedupe)
+      .receive(r.receive).combine(r.combine).dtype(r.dtype).hidden(128 * r.blocks)
+      .quantize(r.quantize ? "e4m3" : "none").balance(r.greedy ? "greedy" : "rail");
+    return pattern.compile({ world: r.world, gpusPerNode });
+  });
+
+Deno.test("property: every field of a compiled plan survives the layout's JSON and YAML round trips", () => {
+  fc.assert(
+    fc.property(arbCompiled, fc.integer({ min: 1, max: 2 ** 30 }), (plan, seed) => {
+      const tokens = Array.from({ length: plan.world }, (_, r) => (seed >> r) % 5);
+      const l = computeLayout(plan, makeRouting(plan, tokens, seed, 0.2));
+      const fromJSON = layoutFromJSON(JSON.parse(JSON.stringify(layoutToJSON(l))));
+      const fromYAML = layoutFromYAML(layoutToYAML(l));
+      // Every key the compiled plan holds is a declared plan field and comes back equal.
+      const keys = Object.keys(plan);
+      assert.ok(keys.length >= Object.keys(PLAN_FIELDS).length - 2, keys.join());
+      for (const back of [fromJSON, fromYAML]) {
+        for (const key of keys) {
+          assert.ok(key in PLAN_FIELDS, `${key} is not declared in PLAN_FIELDS`);
+          assert.deepStrictEqual(
+            (back.plan as unknown as Record<string, unknown>)[key],
+            (plan as unknown as Record<string, unknown>)[key],
+            key,
+          );
+        }
+        assert.deepStrictEqual(Object.keys(back.plan).sort(), [...keys].sort());
+        assert.equal(dispatchRowBytes(back.plan), dispatchRowBytes(plan));
+        assert.deepStrictEqual(back.ranks, l.ranks);
+        assert.deepStrictEqual(back.links, l.links);
+      }
+    }),
+    { numRuns: 60 },
+  );
+});
+
+Deno.test("an e4m3 plan read back from layout JSON still crosses 132 bytes a row at hidden 128", () => {
+  const plan = expertsOf(4).byDevice().topK(2).hidden(128).quantize("e4m3").compile({ world: 2 });
+  const l = computeLayout(plan, [Int32Array.of(2, 3), Int32Array.of(0, 1)]);
+  const back = layoutFromJSON(JSON.parse(JSON.stringify(layoutToJSON(l))));
+  assert.equal(back.plan.quantize, "e4m3");
+  assert.equal(dispatchRowBytes(back.plan), 132);
+  assert.equal(back.links[0].bytes, l.links[0].bytes);
+  assert.deepStrictEqual(plan.toJSON(), JSON.parse(JSON.stringify(layoutToJSON(l))).plan);
+});
+
+Deno.test("layoutFromJSON rejects unknown and malformed plan fields, naming them", () => {
+  const base = { ranks: [], links: [] };
+  for (
+    const [plan, field] of [
+      [{ slotBase: [0, 1.5] }, "layout.plan.slotBase"],
+      [{ slotBase: "0,1" }, "layout.plan.slotBase"],
+      [{ world: [2] }, "layout.plan.world"],
+      [{ pattern: 3 }, "layout.plan.pattern"],
+      [{ quantise: "e4m3" }, "layout.plan.quantise"],
+    ] as const
+  ) {
+    assert.throws(() => layoutFromJSON({ ...base, plan }), (e: Error & { field?: string }) => {
+      assert.equal(e.name, "WeftError");
+      assert.equal(e.field, field);
+      return true;
+    });
+  }
 });

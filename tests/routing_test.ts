@@ -212,3 +212,17 @@ Deno.test("malformed .npy files are WeftErrors with the reason", () => {
   );
   weftError(() => encodeNpy(Int32Array.of(1), [2]), "shape");
 });
+
+Deno.test("loadRoutingJSON rejects ids that are not int32 integers instead of wrapping them", () => {
+  for (const bad of ["4294967299", "4294967295", "1e300", "2147483648", "-2147483649", "1.5"]) {
+    const text = `{"ranks":[{"topkIdx":[[0,1]]},{"topkIdx":[[0,1],[2,${bad}]]}]}`;
+    const e = weftError(() => loadRoutingJSON(text), "ranks[1].topkIdx[1][1]", 1);
+    assert.match(e.message, /rank 1 token 1 slot 1/);
+    assert.ok(e.message.includes(`got ${Number(bad)}`), e.message);
+  }
+  // The [ranks][T][K] form names the same path.
+  weftError(() => loadRoutingJSON({ topkIdx: [[[0, 2 ** 32 + 3]]] }), "ranks[0].topkIdx[0][1]", 0);
+  // The int32 extremes themselves are accepted.
+  const ok = loadRoutingJSON({ ranks: [{ topkIdx: [[-2147483648, 2147483647]] }] });
+  assert.deepStrictEqual(Array.from(ok[0].topkIdx), [-2147483648, 2147483647]);
+});

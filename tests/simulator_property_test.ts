@@ -5,10 +5,10 @@ import { fromF32, toF32 } from "../lib/core/dtype.ts";
 import type { HostRows } from "../lib/core/engine_api.ts";
 import type { BatchLayout, PlanSpec } from "../dsl/types.ts";
 import { arbBatch, makeInputs, randomF32 } from "./fixtures.ts";
+import { assertIdentityCombine, identityTolerance } from "./sim_fixtures.ts";
 import { mulberry32 } from "../lib/io/routing.ts";
 
 const RUNS = { numRuns: 30 };
-const EPS = { bf16: 2 ** -8, f16: 2 ** -11, f32: 2 ** -24 } as const;
 
 /**
  * DESIGN.md's combine written the plain way: every partial starts at 0 and
@@ -89,29 +89,7 @@ Deno.test("property: identity experts combine to x·Σw (weighted) or x·count (
       const inputs = makeInputs(plan, tokens, seed, empty);
       const d = await sim.dispatch(inputs);
       const outs = await sim.combine(d.handle, d.results.map((r) => r.recv));
-      const { hidden: H, topK: K } = plan;
-      const tol = EPS[plan.dtype] + (2 * K + 2) * 2 ** -24;
-      outs.forEach((out, r) => {
-        assert.equal(out.rows, tokens[r]);
-        const x = toF32(inputs[r].x as HostRows, plan.dtype);
-        const got = out.toF32();
-        for (let t = 0; t < tokens[r]; t++) {
-          let scale = 0;
-          for (let k = 0; k < K; k++) {
-            if (inputs[r].topkIdx[t * K + k] >= 0) {
-              scale += plan.combine === "weighted" ? inputs[r].topkWeights[t * K + k] : 1;
-            }
-          }
-          for (let j = 0; j < H; j++) {
-            const want = x[t * H + j] * scale;
-            const err = Math.abs(got[t * H + j] - want);
-            assert.ok(
-              err <= Math.abs(want) * tol,
-              `rank ${r} token ${t}: ${got[t * H + j]} vs ${want}`,
-            );
-          }
-        }
-      });
+      await assertIdentityCombine(plan, inputs, outs, identityTolerance(plan));
     }),
     RUNS,
   );

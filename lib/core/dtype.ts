@@ -9,7 +9,8 @@
  *
  * @module
  */
-import type { DType, TensorDType } from "../../dsl/types.ts";
+import { type DType, DTYPE_BYTES, type TensorDType } from "../../dsl/types.ts";
+import { show } from "../../dsl/show.ts";
 import type { HostRows } from "./engine_api.ts";
 import { WeftError } from "../../dsl/errors.ts";
 
@@ -128,6 +129,7 @@ export function f16ToF32(
  * ```
  */
 export function toF32(rows: HostRows, dtype: DType, out?: Float32Array): Float32Array {
+  checkRowDType(dtype);
   if (dtype === "f32") {
     if (!(rows instanceof Float32Array)) throw typeMismatch(rows, dtype);
     if (out === undefined) return rows;
@@ -151,6 +153,9 @@ export function toF32(rows: HostRows, dtype: DType, out?: Float32Array): Float32
  * ```
  */
 export function fromF32(f32: Float32Array, dtype: DType, out?: HostRows): HostRows {
+  // Checked before anything is written: an unknown dtype ("fp8") must not
+  // fall through to f16 and fill the caller's `out` with f16 bits.
+  checkRowDType(dtype);
   if (dtype === "f32") {
     if (out !== undefined && !(out instanceof Float32Array)) throw typeMismatch(out, dtype);
     const o = out ?? new Float32Array(f32.length);
@@ -176,6 +181,19 @@ export function fromF32(f32: Float32Array, dtype: DType, out?: HostRows): HostRo
 export function roundThrough(f32: Float32Array, dtype: DType): Float32Array {
   if (dtype === "f32") return f32;
   return toF32(fromF32(f32, dtype), dtype, f32);
+}
+
+const ROW_DTYPES: readonly string[] = Object.keys(DTYPE_BYTES);
+
+/** Rows on the host are bf16, f16 or f32; FP8 rows go through fp8.ts (quantizeRows). */
+function checkRowDType(dtype: unknown): asserts dtype is DType {
+  if (typeof dtype !== "string" || !ROW_DTYPES.includes(dtype)) {
+    throw new WeftError({
+      field: "dtype",
+      problem: `must be one of ${ROW_DTYPES.map((d) => `"${d}"`).join(", ")}, got ${show(dtype)}`,
+      fix: "convert rows to bf16, f16 or f32; for FP8 rows use quantizeRows / dequantizeRows",
+    });
+  }
 }
 
 function typeMismatch(rows: unknown, dtype: DType): WeftError {

@@ -225,6 +225,18 @@ export function dequantizeRows(
       fix: "pass an output array of the same length",
     });
   }
+  // Everything is checked before `out` is written: a short scales array
+  // would otherwise fill the caller's output with NaN.
+  if (!(rows.q instanceof Uint8Array) || rows.q.length % H !== 0) {
+    throw new WeftError({
+      field: "rows.q",
+      problem: `must be a Uint8Array of rows × ${H} E4M3 bytes, got ${
+        rows.q instanceof Uint8Array ? `${rows.q.length} bytes` : typeof rows.q
+      }`,
+      fix: "pass the q of quantizeRows (or of a quantized dispatch's recv)",
+    });
+  }
+  checkScales(rows.scales, rows.q.length / QUANT_BLOCK, H / QUANT_BLOCK, "rows.scales");
   const blocks = out.length / QUANT_BLOCK;
   for (let b = 0; b < blocks; b++) {
     const scale = rows.scales[b];
@@ -233,6 +245,53 @@ export function dequantizeRows(
     }
   }
   return out;
+}
+
+/**
+ * Checks a scales array of quantized rows before anything reads it: a
+ * Float32Array of exactly `count` scales (`perRow` a row), each finite and
+ * > 0, since a NaN, zero or negative scale turns every value of its block
+ * into NaN, 0 or a sign flip without a word.
+ *
+ * @throws {WeftError} `field` (with `rank` when given) naming the row and block at fault.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { checkScales } from "./fp8.ts";
+ * checkScales(Float32Array.of(1, 0.5), 2, 1, "x.scales");
+ * assert.throws(() => checkScales(Float32Array.of(1, -2), 2, 1, "x.scales"), /row 1 block 0/);
+ * ```
+ */
+export function checkScales(
+  scales: unknown,
+  count: number,
+  perRow: number,
+  field: string,
+  rank?: number,
+): asserts scales is Float32Array {
+  const where = rank !== undefined ? { rank } : {};
+  if (!(scales instanceof Float32Array) || scales.length !== count) {
+    throw new WeftError({
+      field,
+      ...where,
+      problem: `must be a Float32Array of ${count} scales (${perRow} a row), got ${
+        scales instanceof Float32Array ? `${scales.length}` : typeof scales
+      }`,
+      fix: `pass one f32 scale per ${QUANT_BLOCK} elements of every row`,
+    });
+  }
+  for (let i = 0; i < count; i++) {
+    const s = scales[i];
+    if (!(s > 0) || !Number.isFinite(s)) {
+      throw new WeftError({
+        field,
+        ...where,
+        problem: `row ${Math.floor(i / perRow)} block ${i % perRow} has scale ${s}; ` +
+          "scales must be finite and > 0",
+        fix: "pass the scales quantizeRows wrote (powers of two), not NaN, zero or negative ones",
+      });
+    }
+  }
 }
 
 /**

@@ -8,6 +8,7 @@ import type { DType, TensorDType } from "../../dsl/types.ts";
 import type { HostArray, HostArrayOf, HostRows, Tensor } from "./engine_api.ts";
 import { fromF32, hostArrayType, toF32 } from "./dtype.ts";
 import { WeftError } from "../../dsl/errors.ts";
+import { show } from "../../dsl/show.ts";
 
 /**
  * Host data with its shape and dtype. `data` is the storage itself (f32 as
@@ -46,7 +47,7 @@ export class HostTensor<D extends TensorDType = TensorDType> implements Tensor<D
     if (!Number.isInteger(rows) || rows < 0 || !Number.isInteger(cols) || cols < 0) {
       throw new WeftError({
         field: "shape",
-        problem: `rows and cols must be integers ≥ 0, got ${rows} × ${cols}`,
+        problem: `rows and cols must be integers ≥ 0, got ${show(rows)} × ${show(cols)}`,
         fix: "pass a valid shape",
       });
     }

@@ -7,17 +7,22 @@
  *
  * Rendezvous goes through the TCP store (lib/store.ts): rank 0 publishes the
  * NCCL unique id, then every rank publishes its heap's IPC handle and maps
- * everyone else's.
+ * those of the other ranks of its node. Over several nodes (`localWorld` <
+ * `world`) the heap is shared only inside the node and an NCCL communicator
+ * over the whole world carries the rows between nodes.
  *
  * @module
  */
 import { WeftError } from "../../dsl/errors.ts";
-import { holding, IPC_HANDLE_BYTES, readPointer, UNIQUE_ID_BYTES } from "../native/ffi.ts";
-import { deviceCount, native, requireNccl, unwrap } from "../native/native.ts";
+import { holding, readPointer, UNIQUE_ID_BYTES } from "../native/pointers.ts";
+import { native } from "../native/loader.ts";
+import { unwrap } from "../native/status.ts";
+import { deviceCount, requireNccl } from "../native/device.ts";
 import { DEFAULT_STORE_TIMEOUT_MS, StoreClient } from "./store.ts";
 import { readLaunchEnv } from "./env.ts";
+import { exchangeIpcHandles, topology } from "./communicator_topology.ts";
 
-/** Default symmetric heap per rank when neither the caller nor WEFT_HEAP_BYTES says. */
+/** Default symmetric heap per rank when the caller does not say (`heapBytes`). */
 export const DEFAULT_HEAP_BYTES = 1 << 30;
 
 /** What {@link Communicator.create} needs. */
@@ -26,16 +31,28 @@ export interface CommunicatorOptions {
   readonly rank: number;
   /** Number of ranks (processes, one GPU each). */
   readonly world: number;
-  /** The CUDA device this rank drives (the launcher's WEFT_DEVICE / LOCAL_RANK). */
+  /**
+   * This rank's index inside its node (LOCAL_RANK), and the CUDA device it
+   * drives unless `device` says otherwise.
+   */
   readonly localRank: number;
+  /** The CUDA device this rank drives (the launcher's WEFT_DEVICE); default `localRank`. */
+  readonly device?: number;
+  /**
+   * Ranks per node (LOCAL_WORLD_SIZE), at most 32; nodes are consecutive
+   * ranks. Default `world` (one node). With fewer than `world` an NCCL
+   * communicator is always created, and `localRank` must be `rank % localWorld`.
+   */
+  readonly localWorld?: number;
+  /** This rank's node (NODE_RANK); checked against `⌊rank / localWorld⌋` when given. */
+  readonly nodeRank?: number;
   /** The rendezvous store: a connected client, or its `host:port`. */
   readonly store: StoreClient | string;
   /** Bound on every wait for peers, in the store and on the GPU (default 60 s). */
   readonly timeoutMs?: number;
   /**
-   * Bytes of this rank's symmetric heap (identical on every rank). Default:
-   * WEFT_HEAP_BYTES, else 1 GiB. `Engine.heapBytes(plan, …)` says what a
-   * plan needs.
+   * Bytes of this rank's symmetric heap (identical on every rank). Default
+   * 1 GiB. `Engine.heapBytes(plan, …)` says what a plan needs.
    */
   readonly heapBytes?: number;
   /** Also create an NCCL communicator (needed by the baseline and multi-node paths). */
@@ -77,8 +94,16 @@ export class Communicator implements AsyncDisposable {
   readonly rank: number;
   /** Number of ranks. */
   readonly world: number;
-  /** The CUDA device index. */
+  /** This rank's index inside its node (the CUDA device too, unless `device` was given). */
   readonly localRank: number;
+  /** The CUDA device index this rank drives. */
+  readonly device: number;
+  /** Ranks per node (the heap is shared among them over CUDA IPC). */
+  readonly localWorld: number;
+  /** This rank's node. */
+  readonly nodeRank: number;
+  /** Number of nodes (`world / localWorld`). */
+  readonly nodes: number;
   /** Bound on every wait for peers. */
   readonly timeoutMs: number;
   /** Bytes of this rank's symmetric heap. */
@@ -95,7 +120,7 @@ export class Communicator implements AsyncDisposable {
   #barriers = 0;
 
   private constructor(
-    options: Required<Omit<CommunicatorOptions, "store" | "name">>,
+    options: Required<Omit<CommunicatorOptions, "store" | "name" | "nodeRank">>,
     store: StoreClient,
     ownsStore: boolean,
     name: string,
@@ -104,6 +129,10 @@ export class Communicator implements AsyncDisposable {
     this.rank = options.rank;
     this.world = options.world;
     this.localRank = options.localRank;
+    this.device = options.device;
+    this.localWorld = options.localWorld;
+    this.nodeRank = Math.floor(options.rank / options.localWorld);
+    this.nodes = options.world / options.localWorld;
     this.timeoutMs = options.timeoutMs;
     this.heapBytes = options.heapBytes;
     this.nccl = options.nccl;
@@ -122,20 +151,24 @@ export class Communicator implements AsyncDisposable {
   static async create(options: CommunicatorOptions): Promise<Communicator> {
     const { rank, world, localRank } = options;
     const timeoutMs = options.timeoutMs ?? DEFAULT_STORE_TIMEOUT_MS;
-    const heapBytes = options.heapBytes ?? heapBytesFromEnv();
-    const nccl = options.nccl ?? false;
+    const heapBytes = options.heapBytes ?? DEFAULT_HEAP_BYTES;
     checkInt("rank", rank, 0, world - 1);
     checkInt("world", world, 1, Number.MAX_SAFE_INTEGER);
     checkInt("timeoutMs", timeoutMs, 1, 2 ** 31 - 1);
     checkInt("heapBytes", heapBytes, 1, Number.MAX_SAFE_INTEGER);
+    const topo = topology(options);
+    const { localWorld, nodes } = topo;
+    // Several nodes: rows cross between them over NCCL.
+    const nccl = (options.nccl ?? false) || nodes > 1;
+    const device = options.device ?? localRank;
     const devices = deviceCount();
-    if (!Number.isInteger(localRank) || localRank < 0 || localRank >= devices) {
+    if (!Number.isInteger(device) || device < 0 || device >= devices) {
       throw new WeftError({
-        field: "localRank",
+        field: options.device === undefined ? "localRank" : "device",
         rank,
-        problem: `is ${localRank}, but this process sees ${devices} GPU${devices === 1 ? "" : "s"}`,
+        problem: `is ${device}, but this process sees ${devices} GPU${devices === 1 ? "" : "s"}`,
         fix:
-          "launch at most one process per visible GPU (deno task launch --gpus N), and leave CUDA_VISIBLE_DEVICES unset or listing them all",
+          "launch at most one process per visible GPU (deno task launch --gpus N, or --ranks-per-gpu k), and leave CUDA_VISIBLE_DEVICES unset or listing them all",
       });
     }
     if (nccl) requireNccl();
@@ -157,39 +190,37 @@ export class Communicator implements AsyncDisposable {
         await holding(
           [ncclId, out],
           () =>
-            native().weft_comm_create(
-              localRank,
-              rank,
-              world,
-              ncclId,
-              BigInt(heapBytes),
-              timeoutMs,
-              out,
-            ),
+            nodes > 1
+              ? native().weft_comm_create2(
+                device,
+                rank,
+                world,
+                localRank,
+                localWorld,
+                ncclId,
+                BigInt(heapBytes),
+                timeoutMs,
+                out,
+              )
+              : native().weft_comm_create(
+                device,
+                rank,
+                world,
+                ncclId,
+                BigInt(heapBytes),
+                timeoutMs,
+                out,
+              ),
         ),
-        "weft_comm_create",
+        nodes > 1 ? "weft_comm_create2" : "weft_comm_create",
         { rank, field: "heapBytes" },
       );
       handle = readPointer(out);
-      const mine = new Uint8Array(IPC_HANDLE_BYTES);
-      unwrap(native().weft_comm_ipc_handle(handle, mine), "weft_comm_ipc_handle", { rank });
-      const all = await store.allGather(`${name}/ipc`, rank, world, mine, timeoutMs);
-      const handles = new Uint8Array(world * IPC_HANDLE_BYTES);
-      all.forEach((h, r) => {
-        if (h.length !== IPC_HANDLE_BYTES) {
-          throw new WeftError({
-            field: "peer",
-            rank: r,
-            problem: `published an IPC handle of ${h.length} bytes, not ${IPC_HANDLE_BYTES}`,
-            fix: "run the same weft version on every rank",
-          });
-        }
-        handles.set(h, r * IPC_HANDLE_BYTES);
-      });
+      const handles = await exchangeIpcHandles(store, name, handle, rank, topo, timeoutMs);
       const opened = await holding([handles], () => native().weft_comm_open_peers(handle, handles));
       unwrap(opened, "weft_comm_open_peers", { rank });
       return new Communicator(
-        { rank, world, localRank, timeoutMs, heapBytes, nccl },
+        { rank, world, localRank, device, localWorld, timeoutMs, heapBytes, nccl },
         store,
         ownsStore,
         name,
@@ -204,8 +235,8 @@ export class Communicator implements AsyncDisposable {
 
   /**
    * Creates the communicator of a process started by `deno task launch`,
-   * from RANK, WORLD_SIZE, WEFT_DEVICE/LOCAL_RANK, WEFT_STORE and
-   * WEFT_TIMEOUT_MS; `options` override.
+   * from RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, NODE_RANK,
+   * WEFT_DEVICE, WEFT_STORE and WEFT_TIMEOUT_MS; `options` override.
    */
   static fromEnv(
     options: Partial<Omit<CommunicatorOptions, "store">> & {
@@ -216,7 +247,10 @@ export class Communicator implements AsyncDisposable {
     return Communicator.create({
       rank: env.rank,
       world: env.world,
-      localRank: env.device,
+      localRank: env.localRank,
+      localWorld: env.localWorld,
+      nodeRank: env.nodeRank,
+      device: env.device,
       store: env.store,
       ...(env.timeoutMs !== undefined ? { timeoutMs: env.timeoutMs } : {}),
       ...options,
@@ -329,20 +363,6 @@ async function shareNcclId(
     });
   }
   return id;
-}
-
-function heapBytesFromEnv(): number {
-  const text = Deno.env.get("WEFT_HEAP_BYTES");
-  if (text === undefined || text === "") return DEFAULT_HEAP_BYTES;
-  const n = Number(text);
-  if (!Number.isInteger(n) || n <= 0) {
-    throw new WeftError({
-      field: "WEFT_HEAP_BYTES",
-      problem: `is "${text}"`,
-      fix: "set it to a positive integer number of bytes, or unset it",
-    });
-  }
-  return n;
 }
 
 function checkInt(field: string, v: number, min: number, max: number): void {

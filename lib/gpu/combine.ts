@@ -57,6 +57,13 @@ export class CombineBuffers implements Disposable {
 }
 
 /**
+ * The fix a combine failure of one rank's arguments names on every rank (the
+ * ranks fail the call together; across nodes the good ranks learn it at once).
+ */
+export const COMBINE_FIX =
+  "pass every rank's ys as the handle's recv rows × hidden in the plan's dtype; fix the input of the rank named in the message (the call failed on every rank, nothing was written)";
+
+/**
  * Checks and places combine's `ys` (for a handle of `recvRows` rows, `tokens`
  * tokens) and its output; throws host-side errors after freeing what it made.
  */

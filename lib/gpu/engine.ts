@@ -54,7 +54,7 @@ import {
   ownHandle,
   settleOnRead,
 } from "./handle.ts";
-import { combineBuffers } from "./combine.ts";
+import { COMBINE_FIX, combineBuffers } from "./combine.ts";
 
 export { DEFAULT_MAX_TOKENS, type EngineOptions } from "./options.ts";
 export { GpuDispatchHandle } from "./handle.ts";
@@ -110,7 +110,7 @@ export class Engine implements ShuffleEngine {
     this.plan = plan;
     this.#comm = comm;
     this.rank = comm.rank;
-    this.device = comm.localRank;
+    this.device = comm.device;
     this.ranks = Object.freeze([comm.rank]);
     this.maxTokens = maxTokens;
     this.#registry = new HandleRegistry(Deno.UnsafePointer.value(pointer!));
@@ -258,7 +258,7 @@ export class Engine implements ShuffleEngine {
         [b],
         () => native().weft_combine(nativeHandle, b.y, b.out.pointer),
       );
-      unwrap(status, "weft_combine", { rank: this.rank });
+      unwrap(status, "weft_combine", { rank: this.rank, field: "ys", fix: COMBINE_FIX });
       settleOnRead(this, b.out);
       return [b.keep()];
     });

@@ -16,11 +16,15 @@ export interface EngineOptions {
   readonly maxTokens?: number;
   /**
    * How combine's partial sums cross between GPUs. `dtype` (default) sends
-   * each (token, device) partial in the data's dtype, as every peer system
-   * does: half the bytes of f32 for bf16/f16, one more rounding per partial
-   * (results stay within the dtype's rounding of the Simulator and are
-   * deterministic run to run). `f32` keeps DESIGN.md's single rounding
-   * exactly, at twice the combine traffic.
+   * each (token, device) partial that sums two or more terms in the data's
+   * dtype, as every peer system does: half the bytes of f32 for bf16/f16,
+   * one more rounding per such partial (results stay within the dtype's
+   * rounding of the Simulator and are deterministic run to run). A partial
+   * of one term crosses as the expert's output row itself, unrounded, and
+   * its weight is applied at the home in f32, so with dedupe `none` (or any
+   * token whose devices hold one pair each) the result is one rounding of
+   * the exact sum, as on the NCCL path. `f32` keeps DESIGN.md's single
+   * rounding exactly for every token, at twice the combine traffic.
    */
   readonly combineWire?: "dtype" | "f32";
 }
@@ -45,7 +49,21 @@ export function checkEngineOptions(options: EngineOptions, rank: number): number
       fix: "pass an integer ≥ 1",
     });
   }
-  const wire = options.combineWire;
+  checkCombineWire(options.combineWire, rank);
+  return maxTokens;
+}
+
+/**
+ * Throws a WeftError unless `wire` is a combine wire (`"dtype"`, `"f32"`) or
+ * absent; shared by the Engine's and the DecodeEngine's options.
+ *
+ * @example
+ * ```ts
+ * import { checkCombineWire } from "./options.ts";
+ * checkCombineWire("f32", 0);
+ * ```
+ */
+export function checkCombineWire(wire: unknown, rank: number): void {
   if (wire !== undefined && wire !== "dtype" && wire !== "f32") {
     throw new WeftError({
       field: "combineWire",
@@ -54,7 +72,6 @@ export function checkEngineOptions(options: EngineOptions, rank: number): number
       fix: 'pass "dtype" or "f32"',
     });
   }
-  return maxTokens;
 }
 
 /**

@@ -15,19 +15,21 @@ import { unwrap } from "../native/status.ts";
 import { type CStruct, cStruct, type Padding, writeStruct } from "../native/struct.ts";
 import { DEFAULT_MAX_TOKENS, type EngineOptions } from "./options.ts";
 
-/** weft.h's codes of the plan's choices (dtype, dedupe, receive, combine, quantize). */
+/** weft.h's codes of the plan's choices (dtype, dedupe, receive, combine, quantize, balance). */
 export const Codes: Readonly<{
   dtype: Readonly<{ bf16: 0; f16: 1; f32: 2 }>;
   dedupe: Readonly<{ none: 0; device: 1; node: 2 }>;
   receive: Readonly<{ "expert-major": 0; "rank-major": 1 }>;
   combine: Readonly<{ weighted: 0; sum: 1 }>;
   quantize: Readonly<{ none: 0; e4m3: 1 }>;
+  balance: Readonly<{ rail: 0; greedy: 1 }>;
 }> = Object.freeze({
   dtype: Object.freeze({ bf16: 0, f16: 1, f32: 2 } as const),
   dedupe: Object.freeze({ none: 0, device: 1, node: 2 } as const),
   receive: Object.freeze({ "expert-major": 0, "rank-major": 1 } as const),
   combine: Object.freeze({ weighted: 0, sum: 1 } as const),
   quantize: Object.freeze({ none: 0, e4m3: 1 } as const),
+  balance: Object.freeze({ rail: 0, greedy: 1 } as const),
 });
 
 /** The members of `weft_plan_desc` in weft.h's order: `[C name, C type]`. */
@@ -45,7 +47,7 @@ export const PLAN_DESC_MEMBERS = [
   ["max_tokens", "int32_t"],
   ["combine_wire_f32", "int32_t"],
   ["quantize", "int32_t"],
-  ["pad_", "int32_t"],
+  ["balance", "int32_t"],
   ["local_experts", "pointer"], // [world]
   ["slot_base", "pointer"], // [world + 1]
   ["slot_expert", "pointer"], // [slots]
@@ -107,6 +109,7 @@ export function planDescFields(
     max_tokens: options.maxTokens ?? DEFAULT_MAX_TOKENS,
     combine_wire_f32: (options.combineWire ?? "dtype") === "f32" ? 1 : 0,
     quantize: Codes.quantize[plan.quantize ?? "none"],
+    balance: Codes.balance[plan.balance ?? "rail"],
     local_experts: plan.localExperts,
     slot_base: plan.slotBase,
     slot_expert: plan.slotExpert,

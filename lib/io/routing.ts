@@ -13,7 +13,10 @@
  */
 import type { PlanSpec } from "../../dsl/types.ts";
 import { WeftError } from "../../dsl/errors.ts";
-import { parseNpy } from "./npy.ts";
+import { show } from "../../dsl/show.ts";
+
+// The trace loaders live in routing_load.ts; importers keep finding them here.
+export { loadRoutingJSON, loadRoutingNpy } from "./routing_load.ts";
 
 /** One rank's routing: [T × K] expert ids (`-1` = empty slot) and weights. */
 export interface RankRouting {
@@ -75,9 +78,7 @@ function tokenCounts(plan: RoutingPlan, tokens: number | readonly number[]): num
   if (counts.length !== plan.world || counts.some((t) => !Number.isInteger(t) || t < 0)) {
     throw new WeftError({
       field: "tokens",
-      problem: `must be an integer ≥ 0 or one per rank (${plan.world}), got ${
-        JSON.stringify(tokens)
-      }`,
+      problem: `must be an integer ≥ 0 or one per rank (${plan.world}), got ${show(tokens)}`,
       fix: "pass a token count per rank",
     });
   }
@@ -254,7 +255,7 @@ export function zipf(
   if (!(s >= 0) || !Number.isFinite(s)) {
     throw new WeftError({
       field: "s",
-      problem: `must be a finite number ≥ 0, got ${s}`,
+      problem: `must be a finite number ≥ 0, got ${show(s)}`,
       fix: "use e.g. s = 1",
     });
   }
@@ -335,14 +336,14 @@ export function hotMix(
   if (!Number.isInteger(hot) || hot < 1 || hot > E) {
     throw new WeftError({
       field: "hot",
-      problem: `must be an integer in [1, ${E}], got ${hot}`,
+      problem: `must be an integer in [1, ${E}], got ${show(hot)}`,
       fix: "pick a few hot experts",
     });
   }
   if (!(share >= 0 && share < 1)) {
     throw new WeftError({
       field: "hotShare",
-      problem: `must be in [0, 1), got ${share}`,
+      problem: `must be in [0, 1), got ${show(share)}`,
       fix: "use e.g. 0.5",
     });
   }
@@ -352,251 +353,4 @@ export function hotMix(
   for (let i = 0; i < hot; i++) prob[perm[i]] += share / hot;
   const pick = weightedPicker(prob, plan.topK);
   return generate(plan, opts, 5, (rng, _r, out, off) => pick(rng, out, off));
-}
-
-// ---- loaders ----
-
-function loadError(field: string, problem: string, fix: string): never {
-  throw new WeftError({ field, problem, fix });
-}
-
-/** Equal weights over a token's routed slots (loaders without weights). */
-function equalWeights(topkIdx: Int32Array, K: number): Float32Array {
-  const w = new Float32Array(topkIdx.length);
-  for (let t = 0; t < topkIdx.length / K; t++) {
-    let n = 0;
-    for (let k = 0; k < K; k++) if (topkIdx[t * K + k] >= 0) n++;
-    for (let k = 0; k < K; k++) if (topkIdx[t * K + k] >= 0) w[t * K + k] = 1 / n;
-  }
-  return w;
-}
-
-/** A [T][K] nested array (or [] for T = 0) → flat values, checked rectangular and numeric. */
-function flatten2(
-  v: unknown,
-  field: string,
-  ints: boolean,
-  K: number | undefined,
-): { data: number[]; K: number | undefined } {
-  if (!Array.isArray(v)) {
-    loadError(
-      field,
-      `must be an array of per-token arrays, got ${typeof v}`,
-      "write [[e0, e1, …], …] per rank",
-    );
-  }
-  const data: number[] = [];
-  for (let t = 0; t < v.length; t++) {
-    const row = v[t];
-    if (!Array.isArray(row)) {
-      loadError(
-        `${field}[${t}]`,
-        `must be an array of ${K ?? "K"} numbers`,
-        "write one array per token",
-      );
-    }
-    K ??= row.length;
-    if (row.length !== K) {
-      loadError(
-        `${field}[${t}]`,
-        `has ${row.length} entries, earlier tokens have ${K}`,
-        "give every token the same K (pad with -1)",
-      );
-    }
-    for (let k = 0; k < row.length; k++) {
-      const x = row[k];
-      if (typeof x !== "number" || (ints && !Number.isInteger(x))) {
-        loadError(
-          `${field}[${t}][${k}]`,
-          `must be ${ints ? "an integer" : "a number"}, got ${JSON.stringify(x)}`,
-          ints ? "use integer expert ids, -1 for none" : "use numeric weights",
-        );
-      }
-      data.push(x);
-    }
-  }
-  return { data, K };
-}
-
-/**
- * Load routing from JSON text or an already-parsed value. Accepted forms:
- * - `{"ranks": [{"topkIdx": [[e, …K], …T], "topkWeights": [[w, …K], …T]}, …]}`
- * - the `ranks` array alone;
- * - `{"topkIdx": [[[e, …K], …T], …ranks], "topkWeights": […same shape]}`.
- * `topkWeights` may be left out: each token's routed slots then get equal
- * weights. Ids and weights are range-checked later by the engine
- * (lib/input_check.ts); this checks structure.
- *
- * @throws {WeftError} naming the JSON path of the first malformed entry.
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { loadRoutingJSON } from "./routing.ts";
- * const r = loadRoutingJSON('{"ranks": [{"topkIdx": [[0, 3], [1, -1]]}]}');
- * assert.ok(r[0].topkWeights[2] === 1 && r[0].topkIdx[3] === -1);
- * ```
- */
-export function loadRoutingJSON(src: string | unknown): RankRouting[] {
-  let v: unknown = src;
-  if (typeof src === "string") {
-    try {
-      v = JSON.parse(src);
-    } catch (cause) {
-      throw new WeftError({
-        field: "routing",
-        problem: `is not valid JSON: ${(cause as Error).message}`,
-        fix: "check the file",
-        cause,
-      });
-    }
-  }
-  let ranks: { topkIdx: unknown; topkWeights?: unknown }[];
-  if (Array.isArray(v)) ranks = v;
-  else if (v !== null && typeof v === "object" && Array.isArray((v as { ranks?: unknown }).ranks)) {
-    ranks = (v as { ranks: typeof ranks }).ranks;
-  } else if (
-    v !== null && typeof v === "object" && Array.isArray((v as { topkIdx?: unknown }).topkIdx)
-  ) {
-    const o = v as { topkIdx: unknown[]; topkWeights?: unknown };
-    if (
-      o.topkWeights !== undefined &&
-      (!Array.isArray(o.topkWeights) || o.topkWeights.length !== o.topkIdx.length)
-    ) {
-      loadError(
-        "topkWeights",
-        "must have one entry per rank, like topkIdx",
-        "write weights of the same shape as topkIdx",
-      );
-    }
-    ranks = o.topkIdx.map((idx, r) => ({
-      topkIdx: idx,
-      topkWeights: (o.topkWeights as unknown[] | undefined)?.[r],
-    }));
-  } else {
-    loadError(
-      "routing",
-      "expected {ranks: [...]}, an array of ranks, or {topkIdx: [ranks][T][K]}",
-      "see loadRoutingJSON's documentation",
-    );
-  }
-  let K: number | undefined;
-  return ranks.map((rank, r) => {
-    const base = `ranks[${r}]`;
-    if (rank === null || typeof rank !== "object") {
-      loadError(base, "must be an object {topkIdx, topkWeights?}", "write one object per rank");
-    }
-    const idx = flatten2(rank.topkIdx, `${base}.topkIdx`, true, K);
-    K = idx.K;
-    const topkIdx = Int32Array.from(idx.data);
-    if (rank.topkWeights === undefined) {
-      return { topkIdx, topkWeights: equalWeights(topkIdx, K ?? 1) };
-    }
-    const w = flatten2(rank.topkWeights, `${base}.topkWeights`, false, K);
-    if (w.data.length !== idx.data.length) {
-      loadError(
-        `${base}.topkWeights`,
-        `has ${w.data.length} entries, topkIdx has ${idx.data.length}`,
-        "write one weight per id",
-      );
-    }
-    return { topkIdx, topkWeights: Float32Array.from(w.data) };
-  });
-}
-
-/**
- * Load routing from `.npy` files. `idx` is int32 or int64 (little-endian, C
- * order) of shape `[ranks, T, K]` (one slice per rank) or `[T, K]` (split
- * into `world` contiguous blocks: rank r gets tokens ⌊r·T/W⌋ … ⌊(r+1)·T/W⌋−1).
- * `weights`, when given, is float32/float64 of the same shape; otherwise each
- * token's routed slots get equal weights.
- *
- * @throws {WeftError} for malformed files, wrong shapes, int64 ids outside
- *   int32, or weights whose shape differs.
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { loadRoutingNpy } from "./routing.ts";
- * import { encodeNpy } from "./npy.ts";
- * const r = loadRoutingNpy(encodeNpy(Int32Array.of(0, 1, 2, 3), [2, 2]), { world: 2 });
- * assert.ok(r.length === 2 && r[1].topkIdx.join() === "2,3");
- * ```
- */
-export function loadRoutingNpy(
-  idx: Uint8Array,
-  opts: { readonly world?: number; readonly weights?: Uint8Array } = {},
-): RankRouting[] {
-  const a = parseNpy(idx, "topkIdx.npy");
-  if (a.descr !== "<i4" && a.descr !== "<i8") {
-    loadError(
-      "topkIdx.npy",
-      `has dtype '${a.descr}', expected int32 or int64`,
-      "save the ids with arr.astype('<i4')",
-    );
-  }
-  if (a.shape.length !== 2 && a.shape.length !== 3) {
-    loadError(
-      "topkIdx.npy",
-      `has shape (${a.shape.join(", ")}), expected [ranks, T, K] or [T, K]`,
-      "reshape before saving",
-    );
-  }
-  let ids: Int32Array;
-  if (a.data instanceof BigInt64Array) {
-    ids = new Int32Array(a.data.length);
-    for (let i = 0; i < ids.length; i++) {
-      const v = a.data[i];
-      if (v < -2147483648n || v > 2147483647n) {
-        loadError(
-          "topkIdx.npy",
-          `entry ${i} is ${v}, outside int32`,
-          "expert ids must fit in int32",
-        );
-      }
-      ids[i] = Number(v);
-    }
-  } else ids = a.data as Int32Array;
-  let w: Float32Array | undefined;
-  if (opts.weights !== undefined) {
-    const b = parseNpy(opts.weights, "topkWeights.npy");
-    if (b.descr !== "<f4" && b.descr !== "<f8") {
-      loadError(
-        "topkWeights.npy",
-        `has dtype '${b.descr}', expected float32 or float64`,
-        "save the weights with arr.astype('<f4')",
-      );
-    }
-    if (b.shape.join() !== a.shape.join()) {
-      loadError(
-        "topkWeights.npy",
-        `has shape (${b.shape.join(", ")}), topkIdx.npy has (${a.shape.join(", ")})`,
-        "save weights of the same shape as the ids",
-      );
-    }
-    w = b.data instanceof Float32Array ? b.data : Float32Array.from(b.data as Float64Array);
-  }
-  const K = a.shape[a.shape.length - 1];
-  let bounds: number[];
-  if (a.shape.length === 3) {
-    const [R, T] = a.shape;
-    if (opts.world !== undefined && opts.world !== R) {
-      loadError(
-        "topkIdx.npy",
-        `holds ${R} ranks, world is ${opts.world}`,
-        `save [${opts.world}, T, K], or [T, K] to split it`,
-      );
-    }
-    bounds = Array.from({ length: R + 1 }, (_, r) => r * T);
-  } else {
-    const W = opts.world ?? 1;
-    if (!Number.isInteger(W) || W < 1) {
-      loadError("world", `must be an integer ≥ 1, got ${W}`, "pass the world size");
-    }
-    const T = a.shape[0];
-    bounds = Array.from({ length: W + 1 }, (_, r) => Math.floor((r * T) / W));
-  }
-  return bounds.slice(0, -1).map((t0, r) => {
-    const topkIdx = ids.slice(t0 * K, bounds[r + 1] * K);
-    const topkWeights = w ? w.slice(t0 * K, bounds[r + 1] * K) : equalWeights(topkIdx, K);
-    return { topkIdx, topkWeights };
-  });
 }

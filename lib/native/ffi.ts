@@ -16,6 +16,7 @@
  *
  * @module
  */
+import { decodeSymbols } from "./ffi_decode.ts";
 
 /**
  * The `WEFT_ABI_VERSION` of weft.h this table was written against; the
@@ -27,7 +28,7 @@
  * console.assert(Number.isInteger(ABI_VERSION));
  * ```
  */
-export const ABI_VERSION = 6;
+export const ABI_VERSION = 7;
 
 /**
  * The symbol table, in weft.h's order.
@@ -376,6 +377,22 @@ export const symbols = {
     result: "i32",
     nonblocking: true,
   },
+  weft_comm_create2: {
+    parameters: [
+      "i32", // int32_t device
+      "i32", // int32_t rank
+      "i32", // int32_t world
+      "i32", // int32_t local_rank: rank % local_world
+      "i32", // int32_t local_world: ranks per node (nodes are consecutive ranks)
+      "buffer", // const uint8_t* nccl_id: UNIQUE_ID_BYTES (required with several nodes)
+      "u64", // uint64_t heap_bytes: this rank's symmetric heap
+      "i32", // int32_t timeout_ms: the bound of every wait on a peer
+      "buffer", // weft_comm_t* out
+    ],
+    result: "i32",
+    nonblocking: true,
+  },
+  ...decodeSymbols,
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The opened library. */

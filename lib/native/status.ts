@@ -37,6 +37,8 @@ export interface CallContext {
   readonly rank?: number;
   /** The user-facing field the call was about (e.g. "topkIdx", "maxTokens"). */
   readonly field?: string;
+  /** The fix for a bad input of this call, when the status's default does not fit. */
+  readonly fix?: string;
 }
 
 /** What native reports about its most recent failure. */
@@ -181,7 +183,8 @@ export function nativeError(
   return new WeftError({
     field,
     problem: `${call} failed: ${message}`,
-    fix: mapping?.fix ?? `unknown status ${status}: rebuild libweft.so from this checkout`,
+    fix: (mapping?.own ? undefined : context.fix) ?? mapping?.fix ??
+      `unknown status ${status}: rebuild libweft.so from this checkout`,
     ...(rank !== undefined ? { rank } : {}),
     cause,
   });

@@ -3,8 +3,14 @@
  * oracle the GPU engine is tested against, so it implements DESIGN.md's
  * Semantics literally: dispatch copies raw row bits into the layout's receive
  * order (with `quantize: e4m3`, the source rows' E4M3 bytes and block scales
- * as lib/fp8.ts defines them); combine reduces in true f32 arithmetic (every product and every sum
- * rounded to f32) in the normative order, and rounds to the dtype once.
+ * as lib/core/fp8.ts defines them); combine reduces in true f32 arithmetic
+ * (every product and every sum rounded to f32) in the normative order, and
+ * rounds to the dtype once.
+ *
+ * By default a batch moves in one hop (source → destination). With
+ * `protocol: "staged"` it moves through the hierarchical protocol of dedupe
+ * `node` stage by stage (lib/sim/protocol.ts), with the same results and
+ * byte counts per stage.
  *
  * @module
  */
@@ -13,8 +19,6 @@ import { computeLayout } from "../../dsl/layout.ts";
 import type {
   Dispatched,
   DispatchHandle,
-  DispatchResult,
-  HostArray,
   HostRows,
   QuantizedInput,
   RankInput,
@@ -23,25 +27,26 @@ import type {
   ShuffleEngine,
   Tensor,
 } from "../core/engine_api.ts";
-import { fromF32 } from "../core/dtype.ts";
-import { QUANT_BLOCK, type QuantizedRows, quantizeRows } from "../core/fp8.ts";
-import { HostTensor } from "../core/host_tensor.ts";
-import {
-  checkInputRows,
-  checkRankInput,
-  checkRankInputs,
-  checkRows,
-  isQuantizedInput,
-} from "../core/input_check.ts";
+import type { HostTensor } from "../core/host_tensor.ts";
+import { checkRankInputs, checkRankShapes } from "../core/input_check.ts";
 import { WeftError } from "../../dsl/errors.ts";
+import { readInputs, readRouting, readRows, type SourceRows } from "./inputs.ts";
+import { scatter, type SimDispatchResult } from "./dispatch_rows.ts";
+import { combineRank, ExpertRows } from "./combine_math.ts";
+import { type SimBatch, SimulatorHandle } from "./handle.ts";
+import {
+  type ResolvedSimulatorOptions,
+  resolveSimulatorOptions,
+  type SimulatorOptions,
+} from "./options.ts";
+import { stagedCombine, stagedDispatch, stagedLayout } from "./protocol.ts";
+import type { StageTraffic } from "./protocol_traffic.ts";
 
-/** A Simulator dispatch result: `recv` (and `recvScales`) are {@link HostTensor}s. */
-export interface SimDispatchResult extends DispatchResult {
-  /** [R × H] received rows, in the plan's receive order, on the host (e4m3 bytes when quantized). */
-  readonly recv: HostTensor<DType | "e4m3">;
-  /** [R × H/128] f32 block scales of `recv` when the pattern quantizes dispatch. */
-  readonly recvScales?: HostTensor<"f32">;
-}
+export type { SimDispatchResult } from "./dispatch_rows.ts";
+export { type SimBatch, SimulatorHandle } from "./handle.ts";
+export type { ResolvedSimulatorOptions, SimulatorOptions } from "./options.ts";
+export type { RankStageBytes, Stage, StageLink, StageTraffic } from "./protocol_traffic.ts";
+export { sliceSchedule, type SliceStream, type SliceTransfer } from "./slices.ts";
 
 /** What {@link Simulator.dispatch} returns: the results, the handle, and the layout for inspection. */
 export interface SimDispatched extends Dispatched {
@@ -51,65 +56,8 @@ export interface SimDispatched extends Dispatched {
   readonly handle: SimulatorHandle;
   /** The batch's layout descriptor. */
   readonly layout: BatchLayout;
-}
-
-/**
- * One batch's cached layout and routing weights, for combine and
- * re-dispatch. Using it after `close()` throws a WeftError.
- */
-export class SimulatorHandle implements DispatchHandle {
-  /** Every rank of the Simulator's plan. */
-  readonly ranks: readonly number[];
-  #layout: BatchLayout | undefined;
-  #weights: Float32Array[] | undefined;
-  readonly #owner: Simulator;
-
-  /** @internal Built by {@link Simulator.dispatch}. */
-  constructor(owner: Simulator, layout: BatchLayout, weights: Float32Array[]) {
-    this.#owner = owner;
-    this.ranks = owner.ranks;
-    this.#layout = layout;
-    this.#weights = weights;
-  }
-
-  /** The batch's layout descriptor. */
-  get layout(): BatchLayout {
-    return this.#open().layout;
-  }
-
-  /** @internal The layout and a copy of each rank's routing weights; throws once closed. */
-  open(owner: Simulator): { layout: BatchLayout; weights: Float32Array[] } {
-    if (owner !== this.#owner) {
-      throw new WeftError({
-        field: "handle",
-        problem: "belongs to another engine",
-        fix: "pass the handle returned by this Simulator's dispatch",
-      });
-    }
-    return this.#open();
-  }
-
-  #open(): { layout: BatchLayout; weights: Float32Array[] } {
-    if (this.#layout === undefined || this.#weights === undefined) {
-      throw new WeftError({
-        field: "handle",
-        problem: "is closed",
-        fix: "combine or re-dispatch before closing the handle, or dispatch again",
-      });
-    }
-    return { layout: this.#layout, weights: this.#weights };
-  }
-
-  /** Release the layout; later use throws. Idempotent. */
-  close(): void {
-    this.#layout = undefined;
-    this.#weights = undefined;
-  }
-
-  /** Same as {@link SimulatorHandle.close}, for `using`. */
-  [Symbol.dispose](): void {
-    this.close();
-  }
+  /** The staged protocol's byte counts per stage (`protocol: "staged"` only). */
+  readonly traffic?: StageTraffic;
 }
 
 /**
@@ -136,6 +84,22 @@ export class SimulatorHandle implements DispatchHandle {
  * assert.ok((await out.read())[1] === 2); // identity experts: x · Σw
  * d.handle.close();
  * ```
+ *
+ * @example The staged protocol over two nodes
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { Simulator } from "./simulator.ts";
+ * import { experts } from "../../dsl/mod.ts";
+ * const plan = experts(4).byDevice().topK(2).dedupe("node").dtype("f32").hidden(8)
+ *   .compile({ world: 4, gpusPerNode: 2 });
+ * using sim = new Simulator(plan, { protocol: "staged", sliceRows: 1 });
+ * const one = (e: number[]) => ({ x: new Float32Array(8).fill(2), topkIdx: Int32Array.from(e), topkWeights: Float32Array.of(0.5, 0.5) });
+ * const d = await sim.dispatch([one([2, 3]), one([0, 1]), one([0, 2]), one([3, 1])]);
+ * // rank 0's token crosses to node 1 once (to forwarder 2), which fans it out to rank 3
+ * assert.deepEqual(d.traffic!.links.filter((l) => l.src === 0).map((l) => [l.stage, l.dst]), [["nic", 2]]);
+ * const outs = await sim.combine(d.handle, d.results.map((r) => r.recv));
+ * assert.equal((await outs[0].read())[1], 2);
+ * ```
  */
 export class Simulator implements ShuffleEngine {
   /** Always "simulator". */
@@ -144,13 +108,21 @@ export class Simulator implements ShuffleEngine {
   readonly plan: PlanSpec;
   /** Every rank of the plan, 0 … world−1. */
   readonly ranks: readonly number[];
+  /** The protocol and its settings, defaults filled in. */
+  readonly options: ResolvedSimulatorOptions;
   #closed = false;
   #lastLayout: BatchLayout | undefined;
+  #lastTraffic: StageTraffic | undefined;
 
-  /** An engine for `plan`; holds no resources beyond the last layout. */
-  constructor(plan: PlanSpec) {
+  /**
+   * An engine for `plan`; holds no resources beyond the last layout.
+   *
+   * @throws {WeftError} for bad {@link SimulatorOptions} (see `resolveSimulatorOptions`).
+   */
+  constructor(plan: PlanSpec, options: SimulatorOptions = {}) {
     this.plan = plan;
     this.ranks = Object.freeze(Array.from({ length: plan.world }, (_, r) => r));
+    this.options = resolveSimulatorOptions(plan, options);
   }
 
   /** The layout of the most recent dispatch, for inspection. */
@@ -158,22 +130,26 @@ export class Simulator implements ShuffleEngine {
     return this.#lastLayout;
   }
 
+  /** The stage byte counts of the most recent staged dispatch, re-dispatch or combine. */
+  get lastTraffic(): StageTraffic | undefined {
+    return this.#lastTraffic;
+  }
+
   /**
    * Dispatch one batch: one input per rank. All ranks' inputs are checked
    * before anything is computed; a bad one throws a WeftError naming the
    * field and the rank. Routing given as tensors is read to the host first
    * (`await t.read()`) and then checked and used exactly as arrays are.
+   * (The staged protocol checks shapes first and routing values in its
+   * route stage, failing every rank at the exchange, before any row moves.)
    */
   async dispatch(inputs: readonly RankInput[]): Promise<SimDispatched> {
     this.#checkOpen();
-    const tokens = checkRankInputs(this.plan, inputs);
-    const routing = await this.#readRouting(inputs, tokens);
-    const xs = await this.#readInputs("x", inputs.map((i) => i.x), null);
-    const layout = computeLayout(this.plan, routing.map((r) => r.topkIdx));
-    const weights = routing.map((r) => r.topkWeights.slice());
-    this.#lastLayout = layout;
-    const handle = new SimulatorHandle(this, layout, weights);
-    return { results: this.#scatter(layout, weights, xs), handle, layout };
+    const tokens = this.#checkInputs(inputs);
+    const routing = await readRouting(this.plan, inputs, tokens, !this.#staged);
+    const xs = await readInputs(this.plan, "x", inputs.map((i) => i.x), null);
+    const handle = new SimulatorHandle(this, this.#newBatch(routing, tokens));
+    return this.#move(handle, xs);
   }
 
   /**
@@ -184,11 +160,9 @@ export class Simulator implements ShuffleEngine {
    */
   async layout(routing: readonly RoutingInput[]): Promise<SimulatorHandle> {
     this.#checkOpen();
-    const tokens = checkRankInputs(this.plan, routing);
-    const host = await this.#readRouting(routing, tokens);
-    const layout = computeLayout(this.plan, host.map((r) => r.topkIdx));
-    this.#lastLayout = layout;
-    return new SimulatorHandle(this, layout, host.map((r) => r.topkWeights.slice()));
+    const tokens = this.#checkInputs(routing);
+    const host = await readRouting(this.plan, routing, tokens, !this.#staged);
+    return new SimulatorHandle(this, this.#newBatch(host, tokens));
   }
 
   /** Dispatch new rows (same shapes) through a handle's cached layout; returns the same handle. */
@@ -197,13 +171,10 @@ export class Simulator implements ShuffleEngine {
     xs: readonly (HostRows | Tensor | QuantizedInput)[],
   ): Promise<SimDispatched> {
     this.#checkOpen();
-    const { layout, weights } = this.#handle(handle).open(this);
-    const rows = await this.#readInputs("xs", xs, layout.ranks.map((r) => r.tokens));
-    return {
-      results: this.#scatter(layout, weights, rows),
-      handle: handle as SimulatorHandle,
-      layout,
-    };
+    const h = this.#handle(handle);
+    const { layout } = h.open(this);
+    const rows = await readInputs(this.plan, "xs", xs, layout.ranks.map((r) => r.tokens));
+    return this.#move(h, rows);
   }
 
   /** Nothing runs after a Simulator call returns: resolves at once (API parity with Engine). */
@@ -220,26 +191,76 @@ export class Simulator implements ShuffleEngine {
    * node are first summed into the forwarder's partial, which is then added
    * in the forwarder's turn. Every product and sum is rounded to f32; the
    * result is rounded to the dtype once. Tokens with no expert get zeros.
+   * (Staged with `combineWire: "dtype"`, partials are also rounded to the
+   * dtype each time they cross to another rank.)
    */
   async combine(
     handle: DispatchHandle,
     ys: readonly (HostRows | Tensor)[],
   ): Promise<HostTensor<DType>[]> {
     this.#checkOpen();
-    const { layout, weights } = this.#handle(handle).open(this);
-    const y = await this.#readRows("ys", ys, layout.ranks.map((r) => r.recvRows));
-    return layout.ranks.map((rl) => this.#combineRank(layout, rl.rank, y, weights[rl.rank]));
+    const { layout, weights, staged } = this.#handle(handle).open(this);
+    const rows = await readRows(this.plan, "ys", ys, layout.ranks.map((r) => r.recvRows));
+    const y = new ExpertRows(rows, this.plan.dtype, this.plan.hidden);
+    if (staged === undefined) {
+      return layout.ranks.map((rl) => combineRank(this.plan, rl, y, weights[rl.rank]));
+    }
+    const { combineWire, sliceRows } = this.options;
+    const run = stagedCombine(this.plan, staged, y, combineWire, sliceRows);
+    this.#lastTraffic = run.traffic;
+    return run.outs;
   }
 
   /** Release the engine; later calls throw. */
   close(): void {
     this.#closed = true;
     this.#lastLayout = undefined;
+    this.#lastTraffic = undefined;
   }
 
   /** Same as {@link Simulator.close}, for `using`. */
   [Symbol.dispose](): void {
     this.close();
+  }
+
+  get #staged(): boolean {
+    return this.options.protocol === "staged";
+  }
+
+  /**
+   * Every rank's inputs checked before any is read: in full for one-hop;
+   * shapes only for staged, whose route stage checks the values.
+   */
+  #checkInputs(inputs: readonly (RankInput | RoutingInput)[]): number[] {
+    if (!this.#staged) return checkRankInputs(this.plan, inputs);
+    if (!Array.isArray(inputs) || inputs.length !== this.plan.world) {
+      // The count message is checkRankInputs's own.
+      return checkRankInputs(this.plan, inputs);
+    }
+    return inputs.map((input, r) => checkRankShapes(this.plan, r, input));
+  }
+
+  /** A batch's layout (and protocol state), from every rank's host routing. */
+  #newBatch(routing: readonly RankRouting[], tokens: readonly number[]): SimBatch {
+    const staged = this.#staged
+      ? stagedLayout(this.plan, routing, tokens, this.options.sliceRows)
+      : undefined;
+    const layout = computeLayout(this.plan, routing.map((r) => r.topkIdx));
+    this.#lastLayout = layout;
+    const weights = staged?.routes.map((r) => r.weights) ??
+      routing.map((r) => r.topkWeights.slice());
+    return { layout, weights, ...(staged !== undefined ? { staged } : {}) };
+  }
+
+  /** Move a batch's rows by the handle's layout. */
+  #move(handle: SimulatorHandle, xs: SourceRows[]): SimDispatched {
+    const { layout, weights, staged } = handle.open(this);
+    if (staged === undefined) {
+      return { results: scatter(this.plan, layout, weights, xs), handle, layout };
+    }
+    const run = stagedDispatch(this.plan, staged, xs, this.options.sliceRows);
+    this.#lastTraffic = run.traffic;
+    return { results: run.results!, handle, layout, traffic: run.traffic };
   }
 
   #checkOpen(): void {
@@ -262,267 +283,4 @@ export class Simulator implements ShuffleEngine {
     }
     return handle;
   }
-
-  /** One entry per rank, or a WeftError naming `field`. */
-  #checkCount(field: string, xs: readonly unknown[]): void {
-    const W = this.plan.world;
-    if (!Array.isArray(xs) || xs.length !== W) {
-      throw new WeftError({
-        field,
-        problem: `expected one entry per rank (${W}), got ${
-          Array.isArray(xs) ? xs.length : typeof xs
-        }`,
-        fix: `pass ${W} row arrays or tensors in rank order`,
-      });
-    }
-  }
-
-  /**
-   * Every rank's routing on the host: arrays as they are, tensors read (all
-   * ranks' shapes were checked before, by `checkRankInputs`). What was read
-   * is then checked like arrays are, values included, against the token
-   * count its tensor advertised, for every rank before any work.
-   */
-  async #readRouting(
-    routing: readonly RoutingInput[],
-    tokens: readonly number[],
-  ): Promise<RankRouting[]> {
-    const host = await Promise.all(routing.map(async (r) => ({
-      topkIdx: ArrayBuffer.isView(r.topkIdx) ? r.topkIdx : await r.topkIdx.read(),
-      topkWeights: ArrayBuffer.isView(r.topkWeights) ? r.topkWeights : await r.topkWeights.read(),
-    })));
-    host.forEach((h, rank) => {
-      const given = routing[rank];
-      if (h.topkIdx !== given.topkIdx || h.topkWeights !== given.topkWeights) {
-        checkRankInput(this.plan, rank, h, tokens[rank]);
-      }
-    });
-    return host;
-  }
-
-  /**
-   * Check every rank's rows first (count, dtype, width, row count), then read
-   * them; `rows` null means the counts were already checked by the caller.
-   */
-  async #readRows(
-    field: string,
-    xs: readonly (HostRows | Tensor)[],
-    rows: readonly number[] | null,
-  ): Promise<HostRows[]> {
-    this.#checkCount(field, xs);
-    const counts = xs.map((x, r) => checkRows(this.plan, r, field, x, rows?.[r]));
-    const data = await Promise.all(xs.map(hostData));
-    // A device tensor's host copy must agree with the shape it advertised.
-    data.forEach((d, r) => checkRows(this.plan, r, field, d, counts[r]));
-    // Checked above: each is rows of the plan's dtype.
-    return data as HostRows[];
-  }
-
-  /**
-   * Dispatch's rows for every rank, checked for all ranks before any is
-   * read: rows in the dtype, or pre-quantized `{ q, scales }`.
-   */
-  async #readInputs(
-    field: string,
-    xs: readonly (HostRows | Tensor | QuantizedInput)[],
-    rows: readonly number[] | null,
-  ): Promise<(HostRows | QuantizedRows)[]> {
-    this.#checkCount(field, xs);
-    const counts = xs.map((x, r) => checkInputRows(this.plan, r, field, x, rows?.[r]));
-    const data = await Promise.all(
-      xs.map(async (x): Promise<HostArray | QuantizedRows> =>
-        isQuantizedInput(x)
-          ? {
-            q: await hostData(x.q) as Uint8Array,
-            scales: await hostData(x.scales) as Float32Array,
-          }
-          : await hostData(x)
-      ),
-    );
-    data.forEach((d, r) => checkInputRows(this.plan, r, field, d, counts[r]));
-    // Checked above: rows of the plan's dtype, or quantized rows.
-    return data as (HostRows | QuantizedRows)[];
-  }
-
-  /**
-   * Every received row is its source row's bits: x as given, or, when the
-   * pattern quantizes dispatch, the source's E4M3 bytes and block scales
-   * (lib/fp8.ts, quantized once per source row whatever its fan-out; or as
-   * given, when the rows came pre-quantized).
-   */
-  #scatter(
-    layout: BatchLayout,
-    weights: Float32Array[],
-    xs: (HostRows | QuantizedRows)[],
-  ): SimDispatchResult[] {
-    const { hidden: H, topK: K, dtype } = this.plan;
-    const quantized = this.plan.quantize === "e4m3";
-    const sent: QuantizedRows[] | undefined = quantized
-      ? xs.map((x) =>
-        isQuantizedInput(x) ? x as QuantizedRows : quantizeRows(x as HostRows, dtype, H)
-      )
-      : undefined;
-    const S = H / QUANT_BLOCK;
-    return layout.ranks.map((rl) => {
-      const R = rl.recvRows;
-      const recv = new HostTensor(quantized ? "e4m3" : dtype, R, H);
-      const recvScales = quantized ? new HostTensor("f32", R, S) : undefined;
-      const out = recv.data;
-      const recvWeights = new Float32Array(R);
-      for (let i = 0; i < R; i++) {
-        const s = rl.srcRank[i];
-        const t = rl.srcToken[i];
-        if (sent !== undefined) {
-          out.set(sent[s].q.subarray(t * H, (t + 1) * H), i * H);
-          recvScales!.data.set(sent[s].scales.subarray(t * S, (t + 1) * S), i * S);
-        } else {
-          out.set((xs[s] as HostRows).subarray(t * H, (t + 1) * H), i * H);
-        }
-        recvWeights[i] = weights[s][t * K + rl.srcK[i]];
-      }
-      return {
-        rank: rl.rank,
-        recv,
-        ...(recvScales !== undefined ? { recvScales } : {}),
-        expertCounts: rl.expertCounts.slice(),
-        recvWeights,
-        srcRank: rl.srcRank.slice(),
-        srcToken: rl.srcToken.slice(),
-        srcK: rl.srcK.slice(),
-      };
-    });
-  }
-
-  #combineRank(
-    layout: BatchLayout,
-    r: number,
-    ys: HostRows[],
-    w: Float32Array,
-  ): HostTensor<DType> {
-    const { hidden: H, topK: K, dtype } = this.plan;
-    const weighted = this.plan.combine === "weighted";
-    const rl = layout.ranks[r];
-    const out = new HostTensor(dtype, rl.tokens, H);
-    const acc = new Float32Array(H);
-    const group = new Float32Array(H);
-    const part = new Float32Array(H);
-    const kernel = dtype === "bf16" ? fmaBf16 : fmaFloat;
-    const yv = ys.map((y) =>
-      dtype === "f16" ? new Float16Array(y.buffer, y.byteOffset, y.length) : y
-    ) as (Uint16Array & Float16Array & Float32Array)[];
-    const devices = new Int32Array(K);
-    const { forwardRank: fwd, destRank, destRow } = rl;
-
-    /**
-     * target ⊕= Σ over devices[a..b) ascending of (Σ_k ascending w·y) with
-     * every step rounded to f32; `init` means target starts at 0. A device
-     * with one pair is added straight into target (p = fround(w·y) + 0, and
-     * target + p equals target + fround(w·y)); with several pairs its partial
-     * is formed first, since (target + p1) + p2 ≠ target + (p1 + p2) in f32.
-     */
-    const reduce = (target: Float32Array, t: number, a: number, b: number, init: boolean): void => {
-      for (let g = a; g < b; g++) {
-        const d = devices[g];
-        let pairs = 0;
-        for (let k = 0; k < K; k++) if (destRank[t * K + k] === d) pairs++;
-        const into = init || pairs === 1 ? target : part;
-        let first = init || pairs > 1;
-        for (let k = 0; k < K; k++) {
-          const i = t * K + k;
-          if (destRank[i] !== d) continue;
-          kernel(into, yv[d], destRow[i] * H, weighted ? w[i] : 1, H, first);
-          first = false;
-        }
-        if (into === part) { for (let j = 0; j < H; j++) target[j] += part[j]; }
-        init = false;
-      }
-    };
-
-    const outRows = out.data;
-    for (let t = 0; t < rl.tokens; t++) {
-      let n = 0;
-      for (let k = 0; k < K; k++) {
-        const d = destRank[t * K + k];
-        if (d < 0) continue;
-        let j = 0;
-        while (j < n && devices[j] !== d) j++;
-        if (j < n) continue;
-        n++;
-        while (j > 0 && devices[j - 1] > d) {
-          devices[j] = devices[j - 1];
-          j--;
-        }
-        devices[j] = d;
-      }
-      if (n === 0) continue; // no expert: the row stays zero
-      for (let a = 0; a < n;) {
-        // Devices sharing a forwarder (dedupe node) are reduced there first.
-        let b = a + 1;
-        while (b < n && fwd[devices[b]] === fwd[devices[a]]) b++;
-        if (b - a === 1) reduce(acc, t, a, b, a === 0);
-        else {
-          reduce(group, t, a, b, true);
-          if (a === 0) acc.set(group);
-          else for (let j = 0; j < H; j++) acc[j] += group[j];
-        }
-        a = b;
-      }
-      const o = outRows.subarray(t * H, (t + 1) * H);
-      if (dtype === "f32") o.set(acc);
-      else fromF32(acc, dtype, o);
-    }
-    return out;
-  }
-}
-
-// One kernel per dtype keeps each loop monomorphic. `init`: dst = fround(w·y) + 0
-// (the + 0 makes a -0 product +0, as an accumulator starting at 0 would);
-// otherwise dst += fround(w·y), the sum rounded to f32 by the store. For
-// "sum" w is 1 and fround(1·y) = y.
-
-const bf16Bits = new Uint32Array(1);
-const bf16Value = new Float32Array(bf16Bits.buffer);
-
-function fmaBf16(
-  dst: Float32Array,
-  y: Uint16Array,
-  off: number,
-  w: number,
-  H: number,
-  init: boolean,
-): void {
-  if (init) {
-    for (let j = 0; j < H; j++) {
-      bf16Bits[0] = y[off + j] << 16;
-      dst[j] = Math.fround(w * bf16Value[0]) + 0;
-    }
-  } else {
-    for (let j = 0; j < H; j++) {
-      bf16Bits[0] = y[off + j] << 16;
-      dst[j] += Math.fround(w * bf16Value[0]);
-    }
-  }
-}
-
-/** dst (+)= w·y for f16 and f32 rows, which read as numbers directly. */
-function fmaFloat(
-  dst: Float32Array,
-  y: Float16Array | Float32Array,
-  off: number,
-  w: number,
-  H: number,
-  init: boolean,
-): void {
-  if (init) { for (let j = 0; j < H; j++) dst[j] = Math.fround(w * y[off + j]) + 0; }
-  else for (let j = 0; j < H; j++) dst[j] += Math.fround(w * y[off + j]);
-}
-
-/**
- * Host data of rows: a HostTensor's storage or a typed array as they are, a
- * device tensor read back. A tensor may hold any dtype: callers check what
- * came back.
- */
-function hostData(x: HostRows | Tensor): Promise<HostArray> {
-  if (x instanceof HostTensor) return Promise.resolve(x.data);
-  return ArrayBuffer.isView(x) ? Promise.resolve(x) : x.read();
 }

@@ -33,16 +33,17 @@ extern "C" {
  * 3: stream-ordered returns, weft_comm_sync, weft_engine_input_rows,
  * weft_engine_pin_host, weft_dispatch_begin/_finish; 4: weft_plan_desc.quantize,
  * weft_dispatch_info.recv_scales; 5: weft_dispatch_begin_e4m3, weft_redispatch_e4m3,
- * weft_engine_input_e4m3; 6: weft_last_error_rank, this macro). weft_abi_version()
+ * weft_engine_input_e4m3; 6: weft_last_error_rank, this macro; 7: weft_comm_create2
+ * and the hierarchical engine over nodes). weft_abi_version()
  * returns it; lib/native/ffi.ts's ABI_VERSION must equal it. */
-#define WEFT_ABI_VERSION 6
+#define WEFT_ABI_VERSION 7
 
 #define WEFT_OK 0
 #define WEFT_ERR_CUDA 1        /* a CUDA runtime call or launch failed */
 #define WEFT_ERR_NCCL 2        /* an NCCL call failed, or NCCL could not be loaded */
 #define WEFT_ERR_INVALID 3     /* bad argument (null, size, range) */
 #define WEFT_ERR_BAD_INPUT 4   /* device-side input check failed on this or a peer rank (expert id out of range, duplicate expert) */
-#define WEFT_ERR_TIMEOUT 5     /* a peer did not reach a barrier in time (dead or stuck peer) */
+#define WEFT_ERR_TIMEOUT 5     /* a peer did not answer in time, or its process or connection went away (dead or stuck peer) */
 #define WEFT_ERR_CAPACITY 6    /* tokens > max_tokens, or a buffer too small */
 #define WEFT_ERR_NO_DEVICE 7   /* no CUDA device / driver */
 
@@ -67,6 +68,11 @@ extern "C" {
 #define WEFT_QUANTIZE_NONE 0 /* in the plan's dtype, bit for bit */
 #define WEFT_QUANTIZE_E4M3 1 /* FP8 E4M3 + one power-of-two f32 scale per 128 elements (lib/core/fp8.ts) */
 #define WEFT_QUANT_BLOCK 128
+/* balance codes: the forwarder table of dedupe node over several nodes
+ * (HIER_PROTOCOL: f(s, m) = table[m][group(s)]); outputs are identical with
+ * either, only the forwarded bytes move. Inert on one node or other dedupes. */
+#define WEFT_BALANCE_RAIL 0   /* f(s, m) = m*gpus_per_node + local(s) */
+#define WEFT_BALANCE_GREEDY 1 /* FUSCO Algorithm 1 per batch from the gathered cross-node loads (dsl/balance.ts) */
 
 typedef struct weft_comm* weft_comm_t;
 typedef struct weft_engine* weft_engine_t;
@@ -112,6 +118,17 @@ int32_t weft_nccl_unique_id(uint8_t* out /* 128 bytes */);
 int32_t weft_comm_create(int32_t device, int32_t rank, int32_t world,
                          const uint8_t* nccl_id /* 128 bytes or NULL */,
                          uint64_t heap_bytes, int32_t timeout_ms, weft_comm_t* out);
+/* weft_comm_create over several nodes: ranks node*local_world ..
+ * node*local_world + local_world - 1 form a node (consecutive ranks; node =
+ * rank / local_world, local_rank = rank % local_world). The symmetric heap is
+ * mapped, and weft_comm_barrier runs, among the node's ranks only
+ * (local_world <= 32); weft_comm_open_peers then takes the node's handles
+ * (local_world x 64 bytes, local rank order). world <= 1024. With more than
+ * one node an NCCL id is required (the engine moves rows between nodes over
+ * NCCL). local_world == world is exactly weft_comm_create. */
+int32_t weft_comm_create2(int32_t device, int32_t rank, int32_t world, int32_t local_rank, int32_t local_world,
+                          const uint8_t* nccl_id /* 128 bytes or NULL */, uint64_t heap_bytes,
+                          int32_t timeout_ms, weft_comm_t* out);
 int32_t weft_comm_ipc_handle(weft_comm_t comm, uint8_t* out /* 64 bytes */);
 int32_t weft_comm_open_peers(weft_comm_t comm, const uint8_t* handles /* world × 64 */);
 /* Bounded barrier over the symmetric heap flags. */
@@ -138,7 +155,7 @@ typedef struct weft_plan_desc {
   int32_t max_tokens;                       /* capacity per rank per batch */
   int32_t combine_wire_f32;                 /* 1: partial sums cross in f32; 0: in dtype */
   int32_t quantize;                         /* WEFT_QUANTIZE_*; E4M3 needs hidden % 128 == 0 */
-  int32_t pad_;                             /* 0 */
+  int32_t balance;                          /* WEFT_BALANCE_RAIL 0 | WEFT_BALANCE_GREEDY 1 */
   const int32_t* local_experts;             /* [world] */
   const int32_t* slot_base;                 /* [world+1] */
   const int32_t* slot_expert;               /* [slots] */
@@ -151,9 +168,14 @@ typedef struct weft_plan_desc {
  * Checks the plan like weft_engine_create. */
 int32_t weft_engine_heap_bytes(const weft_plan_desc* plan, uint64_t* out);
 /* Not collective. Fails with WEFT_ERR_CAPACITY, naming the bytes needed, when
- * the comm's heap is smaller than weft_engine_heap_bytes. NVLink engine
- * limits: world <= 32, top_k <= 32, hidden a multiple of 8. dedupe NODE
- * behaves as DEVICE (all ranks share one NVLink domain). */
+ * the comm's heap is smaller than weft_engine_heap_bytes. On a comm of one
+ * node, the NVLink engine: world <= 32, top_k <= 32, hidden a multiple of 8;
+ * dedupe NODE behaves as DEVICE (all ranks share one NVLink domain). On a
+ * comm of several nodes (weft_comm_create2), the hierarchical engine (one
+ * NCCL transfer per (token, destination node) to that node's forwarder, CUDA
+ * IPC fan-out inside the node, combine partials reduced at the forwarder):
+ * world <= 1024, plan.gpus_per_node == the comm's local_world, dedupe NODE
+ * only; its calls return when their work is done. Same outputs either way. */
 int32_t weft_engine_create(weft_comm_t comm, const weft_plan_desc* plan, weft_engine_t* out);
 /* Where this rank's x rows are staged in its symmetric heap: [max_tokens ×
  * hidden] in the plan's dtype. A caller that writes its batch there and passes
@@ -305,6 +327,104 @@ int32_t weft_timer_destroy(weft_timer_t t);
  * over the peer's engine staging, so bracket it with weft_comm_barrier and run
  * no engine call meanwhile. bytes <= heap_bytes - 4096. */
 int32_t weft_copy_ceiling(weft_comm_t comm, int32_t peer, uint64_t bytes, int32_t iters, float* ms_out);
+
+
+/* ---- decode mode -----------------------------------------------------------
+ * Dispatch and combine for small batches (decode steps) in which every size
+ * is fixed by a stated capacity and nothing reads the host between the
+ * routing and combine's output, so the pair can be captured in a CUDA graph
+ * and replayed every step. One node only (an NVLink/IPC domain, world <= 32);
+ * a communicator over several nodes is refused (its engine needs a host
+ * exchange of counts per call). Plans with quantize E4M3 or receive
+ * rank-major are refused.
+ *
+ * Capacity: plan.max_tokens is the most tokens a rank sends per step
+ * (capacity); expert_capacity C is the most rows one local expert receives
+ * (0: world * max_tokens, the worst case, which never overflows). The
+ * receive buffer is [local_experts x C x hidden]: the rows of local expert l
+ * land at l*C + j, j = 0 .. counts[l]-1, in (source rank, token, k) order,
+ * i.e. the normal engine's expert-major rows placed at padded offsets.
+ * Padding rows keep stale data; their weights are 0 and their sources -1.
+ * More than C rows for a local expert is an overflow: rows past C are
+ * dropped (never written), counts[l] = C, the step's combine writes nothing,
+ * and the next weft_decode_check fails with WEFT_ERR_CAPACITY on every rank.
+ *
+ * Inputs live at fixed addresses in this rank's symmetric heap
+ * (weft_decode_info: x, topk_idx, topk_weights, tokens): write a step's
+ * inputs there (the token count too: a device int32 in [0, max_tokens]),
+ * then dispatch. They belong to the step until its combine has run.
+ * Combine is expert-major weighted (or sum) with DESIGN's order: a partial
+ * per destination device (its pairs in ascending k, f32), partials in
+ * ascending rank, one rounding; a one-term partial crosses as the raw y row
+ * and is weighted at the home, so with combine_wire_f32, or with at most one
+ * pair per (token, device), the output is bitwise the Simulator's.
+ *
+ * Errors (bad expert id, NaN weight, duplicate expert, tokens out of range,
+ * overflow, a peer missing a barrier within timeout_ms) are detected on the
+ * device, make every rank skip the step's remaining writes, and stay set
+ * until weft_decode_check reports them (on every rank: call it at the same
+ * step on all ranks) and clears them. The enqueueing calls never look at
+ * them (ranks would see a finished step's error at different moments).
+ */
+typedef struct weft_decode* weft_decode_t;
+
+typedef struct weft_decode_info {
+  int32_t max_tokens;      /* capacity: tokens per rank per step */
+  int32_t expert_capacity; /* C: rows per local expert */
+  int32_t local_experts;   /* L of this rank */
+  int32_t graphs;          /* graphs captured so far */
+  uint64_t heap_bytes;     /* symmetric heap the engine needs (comm reserve included) */
+  uint64_t device_bytes;   /* private device memory it allocated */
+  void* x;                 /* heap [max_tokens x hidden], dtype */
+  int32_t* topk_idx;       /* heap [max_tokens x top_k] */
+  float* topk_weights;     /* heap [max_tokens x top_k] */
+  int32_t* tokens;         /* heap, one int32: this step's token count */
+  void* recv;              /* device [L x C x hidden], dtype */
+  float* recv_weights;     /* device [L x C] (0 in padding) */
+  int32_t* expert_counts;  /* device [L] */
+  int32_t* src_rank;       /* device [L x C] (-1 in padding) */
+  int32_t* src_token;      /* device [L x C] */
+  int32_t* src_k;          /* device [L x C] */
+  void* out;               /* device [max_tokens x hidden], dtype: combine's default output */
+  void* stream;            /* the comm's cudaStream_t: enqueue your expert kernels here */
+} weft_decode_info;
+
+/* Heap bytes (pass at least this to weft_comm_create) and private device
+ * bytes of a decode engine for plan (max_tokens = capacity) and C
+ * (expert_capacity, 0 = world * max_tokens). Checks like weft_decode_create. */
+int32_t weft_decode_heap_bytes(const weft_plan_desc* plan, int32_t expert_capacity, uint64_t* heap_out,
+                               uint64_t* device_out);
+/* Collective (two comm barriers around the reset of the decode flags). The
+ * decode engine uses the comm's heap from the comm's reserve on: do not run
+ * a weft_engine on the same comm. */
+int32_t weft_decode_create(weft_comm_t comm, const weft_plan_desc* plan, int32_t expert_capacity,
+                           weft_decode_t* out);
+int32_t weft_decode_get_info(weft_decode_t d, weft_decode_info* out);
+/* Enqueue a dispatch of the step staged in the heap (collective; no host
+ * sync; may be called while capturing). */
+int32_t weft_decode_dispatch(weft_decode_t d);
+/* Enqueue combine: y [L x C x hidden] in the receive layout (NULL: recv, the
+ * identity expert), out [max_tokens x hidden] (NULL: the engine's out);
+ * 16-byte aligned device memory of this GPU, fixed while a graph uses it.
+ * Each combine consumes the dispatch before it (collective, like it): a
+ * combine with no dispatch since the previous combine (or a replay of a graph
+ * that starts with one) fails with WEFT_ERR_INVALID, since its partials could
+ * overwrite a home's landing that the previous reduce still reads. */
+int32_t weft_decode_combine(weft_decode_t d, const void* y, void* out);
+/* Starts capturing the comm stream: the decode calls and any work the caller
+ * enqueues on info.stream until weft_decode_capture_end are recorded, not run. */
+int32_t weft_decode_capture_begin(weft_decode_t d);
+/* Ends the capture and instantiates it; *graph gets its index (< 8 graphs). */
+int32_t weft_decode_capture_end(weft_decode_t d, int32_t* graph);
+/* Launches captured graph `graph` on the comm stream (collective: every rank
+ * replays the same graphs in the same order). Returns at once. */
+int32_t weft_decode_replay(weft_decode_t d, int32_t graph);
+/* Waits for the engine's work and reports (then clears) any error of the
+ * steps since the last check: WEFT_ERR_BAD_INPUT, WEFT_ERR_CAPACITY
+ * (overflow), WEFT_ERR_TIMEOUT (the comm is then unusable). Not collective. */
+int32_t weft_decode_check(weft_decode_t d);
+/* Waits for the engine's work, frees its graphs and memory. */
+int32_t weft_decode_destroy(weft_decode_t d);
 
 #ifdef __cplusplus
 }

@@ -21,6 +21,12 @@ extern "C" int32_t weft_comm_create(int32_t device, int32_t rank, int32_t world,
   return weft::comm_create(device, rank, world, nccl_id, heap_bytes, timeout_ms, out);
 }
 
+extern "C" int32_t weft_comm_create2(int32_t device, int32_t rank, int32_t world, int32_t local_rank,
+                                     int32_t local_world, const uint8_t* nccl_id, uint64_t heap_bytes,
+                                     int32_t timeout_ms, weft_comm_t* out) {
+  WEFT_API("weft_comm_create2");
+  return weft::comm_create2(device, rank, world, local_rank, local_world, nccl_id, heap_bytes, timeout_ms, out);
+}
 extern "C" int32_t weft_comm_ipc_handle(weft_comm_t c, uint8_t* out) {
   WEFT_API("weft_comm_ipc_handle");
   return weft::comm_ipc_handle(c, out);

@@ -12,121 +12,49 @@
 // dtype. Every sum has a fixed order, so results are identical run to run.
 // Products and sums are rounded separately (no fused multiply-add), as a
 // plain f32 loop on the CPU would do them.
+//
+// Precision rule (weighted, bf16/f16 rows, wire = row dtype): a partial that
+// holds one term (every partial with dedupe none; with dedupe device/node a
+// device that holds exactly one of the token's pairs) crosses unrounded: d
+// sends the raw y row (already in the row dtype, so exact on the wire) and
+// the home forms fround(w·y) in f32 and adds it in the same place of the
+// same ordered sum. Rounding w·y to the row dtype first would add a second
+// rounding per term. The home finds those partials and their weights in
+// part_w (one f32 per (token, part), NaN for a multi-term partial), written
+// by home_weights_kernel from its own staged slots and weights during the
+// dispatch's layout, so combine reads no extra bytes over NVLink and adds no
+// host sync. Multi-term partials are unchanged (an f32 sum rounded once to
+// the wire dtype); the "sum" op needs no weight; an f32 wire
+// (combineWire "f32") keeps sending f32 partials, already exact for one
+// term. So whenever no two terms are summed before the home (or the home
+// gets one partial only, as in world 1), out[t] is the ordered f32 sum of
+// fround(w·y) rounded once to the dtype — bitwise the Simulator's result when
+// both sum in the same order (lib/sim/simulator.ts: ascending rank, each
+// one-pair device's fround(w·y) added in place).
+//
+// Files: combine.cu (the call, its argument checks, the home's weights and
+// reduce), combine_push.cu (the expert side's push).
 #include <algorithm>
 #include <string>
 
 #include "combine.h"
+#include "handles.h"
+#include "hier.h"
 
 namespace weft {
 namespace {
 
-constexpr int kPushThreads = 256;
-constexpr int kPushUnroll = 4;  // 2 measured no faster on 4xH200
 constexpr int kReduceThreads = 256;
-
-struct PushArgs {
-  PeerTable peers;
-  TokenTable tok;
-  uint64_t landing_off;
-  unsigned row_vecs;       // 16-byte vectors per row of y
-  unsigned wire_row_vecs;  // 16-byte vectors per row on the wire
-  int parts, top_k, world, rank, max_tokens, dedupe_none;
-  int by_source, landing_rows;  // landing_by_source; rows of one source's region (the plan's max_tokens)
-  const int* fan_rows;
-  const int* part_slot;
-  const float* recv_weights;
-  const uint4* y;
-  const DevStatus* st;
-};
-
-// Sums the rows of the lanes in `mask` (ascending k) and stores the partial
-// at dst in the wire dtype. All lanes run every iteration.
-template <int DT, int WDT, bool WEIGHTED, int U>
-__device__ __forceinline__ void push_partial(const uint4* __restrict__ y, unsigned row_vecs, int my_row, float my_w,
-                                             unsigned mask, uint4* __restrict__ dst, int lane) {
-  constexpr int N = Vec<DT>::kElems;
-  using W = Wire<WDT, N>;
-  for (unsigned v0 = 0; v0 < row_vecs; v0 += 32u * U) {
-    float acc[U][N];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-#pragma unroll
-      for (int i = 0; i < N; ++i) acc[u][i] = 0.f;
-    }
-    unsigned m = mask;
-    while (m != 0u) {
-      const int k = __ffs(m) - 1;
-      m &= m - 1u;
-      const int row = __shfl_sync(0xffffffffu, my_row, k);
-      const float w = __shfl_sync(0xffffffffu, my_w, k);
-      const uint4* src = y + static_cast<size_t>(row) * row_vecs;
-      uint4 buf[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const unsigned v = v0 + static_cast<unsigned>(lane) + 32u * u;
-        if (v < row_vecs) buf[u] = __ldg(src + v);
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const unsigned v = v0 + static_cast<unsigned>(lane) + 32u * u;
-        if (v < row_vecs) {
-          float f[N];
-          Vec<DT>::unpack(buf[u], f);
-#pragma unroll
-          for (int i = 0; i < N; ++i) acc[u][i] = __fadd_rn(acc[u][i], WEIGHTED ? __fmul_rn(w, f[i]) : f[i]);
-        }
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const unsigned v = v0 + static_cast<unsigned>(lane) + 32u * u;
-      if (v < row_vecs) W::store(dst + static_cast<size_t>(v) * W::kVecs, acc[u]);
-    }
-  }
-}
-
-template <int DT, int WDT, bool WEIGHTED, int U>
-__global__ void __launch_bounds__(kPushThreads) push_kernel(PushArgs a) {
-  if (call_aborted(a.st)) return;
-  const int lane = threadIdx.x & 31;
-  const long long warps = static_cast<long long>(gridDim.x) * (kPushThreads / 32);
-  const long long logical = static_cast<long long>(a.world) * a.max_tokens;
-  for (long long j = (blockIdx.x * static_cast<long long>(kPushThreads) + threadIdx.x) / 32; j < logical; j += warps) {
-    int r, t;  // r: the token's home rank
-    long long item;
-    if (!walk_step(a.tok, a.world, a.rank, j, &r, &t, &item)) continue;
-    const int my_row = lane < a.top_k ? a.fan_rows[item * a.top_k + lane] : -1;
-    const unsigned mask = __ballot_sync(0xffffffffu, my_row >= 0);
-    if (mask == 0u) continue;
-    const float my_w = (WEIGHTED && my_row >= 0) ? a.recv_weights[my_row] : 1.f;
-    uint4* landing = reinterpret_cast<uint4*>(a.peers.base[r] + a.landing_off);
-    if (!a.dedupe_none) {
-      const size_t slot = a.by_source ? static_cast<size_t>(a.rank) * a.landing_rows + t
-                                      : static_cast<size_t>(t) * a.parts + a.part_slot[item];
-      push_partial<DT, WDT, WEIGHTED, U>(a.y, a.row_vecs, my_row, my_w, mask, landing + slot * a.wire_row_vecs, lane);
-    } else {
-      unsigned m = mask;
-      while (m != 0u) {
-        const int k = __ffs(m) - 1;
-        m &= m - 1u;
-        const size_t slot = static_cast<size_t>(t) * a.top_k + k;
-        push_partial<DT, WDT, WEIGHTED, U>(a.y, a.row_vecs, my_row, my_w, 1u << k, landing + slot * a.wire_row_vecs, lane);
-      }
-    }
-  }
-  // The partials are remote stores: make them visible system-wide before the
-  // barrier that tells the home ranks to read them.
-  __threadfence_system();
-}
 
 struct ReduceArgs {
   const uint4* landing;  // this rank's landing area
   uint4* out;
   int tokens, parts, top_k, dedupe_none;
-  int by_source, landing_rows;  // as in PushArgs
+  int by_source, landing_rows;  // as in PushArgs (combine_push.cu)
   unsigned row_vecs, wire_row_vecs;
   const unsigned* dmask;  // [T] destination ranks of each token
   const int* dest_row;    // [T*K]
+  const float* part_w;    // [T][slots]: weight of a one-term partial, NaN for several terms (raw partials only)
   const DevStatus* st;
 };
 
@@ -140,8 +68,33 @@ __device__ __forceinline__ void add_partial(const uint4* src, float (&acc)[Vec<D
   for (int e = 0; e < N; ++e) acc[e] = __fadd_rn(acc[e], f[e]);
 }
 
-// One thread per (token, row vector): the token's partials in order.
-template <int DT, int WDT, bool NONE>
+// Adds fround(w·y) for a raw one-term partial (wire dtype = row dtype DT):
+// the product of the precision rule, formed here in f32.
+template <int DT>
+__device__ __forceinline__ void add_term(const uint4* src, float w, float (&acc)[Vec<DT>::kElems]) {
+  constexpr int N = Vec<DT>::kElems;
+  float f[N];
+  Vec<DT>::unpack(*src, f);
+#pragma unroll
+  for (int e = 0; e < N; ++e) acc[e] = __fadd_rn(acc[e], __fmul_rn(w, f[e]));
+}
+
+// Adds partial j of the token at src: raw (one term, weight w) or summed.
+template <int DT, int WDT, bool RAW>
+__device__ __forceinline__ void add_part(const uint4* src, const float* w_at, float (&acc)[Vec<DT>::kElems]) {
+  if constexpr (RAW) {
+    const float w = __ldg(w_at);
+    if (!isnan(w)) {
+      add_term<DT>(src, w, acc);
+      return;
+    }
+  }
+  add_partial<DT, WDT>(src, acc);
+}
+
+// One thread per (token, row vector): the token's partials in order. RAW:
+// one-term partials are raw y rows, weighted here (kRawSingle).
+template <int DT, int WDT, bool NONE, bool RAW>
 __global__ void __launch_bounds__(kReduceThreads) reduce_kernel(ReduceArgs a) {
   constexpr int N = Vec<DT>::kElems;
   constexpr int kWireVecs = Wire<WDT, N>::kVecs;
@@ -156,103 +109,119 @@ __global__ void __launch_bounds__(kReduceThreads) reduce_kernel(ReduceArgs a) {
     for (int e = 0; e < N; ++e) acc[e] = 0.f;
     const int slots = NONE ? a.top_k : a.parts;
     const uint4* src = a.landing + static_cast<size_t>(t) * slots * a.wire_row_vecs + static_cast<size_t>(v) * kWireVecs;
+    const float* pw = RAW ? a.part_w + static_cast<size_t>(t) * slots : nullptr;
     if (NONE) {
       const int* rows = a.dest_row + static_cast<size_t>(t) * a.top_k;
 #pragma unroll 1
       for (int k = 0; k < a.top_k; ++k, src += a.wire_row_vecs) {
-        if (__ldg(rows + k) >= 0) add_partial<DT, WDT>(src, acc);
+        if (__ldg(rows + k) >= 0) add_part<DT, WDT, RAW>(src, pw + k, acc);
       }
     } else if (a.by_source) {
       // Ascending destination rank, as in the [token][part] layout: the same sum.
       unsigned m = __ldg(a.dmask + t);
       const uint4* col = a.landing + static_cast<size_t>(t) * a.wire_row_vecs + static_cast<size_t>(v) * kWireVecs;
-      while (m != 0u) {
+      for (int j = 0; m != 0u; ++j) {
         const int d = __ffs(m) - 1;
         m &= m - 1u;
-        add_partial<DT, WDT>(col + static_cast<size_t>(d) * a.landing_rows * a.wire_row_vecs, acc);
+        add_part<DT, WDT, RAW>(col + static_cast<size_t>(d) * a.landing_rows * a.wire_row_vecs, pw + j, acc);
       }
     } else {
       const int n = __popc(__ldg(a.dmask + t));
-      for (int j = 0; j < n; ++j, src += a.wire_row_vecs) add_partial<DT, WDT>(src, acc);
+      for (int j = 0; j < n; ++j, src += a.wire_row_vecs) add_part<DT, WDT, RAW>(src, pw + j, acc);
     }
     a.out[static_cast<size_t>(t) * a.row_vecs + v] = Vec<DT>::pack(acc);
   }
 }
 
-template <int DT, int WDT, bool WEIGHTED>
-int32_t launch_push_typed(weft_comm* c, const PushArgs& a, long long warps_wanted) {
-  auto kernel = push_kernel<DT, WDT, WEIGHTED, kPushUnroll>;
-  int occupancy = 0;
-  WEFT_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, kernel, kPushThreads, 0));
-  // A persistent grid at full occupancy on every SM the comm uses.
-  long long blocks = static_cast<long long>(c->num_sms) * std::max(occupancy, 1);
-  blocks = std::min(blocks, (warps_wanted + kPushThreads / 32 - 1) / (kPushThreads / 32));
-  kernel<<<static_cast<unsigned>(blocks), kPushThreads, 0, c->stream>>>(a);
-  WEFT_LAUNCHED("combine_push", c->stream);
-  return WEFT_OK;
-}
-
-template <int DT, int WDT>
-int32_t launch_push_op(weft_comm* c, const PushArgs& a, long long warps, bool weighted) {
-  return weighted ? launch_push_typed<DT, WDT, true>(c, a, warps) : launch_push_typed<DT, WDT, false>(c, a, warps);
-}
-
-template <int DT, int WDT, bool NONE>
+template <int DT, int WDT, bool NONE, bool RAW>
 int32_t launch_reduce_mode(weft_comm* c, const ReduceArgs& a) {
+  auto kernel = reduce_kernel<DT, WDT, NONE, RAW>;
   int occupancy = 0;
-  WEFT_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, reduce_kernel<DT, WDT, NONE>, kReduceThreads, 0));
+  WEFT_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, kernel, kReduceThreads, 0));
   const long long total = static_cast<long long>(a.tokens) * a.row_vecs;
   long long blocks = static_cast<long long>(c->num_sms) * std::max(occupancy, 1);
   blocks = std::min(blocks, (total + kReduceThreads - 1) / kReduceThreads);
-  reduce_kernel<DT, WDT, NONE><<<static_cast<unsigned>(blocks), kReduceThreads, 0, c->stream>>>(a);
+  kernel<<<static_cast<unsigned>(blocks), kReduceThreads, 0, c->stream>>>(a);
   WEFT_LAUNCHED("combine_reduce", c->stream);
   return WEFT_OK;
 }
 
+template <int DT, int WDT, bool RAW>
+int32_t launch_reduce_raw(weft_comm* c, const ReduceArgs& a) {
+  return a.dedupe_none ? launch_reduce_mode<DT, WDT, true, RAW>(c, a) : launch_reduce_mode<DT, WDT, false, RAW>(c, a);
+}
+
 template <int DT, int WDT>
-int32_t launch_reduce_typed(weft_comm* c, const ReduceArgs& a) {
-  return a.dedupe_none ? launch_reduce_mode<DT, WDT, true>(c, a) : launch_reduce_mode<DT, WDT, false>(c, a);
+int32_t launch_reduce_typed(weft_comm* c, const ReduceArgs& a, bool weighted) {
+  if constexpr (kRawSingle<DT, WDT, true>) {
+    if (weighted) return launch_reduce_raw<DT, WDT, true>(c, a);
+  }
+  return launch_reduce_raw<DT, WDT, false>(c, a);
+}
+
+struct HomeWeightsArgs {
+  const int* slot;       // this rank's heap: [T*K] resolved global slot, -1 none
+  const float* w;        // this rank's heap: [T*K] staged topk_weights
+  const int* slot_rank;  // [slots]
+  int top_k, parts, dedupe_none;
+  const DispatchCall* call;  // tokens, and ix.part_w to write
+  const DevStatus* st;
+};
+
+// One thread per token of this rank: part_w[t][j] for partial j of t in the
+// home's sum order (k with dedupe none; the j-th destination rank ascending
+// otherwise): the pair's weight when the partial holds one term, else NaN
+// (topk_weights are never NaN: routing rejects them). Launched for the
+// capacity, like the other layout kernels.
+__global__ void home_weights_kernel(HomeWeightsArgs a) {
+  if (call_aborted(a.st)) return;
+  const long long t = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (t >= a.call->tokens) return;
+  const int K = a.top_k;
+  const int* s = a.slot + t * K;
+  const float* w = a.w + t * K;
+  float* pw = a.call->ix.part_w + t * a.parts;
+  if (a.dedupe_none) {
+    for (int k = 0; k < K; ++k) pw[k] = w[k];  // read only where the pair exists (dest_row >= 0)
+    return;
+  }
+  unsigned mask = 0u;
+  for (int k = 0; k < K; ++k) {
+    if (s[k] >= 0) mask |= 1u << a.slot_rank[s[k]];
+  }
+  for (int j = 0; mask != 0u; ++j, mask &= mask - 1u) {
+    const int d = __ffs(mask) - 1;
+    int n = 0;
+    float wd = 0.f;
+    for (int k = 0; k < K; ++k) {
+      if (s[k] >= 0 && a.slot_rank[s[k]] == d) {
+        ++n;
+        wd = w[k];
+      }
+    }
+    pw[j] = n == 1 ? wd : __int_as_float(0x7fffffff);
+  }
 }
 
 }  // namespace
 
-int32_t launch_combine_push(weft_engine* e, weft_handle* h, const void* y) {
-  weft_comm* c = e->comm;
+int32_t launch_combine_home_weights(weft_engine* e, cudaStream_t s) {
   const PlanHost& p = e->plan;
-  int max_tokens_now = 0;
-  for (int r = 0; r < p.world; ++r) max_tokens_now = std::max(max_tokens_now, h->tok.tokens[r]);
-  if (max_tokens_now == 0 || h->recv_rows == 0) return WEFT_OK;
-  PushArgs a;
-  a.peers = c->peers;
-  a.tok = h->tok;
-  a.landing_off = e->hl.landing;
-  a.row_vecs = static_cast<unsigned>(p.row_bytes() / 16);
-  a.wire_row_vecs = static_cast<unsigned>(p.wire_row_bytes() / 16);
-  a.parts = p.parts();
+  // Only plans whose one-term partials cross raw read part_w (kRawSingle).
+  if (p.combine != WEFT_WEIGHTED || p.wire_f32 || p.dtype == WEFT_F32 || p.max_tokens == 0) return WEFT_OK;
+  weft_comm* c = e->comm;
+  HomeWeightsArgs a;
+  a.slot = reinterpret_cast<const int*>(c->heap + e->hl.slot);
+  a.w = reinterpret_cast<const float*>(c->heap + e->hl.w);
+  a.slot_rank = e->rt.slot_rank;
   a.top_k = p.top_k;
-  a.world = p.world;
-  a.rank = p.rank;
-  a.max_tokens = max_tokens_now;
+  a.parts = p.parts();
   a.dedupe_none = p.dedupe == WEFT_DEDUPE_NONE ? 1 : 0;
-  a.by_source = p.landing_by_source() ? 1 : 0;
-  a.landing_rows = p.max_tokens;
-  a.fan_rows = h->fan_rows;
-  a.part_slot = h->part_slot;
-  a.recv_weights = h->recv_weights;
-  a.y = static_cast<const uint4*>(y);
+  a.call = e->d_call;
   a.st = c->d_status;
-  const long long warps = static_cast<long long>(p.world) * max_tokens_now;
-  const bool weighted = p.combine == WEFT_WEIGHTED;
-  switch (p.dtype) {
-    case WEFT_BF16:
-      return p.wire_f32 ? launch_push_op<WEFT_BF16, WEFT_F32>(c, a, warps, weighted)
-                        : launch_push_op<WEFT_BF16, WEFT_BF16>(c, a, warps, weighted);
-    case WEFT_F16:
-      return p.wire_f32 ? launch_push_op<WEFT_F16, WEFT_F32>(c, a, warps, weighted)
-                        : launch_push_op<WEFT_F16, WEFT_F16>(c, a, warps, weighted);
-    default:
-      return launch_push_op<WEFT_F32, WEFT_F32>(c, a, warps, weighted);
-  }
+  home_weights_kernel<<<grid_for(p.max_tokens, 128), 128, 0, s>>>(a);
+  WEFT_LAUNCHED("combine_home_weights", s);
+  return WEFT_OK;
 }
 
 int32_t launch_combine_reduce(weft_engine* e, weft_handle* h, void* out) {
@@ -272,14 +241,18 @@ int32_t launch_combine_reduce(weft_engine* e, weft_handle* h, void* out) {
   a.wire_row_vecs = static_cast<unsigned>(p.wire_row_bytes() / 16);
   a.dmask = h->dmask;
   a.dest_row = h->dest_row;
+  a.part_w = index_arrays(p, h->index_block).part_w;
   a.st = c->d_status;
+  const bool w = p.combine == WEFT_WEIGHTED;
   switch (p.dtype) {
     case WEFT_BF16:
-      return p.wire_f32 ? launch_reduce_typed<WEFT_BF16, WEFT_F32>(c, a) : launch_reduce_typed<WEFT_BF16, WEFT_BF16>(c, a);
+      return p.wire_f32 ? launch_reduce_typed<WEFT_BF16, WEFT_F32>(c, a, w)
+                        : launch_reduce_typed<WEFT_BF16, WEFT_BF16>(c, a, w);
     case WEFT_F16:
-      return p.wire_f32 ? launch_reduce_typed<WEFT_F16, WEFT_F32>(c, a) : launch_reduce_typed<WEFT_F16, WEFT_F16>(c, a);
+      return p.wire_f32 ? launch_reduce_typed<WEFT_F16, WEFT_F32>(c, a, w)
+                        : launch_reduce_typed<WEFT_F16, WEFT_F16>(c, a, w);
     default:
-      return launch_reduce_typed<WEFT_F32, WEFT_F32>(c, a);
+      return launch_reduce_typed<WEFT_F32, WEFT_F32>(c, a, w);
   }
 }
 
@@ -371,9 +344,11 @@ int32_t combine_entry(weft_handle_t h, const void* y, void* out) {
   CommLock lock(e->comm);
   // Queued behind the dispatch's tail without waiting for it.
   WEFT_TRY(comm_check_not_begun(e->comm));
+  if (h->hier != nullptr) return hier_combine(h, y, out);
   const int32_t rc = combine_impl(h, y, out, ok, why);
   if (rc == WEFT_ERR_CUDA) comm_mark_broken(e->comm, rc, "a CUDA call failed inside weft_combine");
   return rc;
 }
 
 }  // namespace weft
+

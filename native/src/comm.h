@@ -1,5 +1,6 @@
-// The communicator: device, stream, symmetric heap mapped into every peer,
-// the bounded barrier over that heap, and the optional NCCL communicator.
+// The communicator: device, stream, symmetric heap mapped into every peer
+// (comm.cu), the bounded barrier over that heap (comm_barrier.cu), and the
+// optional NCCL communicator (comm_nccl.cu).
 #pragma once
 
 #include <atomic>
@@ -22,6 +23,8 @@ constexpr uint64_t kHeaderOffset = 512;
 constexpr uint64_t kCommReserved = 4096;
 constexpr uint64_t kHeapMagic = 0x3166746665770a01ull;
 
+// world and rank are the node's: local_world and local_rank (the whole
+// world and the rank itself on one node).
 struct HeapHeader {
   uint64_t magic;
   uint64_t heap_bytes;
@@ -39,6 +42,15 @@ struct weft_comm {
   int device = -1;
   int rank = 0;
   int world = 1;
+  // Topology (weft_comm_create2): ranks node*local_world .. +local_world-1
+  // form this rank's node. The symmetric heap, the peer table and the
+  // barrier span the node only (indexed by local rank); ranks of other
+  // nodes are reached through NCCL. One node: local_rank = rank,
+  // local_world = world.
+  int node = 0;
+  int nodes = 1;
+  int local_rank = 0;
+  int local_world = 1;
   int timeout_ms = 0;
   int num_sms = 0;             // multiprocessors to use for data kernels
   int cc_major = 0;            // compute capability (9 = Hopper: bulk-copy pull available)
@@ -47,7 +59,7 @@ struct weft_comm {
 
   uint8_t* heap = nullptr;     // this rank's symmetric heap
   uint64_t heap_bytes = 0;
-  weft::PeerTable peers{};     // every rank's heap as mapped here
+  weft::PeerTable peers{};     // every node rank's heap as mapped here, by local rank
   bool peers_open = false;
   uint64_t epoch = 0;          // barriers issued so far (same sequence on every rank)
 
@@ -97,6 +109,9 @@ namespace weft {
 // "0, 2, 3": the ranks of a mask, for messages; first_rank: the lowest, -1 none.
 std::string rank_list(unsigned mask);
 int first_rank(unsigned mask);
+// The same for a mask of local ranks (barrier masks), named by global rank.
+std::string node_rank_list(const weft_comm* c, unsigned mask);
+int node_first_rank(const weft_comm* c, unsigned mask);
 
 void comm_retain(weft_comm* c);
 void comm_release(weft_comm* c);  // frees everything when the last reference goes
@@ -143,6 +158,10 @@ int32_t comm_check_not_begun(weft_comm* c);
 // the caller, which knows how to describe it).
 int32_t comm_check_peers(weft_comm* c, const char* stage);
 
+// comm_nccl.cu. NCCL init (nonblocking where the library allows, bounded)
+// and its end (finalize, or abort after a failure), for the comm's lifetime.
+int32_t nccl_init(weft_comm* c, const uint8_t* id_bytes);
+void nccl_finish(weft_comm* c);
 // Waits for the comm stream while watching NCCL for an asynchronous error;
 // aborts NCCL and returns WEFT_ERR_TIMEOUT after the comm's timeout.
 int32_t comm_nccl_stream_wait(weft_comm* c, const char* what);
@@ -159,9 +178,13 @@ inline uint64_t comm_engine_bytes(const weft_comm* c) {
   return c->heap_bytes > kCommReserved ? c->heap_bytes - kCommReserved : 0;
 }
 
-// The communicator's C ABI calls (comm.cu), wrapped by api_comm.cu.
+// The communicator's C ABI calls (comm.cu; comm_nccl_event_wait: comm_nccl.cu), wrapped by api_comm.cu.
 int32_t comm_create(int32_t device, int32_t rank, int32_t world, const uint8_t* nccl_id, uint64_t heap_bytes,
                     int32_t timeout_ms, weft_comm_t* out);
+int32_t comm_create2(int32_t device, int32_t rank, int32_t world, int32_t local_rank, int32_t local_world,
+                     const uint8_t* nccl_id, uint64_t heap_bytes, int32_t timeout_ms, weft_comm_t* out);
+// Waits for an event while watching NCCL (like comm_nccl_stream_wait).
+int32_t comm_nccl_event_wait(weft_comm* c, cudaEvent_t ev, const char* what);
 int32_t comm_ipc_handle(weft_comm_t c, uint8_t* out);
 int32_t comm_open_peers(weft_comm_t c, const uint8_t* handles);
 int32_t comm_barrier(weft_comm_t c);

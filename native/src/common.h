@@ -17,6 +17,9 @@ namespace weft {
 // and a token's fan-out list lives in the lanes of one warp.
 constexpr int kMaxWorld = 32;
 constexpr int kMaxTopK = 32;
+// World limit of the hierarchical (multi-node) engine; a node still has at
+// most kMaxWorld ranks (its barrier and peer table are node-wide).
+constexpr int kMaxHierWorld = 1024;
 
 // ---- errors ----------------------------------------------------------------
 

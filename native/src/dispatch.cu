@@ -33,13 +33,14 @@
 // layout_graph.cu (open_call, the layout's launches or their graphs; the
 // steps themselves in route.cu and layout.cu), quantize.cu →
 // dispatch_finish: the host sync, input_check.cu (messages), handles.cu (the
-// handle, recv), pull_sm.cu / pull_tma.cu (the pull), comm.cu (the end
+// handle, recv), pull_sm.cu / pull_tma.cu (the pull), comm_barrier.cu (the end
 // barrier, the queued tail).
 #include <atomic>
 #include <string>
 
 #include "dispatch.h"
 #include "handles.h"
+#include "hier.h"
 #include "input_check.h"
 #include "layout.h"
 #include "pull.h"
@@ -381,6 +382,7 @@ int32_t begin_entry(weft_engine* e, const Rows& rows, const int32_t* idx, const 
   CommLock lock(e->comm);
   weft_comm* c = e->comm;
   WEFT_TRY(comm_check_not_begun(c));
+  if (e->hier != nullptr) return hier_dispatch_begin(e, rows.x, rows.q, rows.scales, rows.quantized, idx, w, tokens, true);
   const int32_t rc = dispatch_begin(e, rows, idx, w, tokens, true);
   if (rc != WEFT_OK) {
     c->begun = {};
@@ -395,6 +397,7 @@ int32_t redispatch_entry(weft_handle* h, const Rows& rows) {
   WEFT_TRY(engine_enter(h->engine));
   CommLock lock(h->engine->comm);
   WEFT_TRY(comm_check_not_begun(h->engine->comm));
+  if (h->hier != nullptr) return hier_redispatch(h, rows.x, rows.q, rows.scales, rows.quantized);
   return finish_collective(h->engine->comm, redispatch_impl(h, rows));
 }
 
@@ -404,6 +407,10 @@ int32_t dispatch_whole(weft_engine* e, const void* x, const int32_t* idx, const 
   WEFT_TRY(engine_enter(e));
   CommLock lock(e->comm);
   WEFT_TRY(comm_check_not_begun(e->comm));
+  if (e->hier != nullptr) {
+    WEFT_TRY(hier_dispatch_begin(e, x, nullptr, nullptr, false, idx, w, tokens, move_rows));
+    return hier_dispatch_finish(e, out);
+  }
   int32_t rc = dispatch_begin(e, Rows::of_x(x), idx, w, tokens, move_rows);
   if (rc == WEFT_OK) {
     rc = dispatch_finish(e, out);  // takes the index arrays, or frees them
@@ -442,6 +449,7 @@ int32_t dispatch_finish_entry(weft_engine* e, weft_handle** out) {
   WEFT_TRY(engine_enter(e));
   CommLock lock(e->comm);
   if (e->comm->begun.call == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "no weft_dispatch_begin precedes this call");
+  if (e->hier != nullptr) return hier_dispatch_finish(e, out);
   return finish_collective(e->comm, dispatch_finish(e, out));
 }
 

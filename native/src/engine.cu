@@ -6,6 +6,7 @@
 
 #include "engine.h"
 #include "handles.h"
+#include "hier.h"
 #include "layout.h"
 
 namespace weft {
@@ -18,6 +19,7 @@ void engine_release(weft_engine* e) {
   cudaSetDevice(c->device);
   cudaStreamSynchronize(c->stream);
   if (e->pinned_host != nullptr) cudaHostUnregister(e->pinned_host);
+  hier_engine_free(e);
   if (e->d_tables != nullptr) cudaFree(e->d_tables);
   if (e->d_chunk_counts != nullptr) cudaFree(e->d_chunk_counts);
   if (e->pending.block != nullptr) cudaFree(e->pending.block);
@@ -45,6 +47,25 @@ int32_t engine_enter(weft_engine* e) {
 }
 
 namespace {
+
+// The one message for a heap smaller than the plan needs (both engines).
+int32_t heap_too_small(uint64_t needed, uint64_t have) {
+  WEFT_FAIL(WEFT_ERR_CAPACITY,
+            "the plan needs a symmetric heap of %llu bytes (weft_engine_heap_bytes) and the communicator has "
+            "%llu: create the communicator with heap_bytes >= %llu, or lower max_tokens",
+            static_cast<unsigned long long>(needed), static_cast<unsigned long long>(have),
+            static_cast<unsigned long long>(needed));
+}
+
+// An engine that holds its comm (released with the engine) and owns its plan.
+weft_engine* new_engine(weft_comm_t c, PlanHost p) {
+  weft_engine* e = new weft_engine();
+  e->comm = c;
+  comm_retain(c);
+  e->plan = std::move(p);
+  return e;
+}
+
 
 int32_t engine_init(weft_engine* e) {
   const PlanHost& p = e->plan;
@@ -80,6 +101,38 @@ int32_t engine_init(weft_engine* e) {
   return WEFT_OK;
 }
 
+// A comm over several nodes: the hierarchical engine (hier.h).
+int32_t engine_create_hier(weft_comm_t c, PlanHost p, weft_engine_t* out) {
+  if (p.gpus_per_node != c->local_world) {
+    WEFT_FAIL_AT(WEFT_ERR_INVALID, c->rank,
+                 "plan.gpus_per_node = %d, but the communicator's nodes have %d ranks each (%d nodes): build the plan "
+                 "with gpusPerNode = %d (the launcher's LOCAL_WORLD_SIZE)",
+                 p.gpus_per_node, c->local_world, c->nodes, c->local_world);
+  }
+  if (p.dedupe != WEFT_DEDUPE_NODE) {
+    WEFT_FAIL_AT(WEFT_ERR_INVALID, c->rank,
+                 "plan.dedupe = %s with %d nodes: the engine across nodes sends one row per (token, destination "
+                 "node) and fans it out inside the node; build the pattern with .dedupe(\"node\")",
+                 p.dedupe == WEFT_DEDUPE_NONE ? "none" : "device", c->nodes);
+  }
+  const HierLayout hl = hier_heap_layout(p);
+  if (hl.end > c->heap_bytes) {
+    return heap_too_small(hl.end, c->heap_bytes);
+  }
+  weft_engine* e = new_engine(c, std::move(p));
+  e->hl = hl.base;
+  const int32_t rc = hier_engine_init(e);
+  if (rc != WEFT_OK) {
+    engine_release(e);
+    return rc;
+  }
+  debug_log("hierarchical engine rank %d (node %d of %d): E=%d K=%d H=%d slots=%d max_tokens=%d heap=%llu",
+            e->plan.rank, c->node, c->nodes, e->plan.experts, e->plan.top_k, e->plan.hidden, e->plan.slots,
+            e->plan.max_tokens, static_cast<unsigned long long>(hl.end));
+  *out = e;
+  return WEFT_OK;
+}
+
 }  // namespace
 
 int32_t engine_create(weft_comm_t c, const weft_plan_desc* plan, weft_engine_t* out) {
@@ -88,18 +141,12 @@ int32_t engine_create(weft_comm_t c, const weft_plan_desc* plan, weft_engine_t* 
   WEFT_TRY(comm_enter(c, false));
   PlanHost p;
   WEFT_TRY(plan_for_comm(plan, c, &p));
+  if (c->nodes > 1) return engine_create_hier(c, std::move(p), out);
   const HeapLayout hl = heap_layout(p);
   if (hl.end > c->heap_bytes) {
-    WEFT_FAIL(WEFT_ERR_CAPACITY,
-              "the plan needs a symmetric heap of %llu bytes (weft_engine_heap_bytes) and the communicator has "
-              "%llu: create the communicator with heap_bytes >= %llu, or lower max_tokens",
-              static_cast<unsigned long long>(hl.end), static_cast<unsigned long long>(c->heap_bytes),
-              static_cast<unsigned long long>(hl.end));
+    return heap_too_small(hl.end, c->heap_bytes);
   }
-  weft_engine* e = new weft_engine();
-  e->comm = c;
-  comm_retain(c);
-  e->plan = std::move(p);
+  weft_engine* e = new_engine(c, std::move(p));
   e->hl = hl;
   const int32_t rc = engine_init(e);
   if (rc != WEFT_OK) {

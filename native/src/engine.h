@@ -13,6 +13,9 @@
 
 namespace weft {
 
+struct HierEngine;  // hier.h: the engine over several nodes
+struct HierHandle;
+
 // A weft_plan_desc copied to host memory and checked (plan.cpp).
 struct PlanHost {
   int world = 0, rank = 0, gpus_per_node = 0;
@@ -21,6 +24,7 @@ struct PlanHost {
   int max_tokens = 0;
   int wire_f32 = 0;
   int quantize = 0;                // WEFT_QUANTIZE_*
+  int balance = 0;                 // WEFT_BALANCE_* (the hier engine's forwarder table)
   int slots = 0;                   // slot_base[world]
   int max_local = 0;               // max over ranks of local_experts
   std::vector<int> local_experts;  // [world]
@@ -30,6 +34,7 @@ struct PlanHost {
   std::vector<int> replica_slots;  // [replica_start[experts]]
   std::vector<int> slot_rank;      // [slots] derived: the rank holding each slot
 
+  int nodes() const { return gpus_per_node > 0 ? world / gpus_per_node : 1; }
   int elem_bytes() const { return dtype_bytes(dtype); }
   int wire_dtype() const { return wire_f32 ? WEFT_F32 : dtype; }
   uint64_t row_bytes() const { return static_cast<uint64_t>(hidden) * elem_bytes(); }
@@ -147,6 +152,7 @@ struct IndexArrays {
   unsigned* dmask = nullptr;     // [max_tokens]
   int* fan_rows = nullptr;       // [world*max_tokens][K]
   int* part_slot = nullptr;      // [world*max_tokens]
+  float* part_w = nullptr;       // [max_tokens][parts] weight of each one-term partial, applied at home (combine.cu)
 };
 // What differs from one dispatch to the next, in device memory (e->d_call):
 // the layout kernels read it there, so one set of launches serves every
@@ -216,6 +222,9 @@ struct weft_engine {
   uint64_t spare_recv_bytes = 0;
   int pull_blocks_per_sm = 0;       // the bulk-copy pull's occupancy (0: not yet asked)
   void* pinned_host = nullptr;    // caller memory page-locked by weft_engine_pin_host
+  // Set when the comm spans several nodes: the hierarchical engine (hier.h)
+  // runs every call instead of the NVLink path.
+  weft::HierEngine* hier = nullptr;
   std::atomic<int> refs{1};       // the engine plus every live handle
   bool closed = false;
 };
@@ -243,6 +252,7 @@ struct weft_handle {
   unsigned* dmask = nullptr;       // [T] destination ranks of this rank's tokens
   int* fan_rows = nullptr;         // [items][K] receive row on this rank of each (r,t,k), -1 none
   int* part_slot = nullptr;        // [items] index of this rank among token (r,t)'s destinations
+  weft::HierHandle* hier = nullptr;  // a batch of the hierarchical engine (owns its arrays and recv)
 };
 
 namespace weft {

@@ -1,7 +1,9 @@
 // Handle lifetime: the index arrays' block (carved for the plan's
 // capacity), the receive block, the spare blocks an engine keeps from a
 // closed handle for the next dispatch, and the handle's accessors.
+#include "carve.h"
 #include "handles.h"
+#include "hier.h"
 
 namespace weft {
 
@@ -29,17 +31,9 @@ IndexArrays carve_index(const PlanHost& p, uintptr_t b, Take& take) {
   ix.dmask = reinterpret_cast<unsigned*>(b + take(static_cast<uint64_t>(p.max_tokens) * 4));
   ix.fan_rows = reinterpret_cast<int*>(b + take(items * p.top_k * 4));
   ix.part_slot = reinterpret_cast<int*>(b + take(items * 4));
+  ix.part_w = reinterpret_cast<float*>(b + take(static_cast<uint64_t>(p.max_tokens) * p.parts() * 4));
   return ix;
 }
-
-struct Bump {
-  uint64_t off = 0;
-  uint64_t operator()(uint64_t bytes) {
-    const uint64_t at = off;
-    off = align256(at + (bytes > 0 ? bytes : 16));
-    return at;
-  }
-};
 
 }  // namespace
 
@@ -154,6 +148,7 @@ void handle_take_index(weft_handle* h, const IndexArrays& ix) {
 void handle_free(weft_handle* h) {
   if (h == nullptr) return;
   weft_engine* e = h->engine;
+  hier_handle_free(h);  // a hierarchical batch frees its own arrays and recv
   if (h->recv != nullptr) {
     if (e->spare_recv == nullptr && !e->closed) {
       e->spare_recv = h->recv;  // recv sits at the block's start

@@ -23,6 +23,8 @@
 // bytes, so the slack costs little.
 #include "layout.h"
 
+#include "combine.h"
+
 namespace weft {
 namespace {
 
@@ -243,7 +245,7 @@ int32_t layout_build(weft_engine* e, cudaStream_t s) {
     recv_layout_kernel<<<grid_for(a.cap, 256), 256, 0, s>>>(a);
     WEFT_LAUNCHED("recv_layout", s);
   }
-  return WEFT_OK;
+  return launch_combine_home_weights(e, s);  // the home's weights of one-term partials (combine.cu)
 }
 
 }  // namespace weft

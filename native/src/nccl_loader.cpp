@@ -97,6 +97,7 @@ void load_once() {
     bind(lib, "ncclCommGetAsyncError", &api.CommGetAsyncError, true, &missing);
     bind(lib, "ncclSend", &api.Send, true, &missing);
     bind(lib, "ncclRecv", &api.Recv, true, &missing);
+    bind(lib, "ncclAllGather", &api.AllGather, true, &missing);
     bind(lib, "ncclGroupStart", &api.GroupStart, true, &missing);
     bind(lib, "ncclGroupEnd", &api.GroupEnd, true, &missing);
     bind(lib, "ncclGetErrorString", &api.GetErrorString, true, &missing);

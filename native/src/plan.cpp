@@ -4,7 +4,9 @@
 #include <string>
 #include <vector>
 
+#include "carve.h"
 #include "engine.h"
+#include "hier.h"
 
 namespace weft {
 namespace {
@@ -33,11 +35,20 @@ int32_t plan_from_desc(const weft_plan_desc* d, PlanHost* out) {
   p.max_tokens = d->max_tokens;
   p.wire_f32 = d->combine_wire_f32;
   p.quantize = d->quantize;
+  p.balance = d->balance;
 
-  if (p.world < 1 || p.world > kMaxWorld) WEFT_FAIL(WEFT_ERR_INVALID, "plan.world = %d; must be in [1, %d]", p.world, kMaxWorld);
+  if (p.world < 1 || p.world > kMaxHierWorld) {
+    WEFT_FAIL(WEFT_ERR_INVALID, "plan.world = %d; must be in [1, %d]", p.world, kMaxHierWorld);
+  }
   if (p.rank < 0 || p.rank >= p.world) WEFT_FAIL(WEFT_ERR_INVALID, "plan.rank = %d; must be in [0, world = %d)", p.rank, p.world);
   if (p.gpus_per_node < 1 || p.world % p.gpus_per_node != 0) {
     WEFT_FAIL(WEFT_ERR_INVALID, "plan.gpus_per_node = %d; must be >= 1 and divide world = %d", p.gpus_per_node, p.world);
+  }
+  if (p.gpus_per_node > kMaxWorld) {
+    WEFT_FAIL(WEFT_ERR_INVALID,
+              "plan.gpus_per_node = %d (world %d); a node holds at most %d ranks (the NVLink engine's limit): a "
+              "world of more than %d ranks must span several nodes (gpusPerNode <= %d)",
+              p.gpus_per_node, p.world, kMaxWorld, kMaxWorld, kMaxWorld);
   }
   if (p.experts < 1) WEFT_FAIL(WEFT_ERR_INVALID, "plan.experts = %d; must be >= 1", p.experts);
   if (p.top_k < 1 || p.top_k > kMaxTopK) {
@@ -61,6 +72,9 @@ int32_t plan_from_desc(const weft_plan_desc* d, PlanHost* out) {
   if (p.wire_f32 != 0 && p.wire_f32 != 1) WEFT_FAIL(WEFT_ERR_INVALID, "plan.combine_wire_f32 = %d; must be 0 or 1", p.wire_f32);
   if (p.quantize != WEFT_QUANTIZE_NONE && p.quantize != WEFT_QUANTIZE_E4M3) {
     WEFT_FAIL(WEFT_ERR_INVALID, "plan.quantize = %d; must be WEFT_QUANTIZE_NONE or WEFT_QUANTIZE_E4M3", p.quantize);
+  }
+  if (p.balance != WEFT_BALANCE_RAIL && p.balance != WEFT_BALANCE_GREEDY) {
+    WEFT_FAIL(WEFT_ERR_INVALID, "plan.balance = %d; must be WEFT_BALANCE_RAIL (0) or WEFT_BALANCE_GREEDY (1)", p.balance);
   }
   if (p.fp8() && p.hidden % WEFT_QUANT_BLOCK != 0) {
     WEFT_FAIL(WEFT_ERR_INVALID, "plan.hidden = %d; quantize E4M3 scales blocks of %d elements, so hidden must be a multiple of %d",
@@ -163,29 +177,29 @@ int32_t upload_route_tables(const PlanHost& p, const std::vector<int>& extra, in
   return WEFT_OK;
 }
 
-HeapLayout heap_layout(const PlanHost& p) {
-  HeapLayout h;
-  uint64_t off = kCommReserved;
-  auto take = [&off](uint64_t bytes) {
-    const uint64_t at = align256(off);
-    off = at + bytes;
-    return at;
-  };
+void carve_staging(const PlanHost& p, HeapCarve& take, HeapLayout* h) {
   const uint64_t T = static_cast<uint64_t>(p.max_tokens);
   const uint64_t pairs = T * static_cast<uint64_t>(p.top_k);
-  h.meta = take(16);
-  h.x = take(T * p.row_bytes());
-  h.xq = p.fp8() ? take(T * p.recv_row_bytes()) : h.x;
-  h.xs = p.fp8() ? take(T * p.scale_row_bytes()) : h.x;
-  h.idx = take(pairs * 4);
-  h.w = take(pairs * 4);
-  h.slot = take(pairs * 4);
-  h.ord = take(pairs * 4);
+  h->meta = take(16);
+  h->x = take(T * p.row_bytes());
+  h->xq = p.fp8() ? take(T * p.recv_row_bytes()) : h->x;
+  h->xs = p.fp8() ? take(T * p.scale_row_bytes()) : h->x;
+  h->idx = take(pairs * 4);
+  h->w = take(pairs * 4);
+  h->slot = take(pairs * 4);
+  h->ord = take(pairs * 4);
+}
+
+HeapLayout heap_layout(const PlanHost& p) {
+  HeapLayout h;
+  HeapCarve take;
+  const uint64_t T = static_cast<uint64_t>(p.max_tokens);
+  carve_staging(p, take, &h);
   h.dmask = take(T * 4);
   h.slot_count = take(static_cast<uint64_t>(p.slots) * 4);
   // landing_by_source needs world <= top_k, so world = parts rows a token either way.
   h.landing = take(T * static_cast<uint64_t>(p.parts()) * p.wire_row_bytes());
-  h.end = align256(off);
+  h.end = align256(take.off);
   return h;
 }
 
@@ -194,7 +208,7 @@ int32_t engine_heap_bytes(const weft_plan_desc* plan, uint64_t* out) {
   if (out == nullptr) WEFT_FAIL(WEFT_ERR_INVALID, "out is NULL");
   PlanHost p;
   WEFT_TRY(plan_from_desc(plan, &p));
-  *out = heap_layout(p).end;
+  *out = p.nodes() > 1 ? hier_heap_layout(p).end : heap_layout(p).end;
   return WEFT_OK;
 }
 

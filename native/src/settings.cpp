@@ -33,6 +33,15 @@ const SettingInfo kTable[kCount] = {
      "developer"},
     {"WEFT_GRAPH", "1", "0: launch the layout's kernels directly instead of replaying them as CUDA graphs",
      "developer"},
+    {"WEFT_HIER_SLICE", "512",
+     "rows per slice of the hierarchical (multi-node) engine's NCCL transfers: packing slice j+1 overlaps sending "
+     "slice j; any value >= 1 gives the same result",
+     "developer"},
+    {"WEFT_HIER_FANOUT", "slice",
+     "when the hierarchical engine's dispatch fans rows out inside the node: slice: each slice as soon as it has "
+     "landed at its forwarder, while the next one moves; after: all of them after a node barrier that follows the "
+     "last slice (the earlier behaviour); any other value is taken as slice. Every rank must use the same value",
+     "developer"},
     {"VIRTUAL_ENV", "", "a Python virtual environment searched for pip's nvidia-nccl libnccl.so.2", "system"},
     {"HOME", "", "~/.local is searched for pip's nvidia-nccl libnccl.so.2", "system"},
 };

@@ -13,6 +13,8 @@ enum class Setting : int {
   kProfile,     // WEFT_PROFILE
   kPull,        // WEFT_PULL
   kGraph,       // WEFT_GRAPH
+  kHierSlice,   // WEFT_HIER_SLICE
+  kHierFanout,  // WEFT_HIER_FANOUT
   kVirtualEnv,  // VIRTUAL_ENV (where NCCL may be installed)
   kHome,        // HOME (likewise)
   kCount,

@@ -81,6 +81,11 @@ int32_t copy_ceiling(weft_comm_t c, int32_t peer, uint64_t bytes, int32_t iters,
   CommLock lock(c);
   WEFT_TRY(comm_settle(c));
   if (peer < 0 || peer >= c->world) WEFT_FAIL(WEFT_ERR_INVALID, "peer = %d; must be in [0, %d)", peer, c->world);
+  if (peer / c->local_world != c->node) {
+    WEFT_FAIL(WEFT_ERR_INVALID, "peer = %d is on node %d and rank %d on node %d: the copy ceiling needs a peer of the same node",
+              peer, peer / c->local_world, c->rank, c->node);
+  }
+  peer %= c->local_world;  // the peer table is by local rank
   if (iters < 1) WEFT_FAIL(WEFT_ERR_INVALID, "iters = %d; must be >= 1", iters);
   const uint64_t room = comm_engine_bytes(c);
   if (bytes == 0 || bytes > room) {

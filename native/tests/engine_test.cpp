@@ -378,28 +378,33 @@ float ref_combine(const Plan& p, const std::vector<Inputs>& in, const RefLayout&
   const int K = c.top_k;
   const int wire = c.wire_f32 ? WEFT_F32 : c.dtype;
   const bool weighted = c.combine == WEFT_WEIGHTED;
+  // combine.cu's precision rule: weighted 16-bit rows with wire = dtype send
+  // a one-term partial as raw y and weight it at home, so w·y is rounded to
+  // f32 only, never to the wire dtype.
+  const bool raw = weighted && wire == c.dtype && c.dtype != WEFT_F32;
   float out = 0.f;
   if (c.dedupe == WEFT_DEDUPE_NONE) {
     for (int k = 0; k < K; ++k) {
       if (L.dest_rank[r][static_cast<size_t>(t) * K + k] < 0) continue;
       const float y = pair_y(p, in, seed, identity_y, r, t, k, h);
       const float w = weighted ? in[r].w[static_cast<size_t>(t) * K + k] : 1.f;
-      const float part = round_to(0.f + w * y, wire);
+      const float prod = w * y;
+      const float part = raw ? prod : round_to(0.f + prod, wire);
       out = out + part;
     }
   } else {
     for (int d = 0; d < c.world; ++d) {
-      bool any = false;
+      int terms = 0;
       float part = 0.f;
       for (int k = 0; k < K; ++k) {
         if (L.dest_rank[r][static_cast<size_t>(t) * K + k] != d) continue;
-        any = true;
+        ++terms;
         const float y = pair_y(p, in, seed, identity_y, r, t, k, h);
         const float w = weighted ? in[r].w[static_cast<size_t>(t) * K + k] : 1.f;
         const float prod = w * y;
         part = part + prod;
       }
-      if (any) out = out + round_to(part, wire);
+      if (terms > 0) out = out + (raw && terms == 1 ? part : round_to(part, wire));
     }
   }
   return round_to(out, c.dtype);

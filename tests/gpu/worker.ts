@@ -1,12 +1,14 @@
 /**
  * One rank of the GPU tests; started by tests/gpu/run.ts through
- * lib/launch.ts. Prints one `CASE <name> PASS|FAIL maxErr=<e> <detail>` line
- * per case (run.ts gathers them over ranks) and exits non-zero if a case
- * threw.
+ * lib/dist/launch.ts. Prints one `CASE <name> PASS|FAIL maxErr=<e> <detail>`
+ * line per case (run.ts gathers them over ranks) and exits non-zero if a
+ * case threw.
  *
- *   worker.ts cases        every case of tests/gpu/cases.ts
- *   worker.ts dead-peer    one good round, then the last rank exits; the
- *                          others must fail with a WeftError within 30 s
+ *   worker.ts cases [NAME]  every case of the world (cases.ts and
+ *                           cases_precision.ts for one node, cases_nodes.ts
+ *                           for several), or those whose name contains NAME
+ *   worker.ts dead-peer     one good round, then the last rank exits; the
+ *                           others must fail with a WeftError within 30 s
  *
  * @module
  */
@@ -14,22 +16,45 @@ import { readLaunchEnv } from "../../lib/dist/env.ts";
 import { Communicator } from "../../lib/dist/communicator.ts";
 import { Engine } from "../../lib/gpu/engine.ts";
 import { WeftError } from "../../dsl/errors.ts";
-import { caseInputs, caseMaxTokens, gpuCases, planFor, runCase } from "./cases.ts";
+import { caseInputs, caseMaxTokens, planFor } from "./case_data.ts";
+import { gpuCases } from "./cases.ts";
+import { nodeCases } from "./cases_nodes.ts";
+import { runCase } from "./run_case.ts";
+import { precisionCases, precisionHeapBytes, runPrecisionCase } from "./cases_precision.ts";
+import { decodeCases, decodeHeapBytes, runDecodeCase } from "./cases_decode.ts";
 
 const mode = Deno.args[0] ?? "cases";
 const env = readLaunchEnv();
 const gpusPerNode = env.localWorld;
 const timeoutMs = env.timeoutMs ?? (mode === "dead-peer" ? 10_000 : 60_000);
-const cases = gpuCases(env.world, gpusPerNode);
+const only = Deno.args[1];
+const cases = (env.nodes > 1 ? nodeCases : gpuCases)(env.world, gpusPerNode)
+  .filter((c) => only === undefined || c.name.includes(only));
+const precision = precisionCases(env.world, gpusPerNode)
+  .filter((c) => only === undefined || c.name.includes(only));
+// Decode mode (cases_decode.ts) runs inside one node only.
+const decode = (env.nodes > 1 ? [] : decodeCases(env.world))
+  .filter((c) => only === undefined || c.name.includes(only));
+if (cases.length === 0 && precision.length === 0 && decode.length === 0) {
+  throw new Error(`no case of this world matches "${only}"`);
+}
 
 // One heap serves every case: the largest any plan asks for.
+// A plan the engine may refuse (mayReject) may have no heap size either.
 const heapBytes = Math.max(
-  ...cases.map((c) =>
-    Engine.heapBytes(planFor(c, env.world, gpusPerNode), {
-      maxTokens: caseMaxTokens(c, env.world),
-      rank: env.rank,
-    })
-  ),
+  ...cases.map((c) => {
+    try {
+      return Engine.heapBytes(planFor(c, env.world, gpusPerNode), {
+        maxTokens: caseMaxTokens(c, env.world),
+        rank: env.rank,
+      });
+    } catch (error) {
+      if (c.mayReject === undefined) throw error;
+      return 0;
+    }
+  }),
+  precision.length > 0 ? precisionHeapBytes(env.world, gpusPerNode, env.rank) : 0,
+  decode.length > 0 ? decodeHeapBytes(env.world, env.rank) : 0,
 );
 
 const comm = await Communicator.fromEnv({ timeoutMs, nccl: env.nodes > 1, heapBytes });
@@ -37,18 +62,24 @@ const comm = await Communicator.fromEnv({ timeoutMs, nccl: env.nodes > 1, heapBy
 if (mode === "dead-peer") {
   await deadPeer();
 } else {
+  // Every case as a step: a throw may leave peers inside a collective, so
+  // the first one stops this rank (the launcher stops the rest).
+  const steps = [
+    ...cases.map((c) => ({ name: c.name, run: () => runCase(comm, c, gpusPerNode) })),
+    ...precision.map((c) => ({ name: c.name, run: () => runPrecisionCase(comm, c, gpusPerNode) })),
+    ...decode.map((c) => ({ name: c.name, run: () => runDecodeCase(comm, c) })),
+  ];
   let threw = false;
-  for (const c of cases) {
+  for (const step of steps) {
     try {
-      const o = await runCase(comm, c, gpusPerNode);
+      const o = await step.run();
       console.log(
         `CASE ${o.name} ${o.pass ? "PASS" : "FAIL"} maxErr=${o.maxErr.toExponential(2)} ${o.detail}`
           .trimEnd(),
       );
     } catch (error) {
-      // A throw may leave peers inside a collective: stop here, the launcher stops the rest.
       console.log(
-        `CASE ${c.name} FAIL threw ${error instanceof Error ? error.stack : String(error)}`
+        `CASE ${step.name} FAIL threw ${error instanceof Error ? error.stack : String(error)}`
           .replaceAll("\n", " | "),
       );
       threw = true;
@@ -87,6 +118,11 @@ async function deadPeer(): Promise<void> {
       }`.replaceAll("\n", " | "),
     );
   }
+  // The launcher stops every rank once one exits non-zero: wait (bounded)
+  // until every survivor has reported, so each one's own detection is judged.
+  const survivors = Array.from({ length: env.world - 1 }, (_, r) => `dead-peer-reported-${r}`);
+  await comm.store.set(survivors[env.rank], new Uint8Array(0));
+  await comm.store.wait(survivors, timeoutMs + 5_000).catch(() => {});
   // Exiting non-zero is the point: the launcher must report this rank.
   Deno.exit(3);
 }
