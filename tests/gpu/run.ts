@@ -131,28 +131,43 @@ async function runWorld(
 ): Promise<Run> {
   const lines: { rank: number; text: string }[] = [];
   const net: string[] = [];
+  // NCCL writes its debug lines to stdout unsynchronized with ours, so a
+  // rank's CASE line could land mid-line; send them to a file per process.
+  const ncclDir = ncclNet ? await Deno.makeTempDir({ prefix: "weft-nccl-" }) : "";
   const result = await launch({
     script: worker,
     args: [...workerArgs],
     gpus: world.gpus,
     ...(world.ranksPerGpu > 1 ? { ranksPerGpu: world.ranksPerGpu } : {}),
     ...(world.nodes > 1 ? { emulateNodes: world.nodes } : {}),
-    ...(ncclNet ? { env: { NCCL_DEBUG: "INFO", NCCL_DEBUG_SUBSYS: "INIT,NET" } } : {}),
+    ...(ncclNet
+      ? {
+        env: {
+          NCCL_DEBUG: "INFO",
+          NCCL_DEBUG_SUBSYS: "INIT,NET",
+          NCCL_DEBUG_FILE: `${ncclDir}/nccl.%p.log`,
+        },
+      }
+      : {}),
     timeoutMs: 9 * 60_000,
     graceMs: 3000,
     output: (stream, text) => {
       const m = /^\[rank (\d+)\] (.*)$/s.exec(text.replace(/\n$/, ""));
       if (m !== null) lines.push({ rank: Number(m[1]), text: m[2] });
-      if (ncclNet && /NCCL INFO/.test(text)) {
-        if (/NET\/Socket|via NET/.test(text)) net.push(text.trimEnd());
-        return;
-      }
+      if (ncclNet && /NCCL INFO/.test(text)) return;
       // Everything but case lines goes through, for diagnosis on the GPU machine.
       if (m === null || !/^(CASE|DEADPEER) /.test(m[2])) {
         (stream === "stdout" ? console.log : console.error)(`  ${world.label} ${text.trimEnd()}`);
       }
     },
   });
+  if (ncclNet) {
+    for await (const f of Deno.readDir(ncclDir)) {
+      const text = await Deno.readTextFile(`${ncclDir}/${f.name}`);
+      for (const l of text.split("\n")) if (/NET\/Socket|via NET/.test(l)) net.push(l.trimEnd());
+    }
+    await Deno.remove(ncclDir, { recursive: true });
+  }
   return {
     code: result.code,
     ...(result.message !== undefined ? { message: result.message } : {}),
@@ -234,7 +249,7 @@ if (ncclDebug && netWorld === undefined) {
 } else if (ncclDebug && netWorld !== undefined) {
   const run = await runWorld(netWorld, ["cases", caseFilter ?? "node-bf16"], true);
   judgeCases(`${netWorld.label} NCCL_DEBUG=INFO`, netWorld.ranks, run);
-  const unique = [...new Set(run.net.map((l) => l.replace(/^\[rank \d+\] \S+ /, "")))];
+  const unique = [...new Set(run.net.map((l) => l.replace(/^\S+ /, "")))];
   for (const l of run.net.slice(0, 40)) console.log(`  ${netWorld.label} ${l}`);
   if (run.net.length > 40) console.log(`  … ${run.net.length - 40} more`);
   report(
