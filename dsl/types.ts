@@ -236,7 +236,18 @@ export interface LinkTraffic {
 /**
  * One rank's layout descriptor for one batch. Source-side arrays describe
  * this rank's own tokens; destination-side arrays describe the rows this rank
- * receives. All index arrays are Int32Array (uploaded to the GPU as they are).
+ * receives. All index arrays are Int32Array.
+ *
+ * Who reads it: the Simulator (lib/sim: dispatch_rows.ts the receive side,
+ * combine_math.ts destRank/destRow/forwardRank, protocol_*.ts the forwarder
+ * side), the traffic summaries (`traffic`, lib/core/traffic.ts), the cost
+ * model and explorer (lib/model/rank_traffic.ts: the links and combineFrom),
+ * `layoutToJSON`/`layoutToYAML` and the text view (dsl/layout_text.ts) for
+ * people exploring a pattern. The GPU engines compute the same arrays on the
+ * device (native/src/route.cu, layout.cu, hier_tables.cu) and never read
+ * this record; tests compare the two. sendOffsets/sendToken, combineStart and
+ * expertOffsets are there for readers of the descriptor (what a rank sends,
+ * the home's CSR, expert-major starts), not for an engine.
  */
 export interface RankLayout {
   /** The rank this descriptor is for. */
