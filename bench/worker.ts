@@ -70,7 +70,7 @@ function log(rank: number, text: string): void {
  */
 async function measureCopyCeiling(comm: Communicator, iters: number): Promise<CopyCeiling | null> {
   if (comm.world < 2) return null;
-  // A heap smaller than asked for (WEFT_HEAP_BYTES, or no heap query in the library) gets a smaller copy.
+  // A heap smaller than the copy asks for (a small plan's heap) gets a smaller copy.
   const bytes = Math.min(
     COPY_CEILING_BYTES,
     Math.floor((comm.heapBytes - HEAP_HEADROOM_BYTES) / HEAP_HEADROOM_BYTES) * HEAP_HEADROOM_BYTES,
@@ -386,7 +386,7 @@ export async function main(argv: readonly string[]): Promise<void> {
     rows,
     notes: runNotes(rows, options, ceiling),
   };
-  const path = options.result ?? Deno.env.get("WEFT_BENCH_RESULT");
+  const path = options.result;
   const text = JSON.stringify(result, null, 2) + "\n";
   if (path !== undefined) await Deno.writeTextFile(path, text);
   else console.log(text);

@@ -15,17 +15,6 @@
 import { type GpuCase, pattern } from "./case_data.ts";
 import { failureCases } from "./cases_failure.ts";
 
-// The helpers other scripts of this folder (hier_smoke.ts) take from here.
-export {
-  caseInputs,
-  caseMaxTokens,
-  caseYs,
-  failingInputs,
-  type GpuCase,
-  planFor,
-} from "./case_data.ts";
-export { compareDispatch } from "./checks.ts";
-
 /**
  * The cases for a world of `world` ranks in nodes of `gpusPerNode`.
  *
