@@ -5,8 +5,6 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { Simulator } from "../lib/sim/simulator.ts";
-import { fromF32 } from "../lib/core/dtype.ts";
-import type { HostRows } from "../lib/core/engine_api.ts";
 import { hotMix, mulberry32, zipf } from "../lib/io/routing.ts";
 import { computeLayout } from "../dsl/layout.ts";
 import {
@@ -17,7 +15,8 @@ import {
   railTable,
 } from "../dsl/balance.ts";
 import type { Balance, BatchLayout, DType, PlanSpec, ReceiveOrder } from "../dsl/types.ts";
-import { type HostInput, makePlan, makeRouting, randomF32, randomRows } from "./fixtures.ts";
+import { type HostInput, makePlan, makeRouting, randomRows } from "./fixtures.ts";
+import { wideYs } from "./sim_fixtures.ts";
 
 /** The same plan with another forwarder table (pattern and plan agree). */
 export const withBalance = (plan: PlanSpec, balance: Balance): PlanSpec => ({
@@ -88,16 +87,6 @@ const arbBalanced = fc
     }));
     return { plan, inputs, seed: r.seed, slice: r.slice };
   });
-
-/** Expert outputs over a wide exponent range, so any change of summation order shows. */
-function wideYs(plan: PlanSpec, rows: readonly number[], seed: number): HostRows[] {
-  return rows.map((R, d) => {
-    const v = randomF32(R * plan.hidden, seed + 1000 + d);
-    const rng = mulberry32(seed + d);
-    for (let j = 0; j < v.length; j++) v[j] *= 2 ** (Math.floor(rng() * 25) - 12);
-    return fromF32(v, plan.dtype);
-  });
-}
 
 const sims = (plan: PlanSpec, slice: number, wire: "f32" | "dtype") => [
   new Simulator(plan),

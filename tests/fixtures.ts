@@ -157,6 +157,40 @@ export function makeInputs(
 const divisors = (n: number): number[] =>
   Array.from({ length: n }, (_, i) => i + 1).filter((d) => n % d === 0);
 
+/**
+ * A random expert placement drawn from `rng`: `perRank` experts a rank for
+ * byDevice, else `expertsFree` experts, table owners at random, and with
+ * `withReplicas` (world ≥ 2) 1–3 hot experts in 2…world copies.
+ */
+export function randomPlacement(
+  rng: () => number,
+  r: {
+    world: number;
+    kind: string;
+    perRank: number;
+    expertsFree: number;
+    withReplicas: boolean;
+  },
+): { experts: number; placement: BasePlacement; replicas: Replication | undefined } {
+  const experts = r.kind === "byDevice" ? r.world * r.perRank : r.expertsFree;
+  const placement: BasePlacement = r.kind === "table"
+    ? {
+      kind: "table",
+      owners: Array.from({ length: experts }, () => Math.floor(rng() * r.world)),
+    }
+    : { kind: r.kind as "byDevice" | "roundRobin" };
+  let replicas: Replication | undefined;
+  if (r.withReplicas && r.world >= 2) {
+    const hot = [
+      ...new Set(
+        Array.from({ length: 1 + Math.floor(rng() * 3) }, () => Math.floor(rng() * experts)),
+      ),
+    ];
+    replicas = { experts: hot, copies: 2 + Math.floor(rng() * (r.world - 1)) };
+  }
+  return { experts, placement, replicas };
+}
+
 /** Random plans: world 1–8, every placement (with and without replicas), dedupe, order, op, dtype. */
 export const arbPlan: fc.Arbitrary<PlanSpec> = fc
   .record({
@@ -177,22 +211,7 @@ export const arbPlan: fc.Arbitrary<PlanSpec> = fc
     const rng = mulberry32(r.seed);
     const gpns = divisors(r.world);
     const gpusPerNode = gpns[Math.floor(rng() * gpns.length)];
-    const experts = r.kind === "byDevice" ? r.world * r.perRank : r.expertsFree;
-    const placement: BasePlacement = r.kind === "table"
-      ? {
-        kind: "table",
-        owners: Array.from({ length: experts }, () => Math.floor(rng() * r.world)),
-      }
-      : { kind: r.kind as "byDevice" | "roundRobin" };
-    let replicas: Replication | undefined;
-    if (r.withReplicas && r.world >= 2) {
-      const hot = [
-        ...new Set(
-          Array.from({ length: 1 + Math.floor(rng() * 3) }, () => Math.floor(rng() * experts)),
-        ),
-      ];
-      replicas = { experts: hot, copies: 2 + Math.floor(rng() * (r.world - 1)) };
-    }
+    const { experts, placement, replicas } = randomPlacement(rng, r);
     return makePlan({
       world: r.world,
       gpusPerNode,

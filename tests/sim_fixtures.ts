@@ -7,7 +7,8 @@ import assert from "node:assert/strict";
 import type { DType, PlanSpec } from "../dsl/types.ts";
 import type { HostRows, Tensor } from "../lib/core/engine_api.ts";
 import { fromF32, toF32 } from "../lib/core/dtype.ts";
-import type { HostInput } from "./fixtures.ts";
+import { type HostInput, randomF32 } from "./fixtures.ts";
+import { mulberry32 } from "../lib/io/routing.ts";
 
 /** Relative precision of each dtype (half an ulp at 1). */
 export const EPS: Readonly<Record<DType, number>> = { bf16: 2 ** -8, f16: 2 ** -11, f32: 2 ** -24 };
@@ -67,4 +68,14 @@ export async function assertIdentityCombine(
       }
     }
   }
+}
+
+/** Expert outputs over a wide exponent range, so any change of summation order shows. */
+export function wideYs(plan: PlanSpec, rows: readonly number[], seed: number): HostRows[] {
+  return rows.map((R, d) => {
+    const v = randomF32(R * plan.hidden, seed + 1000 + d);
+    const rng = mulberry32(seed + d);
+    for (let j = 0; j < v.length; j++) v[j] *= 2 ** (Math.floor(rng() * 25) - 12);
+    return fromF32(v, plan.dtype);
+  });
 }

@@ -3,18 +3,10 @@ import fc from "fast-check";
 import { Simulator } from "../lib/sim/simulator.ts";
 import { sliceSchedule } from "../lib/sim/slices.ts";
 import { fromF32 } from "../lib/core/dtype.ts";
-import type { HostRows } from "../lib/core/engine_api.ts";
-import type {
-  BasePlacement,
-  CombineOp,
-  DType,
-  PlanSpec,
-  ReceiveOrder,
-  Replication,
-} from "../dsl/types.ts";
+import type { CombineOp, DType, PlanSpec, ReceiveOrder } from "../dsl/types.ts";
 import { mulberry32 } from "../lib/io/routing.ts";
-import { makeInputs, makePlan, randomF32 } from "./fixtures.ts";
-import { assertIdentityCombine, identityTolerance, identityYs } from "./sim_fixtures.ts";
+import { makeInputs, makePlan, randomPlacement } from "./fixtures.ts";
+import { assertIdentityCombine, identityTolerance, identityYs, wideYs } from "./sim_fixtures.ts";
 
 /** A multi-node dedupe-node batch: world 2–16, nodes ≥ 2, uneven tokens (0 included), a slice size 1…T+3. */
 const arbStaged = fc
@@ -41,22 +33,8 @@ const arbStaged = fc
       r.world % g === 0
     );
     const gpusPerNode = gpns[Math.floor(rng() * gpns.length)];
-    const experts = r.kind === "byDevice" ? r.world * r.perRank : r.expertsFree;
-    const placement: BasePlacement = r.kind === "table"
-      ? {
-        kind: "table",
-        owners: Array.from({ length: experts }, () => Math.floor(rng() * r.world)),
-      }
-      : { kind: r.kind as "byDevice" | "roundRobin" };
-    let replicas: Replication | undefined;
-    if (r.withReplicas) {
-      const hot = [
-        ...new Set(
-          Array.from({ length: 1 + Math.floor(rng() * 3) }, () => Math.floor(rng() * experts)),
-        ),
-      ];
-      replicas = { experts: hot, copies: 2 + Math.floor(rng() * (r.world - 1)) };
-    }
+    // world ≥ 2 here, so replicas are drawn whenever withReplicas is set.
+    const { experts, placement, replicas } = randomPlacement(rng, r);
     const plan = makePlan({
       world: r.world,
       gpusPerNode,
@@ -78,16 +56,6 @@ const arbStaged = fc
 
 const staged = (plan: PlanSpec, sliceRows: number, combineWire: "f32" | "dtype" = "f32") =>
   new Simulator(plan, { protocol: "staged", sliceRows, combineWire });
-
-/** Expert outputs over a wide exponent range, so that any change of summation order shows. */
-function wideYs(plan: PlanSpec, rows: readonly number[], seed: number): HostRows[] {
-  return rows.map((R, d) => {
-    const v = randomF32(R * plan.hidden, seed + 1000 + d);
-    const rng = mulberry32(seed + d);
-    for (let j = 0; j < v.length; j++) v[j] *= 2 ** (Math.floor(rng() * 25) - 12);
-    return fromF32(v, plan.dtype);
-  });
-}
 
 Deno.test("property: staged dispatch outputs equal the one-hop Simulator's bit for bit, for any slice size", async () => {
   await fc.assert(

@@ -18,7 +18,7 @@
  * bit. Single-node plans only: the hierarchical engine (several nodes) has
  * its own combine.
  *
- * Run by tests/gpu/worker.ts once wired in: every rank runs every case of
+ * Run by tests/gpu/worker.ts: every rank runs every case of
  * `precisionCases(world, gpusPerNode)` through `runPrecisionCase`, and the
  * Communicator's heap must be at least `precisionHeapBytes(...)`.
  *
@@ -33,6 +33,7 @@ import { Simulator } from "../../lib/sim/simulator.ts";
 import type { Communicator } from "../../lib/dist/communicator.ts";
 import { DeviceTensor } from "../../lib/gpu/device_tensor.ts";
 import { Engine } from "../../lib/gpu/engine.ts";
+import { bits, firstDiff } from "./checks.ts";
 
 /** How a precision case routes tokens. */
 export type PrecisionRouting =
@@ -249,11 +250,15 @@ export function precisionInputs(plan: PlanSpec, c: PrecisionCase): RankInput[] {
 
 /** Half an ulp of `dtype` at magnitude v (≥ 0): the largest error of one rounding there. */
 export function halfUlp(v: number, dtype: DType): number {
-  const [bits, minExp] = dtype === "bf16" ? [8, -126] : dtype === "f16" ? [11, -14] : [24, -126];
+  const [precision, minExp] = dtype === "bf16"
+    ? [8, -126]
+    : dtype === "f16"
+    ? [11, -14]
+    : [24, -126];
   let e = v > 0 ? Math.floor(Math.log2(v)) : minExp;
   if (2 ** e > v && e > minExp) e--;
   if (2 ** (e + 1) <= v) e++;
-  return 2 ** (Math.max(e, minExp) - bits);
+  return 2 ** (Math.max(e, minExp) - precision);
 }
 
 /**
@@ -309,20 +314,6 @@ export function roundingRatio(
   return { worst, problem };
 }
 
-/** Index of the first element whose bits differ, or -1. */
-function firstBitDiff(a: HostRows, b: HostRows): number {
-  const n = Math.max(a.length, b.length);
-  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
-  return -1;
-}
-
-/** Bits of rows: f32 as pairs of u16, 16-bit dtypes as they are. */
-function bits(rows: HostRows): HostRows {
-  return rows instanceof Float32Array
-    ? new Uint16Array(rows.buffer, rows.byteOffset, rows.length * 2)
-    : rows;
-}
-
 /** Runs one precision case on this rank (collective: every rank runs it). */
 export async function runPrecisionCase(
   comm: Communicator,
@@ -354,7 +345,7 @@ export async function runPrecisionCase(
     });
     for (const out of outs) await engine.combine(handle, [ys[rank]], { out: [out] });
     const gotRows = (await outs[0].read()) as HostRows;
-    const again = firstBitDiff(bits(gotRows), bits((await outs[1].read()) as HostRows));
+    const again = firstDiff(bits(gotRows), bits((await outs[1].read()) as HostRows));
     if (again >= 0) problems.push(`combine is not deterministic: runs differ at element ${again}`);
     handle.close();
 
@@ -365,7 +356,7 @@ export async function runPrecisionCase(
 
     const simOut = (await (await sim.combine(oracle.handle, ys))[rank].read()) as HostRows;
     if (c.bitwise) {
-      const diff = firstBitDiff(bits(gotRows), bits(simOut));
+      const diff = firstDiff(bits(gotRows), bits(simOut));
       if (diff >= 0) {
         const want = toF32(simOut, plan.dtype);
         problems.push(
